@@ -1,0 +1,119 @@
+"""Orbax checkpoints of a run: the latest train state with its data iterator, and the best models.
+
+Layout under the workdir:
+  checkpoints/latest/<step>/{state,data,meta}   full train state + grain iterator state, for resuming
+  checkpoints/best_acc/<step>/{params,meta}     parameters with the best validation accuracy
+  checkpoints/best_bleu/<step>/{params,meta}    parameters with the best validation BLEU-4
+Orbax writes each step into a temporary directory and renames it when complete, so an
+interrupted save never looks like a checkpoint.
+"""
+
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+BEST_KINDS = ("best_acc", "best_bleu")
+ALL_KINDS = ("latest",) + BEST_KINDS
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+  pass
+
+
+def _options(max_to_keep: int) -> ocp.CheckpointManagerOptions:
+  # Synchronous saves: a save requested on SIGTERM must be on disk before the process exits.
+  return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                      enable_async_checkpointing=False)
+
+
+def _latest_manager(workdir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints", "latest"),
+      options=_options(2),
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "data": grain.checkpoint.CheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()})
+
+
+def _params_manager(workdir: str, kind: str, create: bool = True) -> ocp.CheckpointManager:
+  options = _options(1)
+  options.create = create
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints", kind), options=options,
+      item_handlers={"params": ocp.StandardCheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()})
+
+
+class RunCheckpoints:
+  """The checkpoints of one training run."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.latest = _latest_manager(workdir)
+    self.best = {kind: _params_manager(workdir, kind) for kind in BEST_KINDS}
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save_latest(self, step: int, state: Any, data_iterator, meta: dict) -> None:
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        meta=ocp.args.JsonSave(meta)), force=True)
+    self.latest.wait_until_finished()
+
+  def restore_latest(self, abstract_state: Any, data_iterator) -> tuple[Any, dict]:
+    """Restores state (into the given abstract shape) and the iterator in place; returns (state, meta)."""
+    step = self.latest.latest_step()
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iterator),
+        meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def save_best(self, kind: str, step: int, params: Any, meta: dict) -> None:
+    self.best[kind].save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
+    self.best[kind].wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    for m in self.best.values():
+      m.close()
+
+
+def restore_params(workdir: str, kind: str = "best_acc", abstract_params: Any = None
+                   ) -> tuple[Any, dict]:
+  """Parameters (and their meta) of a finished or running run, for evaluation and inference.
+
+  Falls back from a best checkpoint to the latest train state when no evaluation has
+  happened yet, and raises CheckpointNotFoundError naming the directory otherwise.
+  """
+  if kind not in ALL_KINDS:
+    raise ValueError(f"unknown checkpoint kind {kind!r}; choose from {', '.join(ALL_KINDS)}")
+  root = os.path.join(os.path.abspath(workdir), "checkpoints")
+  order = [kind] + [k for k in ALL_KINDS if k != kind]
+  for k in order:
+    directory = os.path.join(root, k)
+    if not os.path.isdir(directory):
+      continue
+    if k == "latest":
+      manager = _latest_manager(workdir)
+      step = manager.latest_step()
+      if step is None:
+        continue
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+      return restored["state"]["params"], dict(restored["meta"], checkpoint="latest", step=step)
+    manager = _params_manager(workdir, k, create=False)
+    step = manager.latest_step()
+    if step is None:
+      continue
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+    return restored["params"], dict(restored["meta"], checkpoint=k, step=step)
+  raise CheckpointNotFoundError(
+      f"no checkpoint under {root}: train first (python -m sevlm_jax.main --mode=train "
+      f"--workdir={workdir} ...) or point --workdir at a finished run")

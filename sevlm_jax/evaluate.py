@@ -1,0 +1,176 @@
+"""Evaluation of a run: generate for every image of a split, then ACC, EA, Unique and caption metrics.
+
+Writes <workdir>/predictions_<split>.json (one entry per image: generated text, parsed emotion
+and explanation, the dominant emotion, the human explanations) and <workdir>/metrics_<split>.json.
+"""
+
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sevlm_jax import checkpoints as ckpt_lib
+from sevlm_jax import decode as decode_lib
+from sevlm_jax import emotions
+from sevlm_jax import inputs
+from sevlm_jax import io_utils
+from sevlm_jax import judge as judge_lib
+from sevlm_jax import metrics as metrics_lib
+from sevlm_jax import vocab
+from sevlm_jax.data import artemis
+from sevlm_jax.data import pipeline
+from configs import emotion_classifier as judge_config_lib
+
+
+def make_generate_fn(model, eval_cfg: ml_collections.ConfigDict, tokenizer):
+  """Jitted (params, images, vad_table, rng) -> generated token ids [B, T]."""
+  prompt_ids = jnp.asarray(tokenizer.prompt_ids, jnp.int32)
+
+  @jax.jit
+  def generate(params, images, vad_table, rng):
+    patches = model.apply({"params": params}, images, method=model.encode_image)
+    tokens, _ = decode_lib.generate(
+        model, params, patches, vad_table, prompt_ids, max_new_tokens=eval_cfg.max_new_tokens,
+        because_id=tokenizer.because_id, eos_id=vocab.EOS_ID, pad_id=vocab.PAD_ID,
+        method=eval_cfg.decoding, top_p=eval_cfg.top_p, temperature=eval_cfg.temperature, rng=rng)
+    return tokens
+
+  return generate
+
+
+def _generator(run: inputs.Run):
+  if getattr(run, "_generate_fn", None) is None:
+    run._generate_fn = make_generate_fn(run.model, run.config.eval, run.tokenizer)
+  return run._generate_fn
+
+
+def token_text(tokenizer, ids: np.ndarray) -> str:
+  """Generated ids up to the first <eos>, as text."""
+  ids = [int(i) for i in ids]
+  if vocab.EOS_ID in ids:
+    ids = ids[:ids.index(vocab.EOS_ID)]
+  return tokenizer.decode([i for i in ids if i < vocab.GPT2_VOCAB_SIZE])
+
+
+def predict_split(run: inputs.Run, params, split: str, config: ml_collections.ConfigDict,
+                  max_images: int = 0) -> list[dict[str, Any]]:
+  """Generates emotion + explanation for the images of a split (the first max_images if > 0)."""
+  generate = _generator(run)
+  rng = jax.random.PRNGKey(config.seed)
+  preds = []
+  for batch in pipeline.eval_batches(run.ready_dir, split, batch_size=config.eval.batch_size):
+    images = inputs.blank(batch["image"]) if config.data.blank_images else batch["image"]
+    rng, step_rng = jax.random.split(rng)
+    tokens = np.asarray(generate(params, images, run.vad_table, step_rng))
+    for row in np.flatnonzero(batch["valid"]):
+      text = token_text(run.tokenizer, tokens[row])
+      emotion, explanation = decode_lib.parse_generation(text)
+      preds.append({"image_index": int(batch["image_index"][row]), "text": text,
+                    "emotion": emotion, "explanation": explanation})
+      if max_images and len(preds) >= max_images:
+        return preds
+  return preds
+
+
+def _references(ready_dir: str, split: str, preds, dominant_rule: str):
+  records = artemis.load_split(ready_dir, split)
+  refs, dominant, ids = {}, [], []
+  key = "dominant_half" if dominant_rule == "half" else "dominant_artemis"
+  for p in preds:
+    rec = records[p["image_index"]]
+    refs[p["image_index"]] = list(rec["utterances"])
+    dominant.append(int(rec[key]))
+    ids.append(rec["image_id"])
+  return refs, dominant, ids
+
+
+def validation_scores(preds, ready_dir: str, split: str, dominant_rule: str) -> dict[str, float]:
+  """The two numbers model selection uses (ACC and BLEU-4), with no Java start-up."""
+  refs, dominant, _ = _references(ready_dir, split, preds, dominant_rule)
+  acc = metrics_lib.emotion_accuracy([p["emotion"] for p in preds], dominant)
+  bleu4 = metrics_lib.quick_bleu4({p["image_index"]: p["explanation"] for p in preds}, refs)
+  return {"acc": float(acc), "bleu4": float(bleu4)}
+
+
+def get_judge(run: inputs.Run, workdir: str) -> judge_lib.Judge:
+  """The EA judge of this data set: loaded from the workdir, or trained on the training utterances."""
+  judge_dir = os.path.join(workdir, "judge")
+  if os.path.exists(os.path.join(judge_dir, "judge.msgpack")) or os.path.isdir(judge_dir):
+    try:
+      return judge_lib.Judge.load(judge_dir)
+    except Exception as e:  # a stale or partial judge is retrained, not trusted
+      logging.warning("retraining the EA judge: %s", e)
+  cfg = judge_config_lib.get_config()
+  train_texts, train_labels = artemis.split_utterances(run.ready_dir, "train",
+                                                       limit=run.config.eval.judge_max_train)
+  heldout_texts, heldout_labels = artemis.split_utterances(run.ready_dir, "val")
+  t0 = time.time()
+  judge = judge_lib.train_judge(train_texts, train_labels, heldout_texts, heldout_labels,
+                                run.tokenizer.encode, cfg)
+  logging.info("EA judge trained on %d utterances in %.1fs: held-out accuracy %.4f",
+               len(train_texts), time.time() - t0, judge.heldout_accuracy)
+  judge.save(judge_dir)
+  return judge
+
+
+def score_predictions(preds, ready_dir: str, split: str, config, judge) -> dict[str, Any]:
+  refs, dominant, image_ids = _references(ready_dir, split, preds, config.eval.dominant)
+  pred_emotions = [p["emotion"] for p in preds]
+  explanations = [p["explanation"] for p in preds]
+  hyp = {p["image_index"]: p["explanation"] for p in preds}
+  judge_pred = judge.predict(explanations) if preds else np.zeros((0,), np.int32)
+  correct = [metrics_lib.match_emotion(e) == d for e, d in zip(pred_emotions, dominant)]
+  results = {
+      "split": split,
+      "num_images": len(preds),
+      "num_with_dominant": int(sum(d >= 0 for d in dominant)),
+      "dominant_rule": config.eval.dominant,
+      "ACC": metrics_lib.emotion_accuracy(pred_emotions, dominant),
+      "EA": metrics_lib.emotional_alignment(judge_pred, dominant),
+      "EA_judge_heldout_accuracy": judge.heldout_accuracy,
+      "Unique": metrics_lib.unique_ratio(explanations),
+      "captions": metrics_lib.caption_scores(hyp, refs, spice=config.eval.spice),
+      "captions_filtered": metrics_lib.filtered_caption_scores(hyp, refs, correct),
+      "per_emotion_accuracy": metrics_lib.per_emotion_accuracy(pred_emotions, dominant),
+      "confusion_matrix": metrics_lib.confusion_matrix(pred_emotions, dominant),
+      "emotions": list(emotions.EMOTIONS),
+  }
+  for p, d, image_id, j in zip(preds, dominant, image_ids, judge_pred):
+    p["image_id"] = image_id
+    p["dominant_emotion"] = emotions.EMOTIONS[d] if d >= 0 else None
+    p["judge_emotion"] = emotions.EMOTIONS[int(j)]
+    p["references"] = refs[p["image_index"]]
+  return results
+
+
+def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
+  """The headline numbers of an evaluation, flat, for logs and TensorBoard."""
+  out = {k: float(results[k]) for k in ("ACC", "EA", "Unique") if results.get(k) is not None}
+  for k, v in results.get("captions", {}).items():
+    if isinstance(v, (int, float)) and v is not None:
+      out[k] = float(v)
+  return out
+
+
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run | None = None,
+                 judge: judge_lib.Judge | None = None) -> dict[str, Any]:
+  """Evaluates the checkpoint config.eval.checkpoint of a run on config.eval.split."""
+  run = run or inputs.prepare_run(config, workdir)
+  params, meta = ckpt_lib.restore_params(workdir, config.eval.checkpoint)
+  split = config.eval.split
+  t0 = time.time()
+  preds = predict_split(run, params, split, config)
+  gen_s = time.time() - t0
+  judge = judge or get_judge(run, workdir)
+  results = score_predictions(preds, run.ready_dir, split, config, judge)
+  results["checkpoint"] = {"kind": meta.get("checkpoint"), "step": meta.get("step")}
+  results["generation_seconds"] = gen_s
+  io_utils.write_json_atomic(os.path.join(workdir, f"predictions_{split}.json"), preds)
+  io_utils.write_json_atomic(os.path.join(workdir, f"metrics_{split}.json"), results)
+  logging.info("%s: %s", split, scalar_metrics(results))
+  return results

@@ -1,0 +1,108 @@
+"""Python API for prediction from a trained run.
+
+  from sevlm_jax.inference import Predictor
+  predictor = Predictor.from_workdir("/tmp/sevlm_demo")
+  predictor.predict(["painting.jpg", pil_image, uint8_array])
+  # -> [{"emotion": "awe", "explanation": "...", "text": "..."}, ...]
+
+Everything the predictor needs is in the workdir (config.json, vad_table.npy, checkpoints),
+so no data set or lexicon is read. Images are resized as the data set's were, padded to a
+fixed batch so the jitted generation compiles once.
+"""
+
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from sevlm_jax import checkpoints as ckpt_lib
+from sevlm_jax import decode as decode_lib
+from sevlm_jax import evaluate as eval_lib
+from sevlm_jax import inputs
+from sevlm_jax.data import images as images_lib
+from sevlm_jax.data import tokenizer as tokenizer_lib
+
+
+class InputError(ValueError):
+  """An image (or workdir) the predictor cannot use, with the reason."""
+
+
+def _to_array(image: Any, size: int, where: str) -> np.ndarray:
+  if isinstance(image, (str, os.PathLike)):
+    path = os.fspath(image)
+    if not os.path.exists(path):
+      raise InputError(f"{where}: image file {path} does not exist")
+    try:
+      with Image.open(path) as im:
+        im.load()
+        image = im.convert("RGB")
+    except Exception as e:
+      raise InputError(f"{where}: {path} is not a readable image ({e.__class__.__name__}: {e})") from e
+  if isinstance(image, Image.Image):
+    return images_lib.resize_square(image.convert("RGB"), size)
+  array = np.asarray(image)
+  if array.ndim != 3 or array.shape[-1] != 3:
+    raise InputError(f"{where}: expected an RGB array of shape [H, W, 3], got {array.shape}")
+  if array.dtype != np.uint8:
+    if np.issubdtype(array.dtype, np.floating) and array.min() >= 0 and array.max() <= 1:
+      array = np.round(array * 255)
+    array = np.clip(array, 0, 255).astype(np.uint8)
+  return images_lib.resize_square(Image.fromarray(array), size)
+
+
+class Predictor:
+  """Jitted emotion + explanation generation with a trained run's parameters."""
+
+  def __init__(self, config: ml_collections.ConfigDict, params, vad_table: np.ndarray,
+               batch_size: int | None = None):
+    self.config = config
+    self.tokenizer = tokenizer_lib.load_tokenizer()
+    self.model = inputs.build_model(config)
+    self.params = params
+    self.vad_table = jax.numpy.asarray(vad_table)
+    self.batch_size = batch_size or config.eval.batch_size
+    self.image_size = config.data.image_size
+    self._generate = eval_lib.make_generate_fn(self.model, config.eval, self.tokenizer)
+    self._rng = jax.random.PRNGKey(config.seed)
+
+  @classmethod
+  def from_workdir(cls, workdir: str, checkpoint: str = "best_acc", batch_size: int | None = None
+                   ) -> "Predictor":
+    config_path = os.path.join(workdir, "config.json")
+    table_path = os.path.join(workdir, "vad_table.npy")
+    for path in (config_path, table_path):
+      if not os.path.exists(path):
+        raise ckpt_lib.CheckpointNotFoundError(
+            f"{path} is missing: {workdir} is not a trained SEVLM run (train one with "
+            "python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=DIR)")
+    with open(config_path, encoding="utf-8") as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    params, _ = ckpt_lib.restore_params(workdir, checkpoint)
+    return cls(config, params, np.load(table_path), batch_size=batch_size)
+
+  def preprocess(self, images: Sequence[Any]) -> np.ndarray:
+    return np.stack([_to_array(im, self.image_size, f"image {i}") for i, im in enumerate(images)])
+
+  def predict(self, images: Sequence[Any]) -> list[dict[str, str]]:
+    """Emotion and explanation for each image (file paths, PIL images or uint8/float arrays)."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+      images = [images]
+    if len(images) == 0:
+      return []
+    pixels = self.preprocess(images)
+    out = []
+    for start in range(0, len(pixels), self.batch_size):
+      chunk = pixels[start:start + self.batch_size]
+      padded = np.zeros((self.batch_size,) + chunk.shape[1:], np.uint8)
+      padded[:len(chunk)] = chunk
+      self._rng, rng = jax.random.split(self._rng)
+      tokens = np.asarray(self._generate(self.params, padded, self.vad_table, rng))
+      for row in range(len(chunk)):
+        text = eval_lib.token_text(self.tokenizer, tokens[row])
+        emotion, explanation = decode_lib.parse_generation(text)
+        out.append({"emotion": emotion, "explanation": explanation, "text": text})
+    return out

@@ -1,0 +1,166 @@
+"""Everything a run needs before its first step: data set, tokenizer, VAD table, model, params.
+
+The demo data set is generated on first use; real ArtEmis data is prepared from the
+raw files when the ready directory does not exist yet, and a missing file gets a message
+saying exactly what to download and which flag to set.
+"""
+
+import dataclasses
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from sevlm_jax import io_utils
+from sevlm_jax.data import artemis
+from sevlm_jax.data import demo
+from sevlm_jax.data import prepare
+from sevlm_jax.data import tokenizer as tokenizer_lib
+from sevlm_jax.data import vad as vad_lib
+from sevlm_jax.models import config as model_config_lib
+from sevlm_jax.models import sevlm as sevlm_lib
+from sevlm_jax import weights
+
+ARTEMIS_HELP = (
+    "ArtEmis is not downloadable from here: get artemis_dataset_release_v0.csv (v1.0) or the v2.0 "
+    "'Combined' CSVs from https://www.artemisdataset.org, and the WikiArt images (folders "
+    "{art_style}/{painting}.jpg) from the WikiArt dump the ArtEmis page links to; then pass "
+    "--config.data.csv=PATH --config.data.images=DIR (or --config.data.ready_dir=DIR of an already "
+    "prepared data set). To try the project without them: --config=configs/sevlm.py:demo")
+LEXICON_HELP = (
+    "the NRC-VAD lexicon cannot be shipped (its licence forbids redistribution): download it from "
+    "https://saifmohammad.com/WebPages/nrc-vad.html and pass --config.data.lexicon=PATH to "
+    "NRC-VAD-Lexicon.txt (v1, either scale) or NRC-VAD-Lexicon-v2.1.txt; Warriner-style CSV norms "
+    "also work (--config.data.lexicon_format=warriner)")
+
+
+class ConfigError(ValueError):
+  """A config that cannot run, with a message saying which field to set."""
+
+
+@dataclasses.dataclass
+class Run:
+  config: ml_collections.ConfigDict
+  ready_dir: str
+  tokenizer: Any
+  vad_table: np.ndarray  # [vocab, 3] float32
+  model: sevlm_lib.SEVLM
+  abstract_params: Any
+
+
+def default_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  return config.data.ready_dir or os.path.join(workdir, "data")
+
+
+def resolve_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The prepared data set for this config, preparing it first when needed."""
+  data = config.data
+  ready_dir = default_ready_dir(config, workdir)
+  if data.source == "demo":
+    # For the demo, ready_dir is the root the demo generator owns (raw files + ready data).
+    return demo.ensure_demo_dataset(ready_dir, **_demo_kwargs(config))
+  if artemis.is_ready(ready_dir):
+    return ready_dir
+  if data.source == "ready":
+    raise ConfigError(f"data.ready_dir={ready_dir!r} holds no complete prepared data set. " + ARTEMIS_HELP)
+  if not data.csv or not data.images:
+    raise ConfigError("data.csv and data.images are not set and no prepared data set is at "
+                      f"{ready_dir}. " + ARTEMIS_HELP)
+  fmt = {"artemis_v1": "v1", "artemis_v2": "v2", "sevlm_json": "sevlm_json"}.get(data.source)
+  if fmt is None:
+    raise ConfigError(f"data.source={data.source!r} is not one of artemis_v1, artemis_v2, "
+                      "sevlm_json, ready, demo")
+  for path in data.csv.split(","):
+    if not os.path.exists(path):
+      raise ConfigError(f"data.csv: {path} does not exist. " + ARTEMIS_HELP)
+  if not os.path.isdir(data.images):
+    raise ConfigError(f"data.images: {data.images} is not a directory. " + ARTEMIS_HELP)
+  prepare.prepare(data.csv, data.images, ready_dir, fmt=fmt, image_size=data.image_size,
+                  seed=config.seed)
+  return ready_dir
+
+
+def _demo_kwargs(config) -> dict:
+  kwargs = {"seed": config.seed, "image_size": config.data.image_size}
+  if config.data.demo_num_images:
+    kwargs["num_images"] = config.data.demo_num_images
+  return kwargs
+
+
+def lexicon_path(config: ml_collections.ConfigDict) -> str:
+  if config.data.lexicon:
+    if not os.path.exists(config.data.lexicon):
+      raise ConfigError(f"data.lexicon: {config.data.lexicon} does not exist; " + LEXICON_HELP)
+    return config.data.lexicon
+  if config.data.source == "demo":
+    return vad_lib.DEMO_LEXICON_PATH
+  raise ConfigError("data.lexicon is not set; " + LEXICON_HELP)
+
+
+def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> np.ndarray:
+  """The (vocab x 3) token VAD table; saved in the workdir so inference needs no lexicon."""
+  path = os.path.join(workdir, "vad_table.npy")
+  if os.path.exists(path):
+    return np.load(path)
+  lexicon = vad_lib.load_lexicon(lexicon_path(config), fmt=config.data.lexicon_format)
+  table = vad_lib.token_vad_table(tokenizer, lexicon).astype(np.float32)
+  tmp = path + ".tmp.npy"
+  np.save(tmp, table)
+  os.replace(tmp, path)
+  return table
+
+
+def build_model(config: ml_collections.ConfigDict) -> sevlm_lib.SEVLM:
+  return sevlm_lib.SEVLM(model_config_lib.ModelConfig.from_dict(config.model.to_dict()))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Catches configs that would fail deep inside, before any data or compilation work."""
+  if config.model.vision.image_size != config.data.image_size:
+    raise ConfigError(f"model.vision.image_size={config.model.vision.image_size} differs from "
+                      f"data.image_size={config.data.image_size}; set both to the same value")
+  if config.data.max_len < 8:
+    raise ConfigError(f"data.max_len={config.data.max_len} is too short for '<bos> the emotion is "
+                      "<emotion> because ...'; use at least 8")
+  if config.train.batch_size < 2 and config.loss.contrastive_weight:
+    raise ConfigError("train.batch_size must be >= 2 with the contrastive loss (it needs another image)")
+  if config.eval.dominant not in ("half", "artemis"):
+    raise ConfigError(f"eval.dominant={config.eval.dominant!r}; choose 'half' or 'artemis'")
+  if config.eval.decoding not in ("greedy", "top_p"):
+    raise ConfigError(f"eval.decoding={config.eval.decoding!r}; choose 'greedy' or 'top_p'")
+
+
+def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  io_utils.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+  ready_dir = resolve_ready_dir(config, workdir)
+  tokenizer = tokenizer_lib.load_tokenizer()
+  vad_table = load_vad_table(config, tokenizer, workdir)
+  model = build_model(config)
+  abstract = jax.eval_shape(lambda r: sevlm_lib.init_params(model.config, r), jax.random.PRNGKey(0))
+  return Run(config, ready_dir, tokenizer, vad_table, model, abstract)
+
+
+def initial_params(config: ml_collections.ConfigDict, run: Run) -> Any:
+  """Random init, then the pretrained towers the config names."""
+  params = sevlm_lib.init_params(run.model.config, jax.random.PRNGKey(config.seed))
+  if config.pretrained.gpt2 or config.pretrained.clip:
+    params = weights.load_pretrained(params, run.model.config, gpt2=config.pretrained.gpt2 or None,
+                                     clip=config.pretrained.clip or None)
+    logging.info("loaded pretrained weights: gpt2=%s clip=%s", config.pretrained.gpt2,
+                 config.pretrained.clip)
+  return params
+
+
+def num_pair_images(ready_dir: str) -> int:
+  """Training images with at least two distinct emotions (those that form SEVLM pairs)."""
+  return artemis.num_pair_images(ready_dir)
+
+
+def blank(images: np.ndarray) -> np.ndarray:
+  """The image-blind control: every image a constant mid grey."""
+  return np.full_like(images, 128)

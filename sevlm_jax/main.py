@@ -1,0 +1,64 @@
+"""Command-line entry: train, evaluate or predict.
+
+  python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=/tmp/sevlm_demo
+  python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=/tmp/sevlm_demo --mode=evaluate
+  python -m sevlm_jax.main --workdir=/tmp/sevlm_demo --mode=predict --images=a.jpg,b.png
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sevlm.py:demo.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
+                          "train (then evaluate), evaluate a run, or predict for --images.")
+_IMAGES = flags.DEFINE_list("images", [], "predict: image files to describe.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
+                                  "evaluate/predict: best_acc, best_bleu or latest (default: config's).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required")
+  # Imported here so that --help stays fast.
+  from sevlm_jax import inference
+  from sevlm_jax import inputs
+  from sevlm_jax import evaluate
+  from sevlm_jax import train
+  from sevlm_jax import checkpoints
+
+  config = _CONFIG.value
+  try:
+    if _MODE.value == "predict":
+      if not _IMAGES.value:
+        raise app.UsageError("--mode=predict needs --images=path1,path2,...")
+      predictor = inference.Predictor.from_workdir(_WORKDIR.value, _CHECKPOINT.value or "best_acc")
+      for path, pred in zip(_IMAGES.value, predictor.predict(_IMAGES.value)):
+        print(json.dumps({"image": path, **pred}, ensure_ascii=False))
+      return
+    if config is None:
+      raise app.UsageError("--config is required for train and evaluate, e.g. --config=configs/sevlm.py:demo")
+    if _CHECKPOINT.value:
+      config.eval.checkpoint = _CHECKPOINT.value
+    if _MODE.value == "train":
+      if config.demo_blind_baseline:
+        train.train_with_blind_baseline(config, _WORKDIR.value)
+      else:
+        train.train_and_evaluate(config, _WORKDIR.value)
+    else:
+      evaluate.evaluate_run(config, _WORKDIR.value)
+  except (inputs.ConfigError, checkpoints.CheckpointNotFoundError, inference.InputError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,209 @@
+"""The training loop: init or resume, step, validate, checkpoint, stop early, evaluate.
+
+Restarting with the same workdir resumes from the latest checkpoint (train state and
+data iterator), so the run continues with exactly the batches it would have seen.
+SIGTERM and Ctrl-C save a checkpoint before the process exits.
+"""
+
+import os
+import shutil
+import signal
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sevlm_jax import checkpoints as ckpt_lib
+from sevlm_jax import evaluate as eval_lib
+from sevlm_jax import inputs
+from sevlm_jax import io_utils
+from sevlm_jax import optim as optim_lib
+from sevlm_jax import train_step as step_lib
+from sevlm_jax.data import pipeline
+from sevlm_jax.metrics_writer import MetricsWriter
+
+
+class _StopRequest:
+  """Turns SIGTERM into a flag the loop polls, so the loop can checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del frame
+      logging.warning("signal %d received: saving a checkpoint, then stopping", signum)
+      self.requested = True
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: no signal handling
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+
+def total_train_steps(config: ml_collections.ConfigDict, num_pair_images: int) -> int:
+  if config.train.num_steps > 0:
+    return int(config.train.num_steps)
+  steps_per_epoch = num_pair_images // (config.train.batch_size * jax.process_count())
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f"train.batch_size={config.train.batch_size} is larger than the {num_pair_images} training "
+        "images with at least two distinct emotions; lower --config.train.batch_size")
+  return int(config.train.num_epochs * steps_per_epoch)
+
+
+def _host_batch(batch: dict[str, np.ndarray], blank_images: bool) -> dict[str, np.ndarray]:
+  batch = {k: v for k, v in batch.items() if k in
+           ("image", "input_ids", "segment_ids", "token_mask", "labels")}
+  if blank_images:
+    batch["image"] = inputs.blank(batch["image"])
+  return batch
+
+
+def _improved(history: dict, name: str, value: float) -> bool:
+  best = history.get(f"best_{name}")
+  return best is None or value > best
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) a run in `workdir`, then evaluates its best checkpoint on config.eval.split."""
+  os.makedirs(workdir, exist_ok=True)
+  run = inputs.prepare_run(config, workdir)
+  model, tokenizer, vad_table = run.model, run.tokenizer, jnp.asarray(run.vad_table)
+  loader = pipeline.train_loader(run.ready_dir, tokenizer, batch_size=config.train.batch_size,
+                                 max_len=config.data.max_len, seed=config.seed,
+                                 worker_count=config.data.worker_count)
+  total_steps = total_train_steps(config, inputs.num_pair_images(run.ready_dir))
+  trainable, _ = optim_lib.split_params(run.abstract_params, config.optim.train_vision)
+  tx = optim_lib.create_optimizer(config.optim, trainable, total_steps)
+
+  ckpts = ckpt_lib.RunCheckpoints(workdir)
+  data_iter = iter(loader)
+  history: dict[str, Any] = {"evals": 0, "evals_without_improvement": 0}
+  if ckpts.latest_step() is not None:
+    abstract_state = jax.eval_shape(
+        lambda p: step_lib.init_train_state(p, tx, config.optim.train_vision), run.abstract_params)
+    state, history = ckpts.restore_latest(abstract_state, data_iter)
+    logging.info("resumed from %s at step %d", workdir, int(state.step))
+  else:
+    state = step_lib.init_train_state(inputs.initial_params(config, run), tx,
+                                      config.optim.train_vision)
+
+  train_step = jax.jit(step_lib.make_train_step(model, config, tx), donate_argnums=0)
+  writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  rng = jax.random.PRNGKey(config.seed)
+  step = int(state.step)
+  t_start, step_start = time.time(), step
+  try:
+    with _StopRequest() as stop:
+      while step < total_steps and not stop.requested:
+        batch = _host_batch(next(data_iter), config.data.blank_images)
+        state, metrics = train_step(state, batch, vad_table, jax.random.fold_in(rng, step))
+        step += 1
+        if step % config.train.log_every == 0 or step == total_steps:
+          metrics = jax.device_get(metrics)
+          rate = (step - step_start) / max(time.time() - t_start, 1e-9)
+          eta = (total_steps - step) / max(rate, 1e-9)
+          metrics = {k: float(v) for k, v in metrics.items()}
+          metrics["steps_per_s"] = rate
+          writer.write(step, "train", metrics)
+          logging.info("step %d/%d loss %.4f (%.2f steps/s, ETA %s)", step, total_steps,
+                       metrics["loss"], rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+        if step % config.train.eval_every == 0 or step == total_steps:
+          stop_early = _validate(config, run, state, step, history, ckpts, writer)
+          if stop_early:
+            logging.info("no improvement in %d evaluations: stopping early at step %d",
+                         config.train.patience, step)
+            break
+        if step % config.train.checkpoint_every == 0:
+          ckpts.save_latest(step, state, data_iter, history)
+  except KeyboardInterrupt:
+    logging.warning("interrupted: saving a checkpoint at step %d", step)
+    ckpts.save_latest(step, state, data_iter, history)
+    ckpts.close()
+    writer.close()
+    raise
+  ckpts.save_latest(step, state, data_iter, history)
+  ckpts.close()
+  if step < total_steps and not history.get("stopped_early"):
+    writer.close()
+    logging.info("stopped at step %d of %d; run again with the same workdir to resume", step,
+                 total_steps)
+    return {"step": step, "finished": False}
+  results = eval_lib.evaluate_run(config, workdir, run=run)
+  writer.write(step, config.eval.split, eval_lib.scalar_metrics(results))
+  writer.close()
+  return results
+
+
+def _validate(config, run, state, step, history, ckpts, writer) -> bool:
+  """Validation ACC and BLEU-4; keeps the best checkpoints; returns True to stop early."""
+  preds = eval_lib.predict_split(run, state.params, "val", config,
+                                 max_images=config.train.eval_max_images)
+  val = eval_lib.validation_scores(preds, run.ready_dir, "val", config.eval.dominant)
+  writer.write(step, "val", val)
+  logging.info("step %d validation: acc %.4f bleu4 %.4f", step, val["acc"], val["bleu4"])
+  history["evals"] += 1
+  improved = False
+  for name, kind in (("acc", "best_acc"), ("bleu4", "best_bleu")):
+    if _improved(history, name, val[name]):
+      history[f"best_{name}"] = val[name]
+      history[f"best_{name}_step"] = step
+      ckpts.save_best(kind, step, state.params, {"step": step, **val})
+      improved = True
+  history["evals_without_improvement"] = 0 if improved else history["evals_without_improvement"] + 1
+  stop = 0 < config.train.patience <= history["evals_without_improvement"]
+  history["stopped_early"] = bool(stop)
+  return stop
+
+
+
+def train_with_blind_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains the model and the same model with every image blanked, and compares them.
+
+  The image-blind model can only learn the emotion prior and generic explanations, so the
+  gap between the two is what the model learns from the pictures.
+  """
+  results = train_and_evaluate(config, workdir)
+  if "ACC" not in results:  # interrupted: the comparison waits for a finished run
+    return results
+  blind = ml_collections.ConfigDict(config.to_dict())
+  blind.data.blank_images = True
+  blind.demo_blind_baseline = False
+  blind.data.ready_dir = inputs.default_ready_dir(config, workdir)  # reuse the prepared data
+  blind_dir = os.path.join(workdir, "image_blind")
+  os.makedirs(blind_dir, exist_ok=True)
+  _share_judge(workdir, blind_dir)
+  blind_results = train_and_evaluate(blind, blind_dir)
+  if "ACC" not in blind_results:
+    return results
+  rows = {}
+  for name, res in (("model", results), ("image_blind", blind_results)):
+    rows[name] = eval_lib.scalar_metrics(res)
+    rows[name]["EA_judge_heldout_accuracy"] = res["EA_judge_heldout_accuracy"]
+  rows["gain"] = {k: rows["model"][k] - rows["image_blind"].get(k, 0.0) for k in rows["model"]
+                  if k in rows["image_blind"]}
+  io_utils.write_json_atomic(os.path.join(workdir, "comparison.json"), rows)
+  keys = ["ACC", "EA", "Unique", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
+  print(f"\n{'':14s}" + "".join(f"{k:>9s}" for k in keys))
+  for name in ("model", "image_blind", "gain"):
+    print(f"{name:14s}" + "".join(f"{rows[name].get(k, float('nan')):9.4f}" for k in keys))
+  print(f"(EA judge held-out accuracy {results['EA_judge_heldout_accuracy']:.4f}; "
+        f"written to {os.path.join(workdir, 'comparison.json')})")
+  return rows
+
+
+def _share_judge(src_workdir: str, dst_workdir: str) -> None:
+  src, dst = os.path.join(src_workdir, "judge"), os.path.join(dst_workdir, "judge")
+  if os.path.isdir(src) and not os.path.exists(dst):
+    shutil.copytree(src, dst)

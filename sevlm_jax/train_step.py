@@ -1,0 +1,127 @@
+"""The train state and the pure, jittable SEVLM train step.
+
+One step: encode each image once, run the decoder over both sequences of every
+pair (the annotation and its partner with a different emotion), and combine the
+language-modelling, VAD and contrastive losses with the configured weights.
+"""
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sevlm_jax import losses
+from sevlm_jax import optim as optim_lib
+from sevlm_jax import vocab
+
+Params = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Params  # the whole model; only the trainable part is in opt_state
+  opt_state: optax.OptState
+  skipped_steps: jax.Array  # steps whose loss or gradients were not finite
+
+
+def init_train_state(params: Params, tx: optax.GradientTransformation, train_vision: bool
+                     ) -> TrainState:
+  trainable, _ = optim_lib.split_params(params, train_vision)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable),
+                    skipped_steps=jnp.zeros((), jnp.int32))
+
+
+def flatten_pairs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """[B, 2, L] pair fields -> [2B, L]; rows 2i and 2i+1 are the two sequences of image i."""
+  out = {}
+  for key in ("input_ids", "segment_ids", "token_mask", "labels"):
+    x = batch[key]
+    out[key] = x.reshape((-1,) + x.shape[2:])
+  return out
+
+
+def other_image_rows(rng: jax.Array, num_images: int) -> jax.Array:
+  """For each of the 2B sequences, a row of the same pair slot from a different image."""
+  shift = jax.random.randint(rng, (), 1, max(num_images, 2))
+  rows = jnp.arange(2 * num_images)
+  return (rows + 2 * shift) % (2 * num_images)
+
+
+def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: jax.Array,
+               loss_cfg: ml_collections.ConfigDict, rng: jax.Array, *, patches=None,
+               deterministic: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Weighted SEVLM loss of one batch of pairs and its parts."""
+  dropout_rng, negative_rng = jax.random.split(rng)
+  if patches is None:
+    patches = model.apply({"params": params}, batch["image"], method=model.encode_image)
+  num_images = patches.shape[0]
+  seq = flatten_pairs(batch)
+  patches_NxPxD = jnp.repeat(patches, 2, axis=0)  # each image encoded once, used by both sequences
+  token_vad_NxLx3 = vad_table[seq["input_ids"]]
+  out = model.apply({"params": params}, patches_NxPxD, seq["input_ids"], seq["segment_ids"],
+                    token_vad_NxLx3, seq["token_mask"], deterministic=deterministic,
+                    rngs={"dropout": dropout_rng})
+
+  terms, metrics = {}, {}
+  logits, labels = losses.shift_for_next_token(out["logits"], seq["labels"])
+  if loss_cfg.lm_weight:
+    terms["lm"] = losses.lm_loss(logits, labels)
+  if loss_cfg.vad_weight:
+    target_is_explanation = (seq["segment_ids"][:, 1:] == vocab.EXPLANATION_SEGMENT_ID) & (
+        seq["token_mask"][:, 1:] > 0)
+    target_vad = token_vad_NxLx3[:, 1:]
+    mask = losses.vad_loss_mask(target_vad, target_is_explanation)
+    terms["vad"] = losses.vad_loss(out["vad_pred"][:, :-1], target_vad, mask)
+  if loss_cfg.contrastive_weight:
+    partner = jnp.arange(2 * num_images) ^ 1  # 2i <-> 2i+1
+    other = other_image_rows(negative_rng, num_images)
+    img, emo, expl = out["image_feat"], out["emotion_feat"], out["explanation_feat"]
+    score = lambda e: model.apply({"params": params}, img, emo, e, method=model.score)
+    pos = score(expl)
+    neg = jnp.stack([score(expl[partner]), score(expl[other])], axis=-1)
+    terms["contrastive"] = losses.contrastive_loss(pos, neg)
+    metrics["contrastive_acc"] = jnp.mean(pos > jnp.max(neg, axis=-1))
+  weights = {"lm": loss_cfg.lm_weight, "vad": loss_cfg.vad_weight,
+             "contrastive": loss_cfg.contrastive_weight}
+  total = sum(weights[k] * v for k, v in terms.items())
+  metrics.update({f"loss_{k}": v for k, v in terms.items()})
+  metrics["loss"] = total
+  return total, metrics
+
+
+def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+                    ) -> Callable:
+  """Returns train_step(state, batch, vad_table, rng) -> (state, metrics), pure and jittable."""
+  train_vision = config.optim.train_vision
+
+  def train_step(state: TrainState, batch, vad_table, rng):
+    trainable, frozen = optim_lib.split_params(state.params, train_vision)
+    patches = None
+    if not train_vision:  # frozen tower: run forward only, outside the differentiated function
+      patches = jax.lax.stop_gradient(model.apply({"params": frozen}, batch["image"],
+                                                  method=model.encode_image))
+
+    def loss_fn(p):
+      return sevlm_loss(model, optim_lib.merge_params(p, frozen), batch, vad_table, config.loss,
+                        rng, patches=patches)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    updates, new_opt_state = tx.update(grads, state.opt_state, trainable)
+    new_trainable = optax.apply_updates(trainable, updates)
+    # NaN/inf guard: a non-finite loss or gradient leaves the state untouched.
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optim_lib.merge_params(keep(new_trainable, trainable), frozen),
+        opt_state=keep(new_opt_state, state.opt_state),
+        skipped_steps=state.skipped_steps + (~ok).astype(jnp.int32))
+    metrics = dict(metrics, grad_norm=grad_norm, finite=ok.astype(jnp.float32))
+    return new_state, metrics
+
+  return train_step

@@ -1,0 +1,44 @@
+"""The EA judge: a text-to-emotion classifier over GPT-2 token ids (SEVLM.md section 5).
+
+Variants after a colon: `configs/emotion_classifier.py` (real runs on the
+ArtEmis training utterances) and `configs/emotion_classifier.py:tiny`
+(tests and demos).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Model: embedding -> bidirectional LSTM -> masked mean+max pooling -> MLP -> 9 logits.
+  config.vocab_size = 50257  # GPT-2 BPE; SEVLM's four added tokens never occur in plain text
+  config.embed_dim = 128
+  config.hidden_dim = 128  # per LSTM direction
+  config.mlp_dim = 128
+  config.dropout = 0.2
+  config.max_len = 64  # tokens kept per text (ArtEmis utterances are ~20 GPT-2 tokens on average)
+  # Training.
+  config.batch_size = 256
+  config.eval_batch_size = 512
+  config.learning_rate = 2e-3
+  config.weight_decay = 1e-4
+  config.grad_clip_norm = 1.0
+  config.num_epochs = 4
+  config.seed = 0
+
+  if arg in (None, "", "default"):
+    pass
+  elif arg == "tiny":
+    config.vocab_size = 512
+    config.embed_dim = 16
+    config.hidden_dim = 16
+    config.mlp_dim = 16
+    config.dropout = 0.0
+    config.max_len = 16
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.learning_rate = 1e-2
+    config.num_epochs = 10
+  else:
+    raise ValueError(f"configs/emotion_classifier.py: unknown variant {arg!r}; use '' or 'tiny'")
+  return config

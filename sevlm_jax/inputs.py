@@ -78,8 +78,8 @@ def resolve_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
       raise ConfigError(f"data.csv: {path} does not exist. " + ARTEMIS_HELP)
   if not os.path.isdir(data.images):
     raise ConfigError(f"data.images: {data.images} is not a directory. " + ARTEMIS_HELP)
-  prepare.prepare(data.csv, data.images, ready_dir, fmt=fmt, image_size=data.image_size,
-                  seed=config.seed)
+  # The split seed stays ArtEmis's own, whatever the training seed.
+  prepare.prepare(data.csv, data.images, ready_dir, fmt=fmt, image_size=data.image_size)
   return ready_dir
 
 

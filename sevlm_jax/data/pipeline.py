@@ -1,0 +1,159 @@
+"""grain input pipelines over a ready data set: training pairs and evaluation batches.
+
+Training (SEVLM.md section 4). The training images are those of the split with
+at least two distinct emotions. An epoch visits each of them once, in an
+order shuffled per epoch; for each visit it yields a pair of annotations of the
+image: the anchor, which cycles through the image's annotations across epochs
+(epoch k takes entry k mod n of a fixed per-image shuffle), and a partner
+drawn among the annotations whose emotion differs from the anchor's. Every
+choice is a pure function of (seed, epoch, image), so the stream is
+deterministic, random access, and a restored iterator continues exactly.
+
+Sharding: each epoch's shuffled order is cut into shard_count interleaved
+parts (default: one per JAX process); every shard gets the same number of
+images per epoch, so processes stay in lockstep and shards are disjoint within
+an epoch. With drop_remainder (the default) an epoch is a whole number of
+batches: no batch spans two epochs or holds an image twice. The few images
+left over in an epoch change with each epoch's shuffle.
+
+Batches are dicts of numpy arrays (B images = B pairs = 2B sequences):
+  image            uint8[B, H, W, 3]
+  image_index      int32[B]       index of the record in the split
+  input_ids, segment_ids, token_mask, labels   int32[B, 2, L]  (see tokenizer.build_sequence)
+  emotion          int32[B, 2]    emotion index of anchor and partner
+  annotation_index int32[B, 2]    which of the image's annotations
+"""
+
+import math
+
+import grain
+import numpy as np
+
+from sevlm_jax.data import records
+
+_TAG_ORDER, _TAG_CYCLE, _TAG_PARTNER = 0, 1, 2  # keep the three random streams apart
+
+
+def training_images(ready_dir, split: str = "train") -> np.ndarray:
+  """Indices of the split's records with at least two distinct emotions."""
+  annotations = records.load_annotations(ready_dir, split)
+  return np.asarray([r["index"] for r in annotations if len(set(r["emotions"])) >= 2], np.int64)
+
+
+def choose_pair(emotions, *, seed: int, epoch: int, image_index: int) -> tuple[int, int]:
+  """(anchor, partner) annotation positions of one image in one epoch; emotions must differ."""
+  n = len(emotions)
+  cycle = np.random.default_rng([seed, _TAG_CYCLE, image_index]).permutation(n)
+  anchor = int(cycle[epoch % n])
+  partners = [k for k in range(n) if emotions[k] != emotions[anchor]]
+  if not partners:
+    raise ValueError(f"record {image_index} has a single emotion; it cannot form a training pair")
+  rng = np.random.default_rng([seed, _TAG_PARTNER, epoch, image_index])
+  return anchor, partners[int(rng.integers(len(partners)))]
+
+
+class PairExample:
+  """Global element index -> one training pair (a grain MapWithIndex callable; picklable)."""
+
+  def __init__(self, source, images: np.ndarray, tokenizer, *, max_len: int, seed: int,
+               shard_index: int, shard_count: int, multiple_of: int = 1):
+    self.source, self.images, self.tokenizer = source, np.asarray(images, np.int64), tokenizer
+    self.max_len, self.seed = max_len, seed
+    self.shard_index, self.shard_count = shard_index, shard_count
+    per_shard = len(self.images) // shard_count
+    self.per_epoch = per_shard - per_shard % multiple_of  # elements of this shard per epoch
+    self._order = (None, None)  # (epoch, permutation), one attribute so threads see a consistent pair
+
+  def __getstate__(self):
+    return dict(self.__dict__, _order=(None, None))
+
+  def image_for(self, index: int) -> tuple[int, int]:
+    """(epoch, record index) of global element `index` of this shard."""
+    epoch, j = divmod(int(index), self.per_epoch)
+    cached_epoch, order = self._order
+    if cached_epoch != epoch:
+      order = np.random.default_rng([self.seed, _TAG_ORDER, epoch]).permutation(len(self.images))
+      self._order = (epoch, order)
+    return epoch, int(self.images[order[j * self.shard_count + self.shard_index]])
+
+  def __call__(self, index: int, _=None) -> dict:
+    epoch, r = self.image_for(index)
+    rec = self.source[r]
+    a, b = choose_pair(rec["emotions"], seed=self.seed, epoch=epoch, image_index=r)
+    seqs = [self.tokenizer.build_sequence(rec["emotions"][k], rec["utterances"][k], self.max_len)
+            for k in (a, b)]
+    out = {k: np.stack([s[k] for s in seqs]) for k in seqs[0]}
+    out["image"] = rec["image"]
+    out["image_index"] = np.int32(r)
+    out["emotion"] = np.asarray([rec["emotions"][a], rec["emotions"][b]], np.int32)
+    out["annotation_index"] = np.asarray([a, b], np.int32)
+    return out
+
+
+def _default_shard(shard_index, shard_count) -> tuple[int, int]:
+  if shard_index is None or shard_count is None:
+    import jax  # only when sharding by process; the rest of the module needs no JAX
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index {shard_index} must lie in [0, shard_count={shard_count})")
+  return int(shard_index), int(shard_count)
+
+
+def train_loader(ready_dir, tokenizer, *, batch_size: int, max_len: int, seed: int, num_epochs: int | None = None,
+                 worker_count: int = 0, shard_index: int | None = None, shard_count: int | None = None,
+                 drop_remainder: bool = True, split: str = "train", read_threads: int = 4) -> grain.IterDataset:
+  """grain IterDataset of training-pair batches; iter() gives a checkpointable iterator.
+
+  num_epochs None repeats forever. worker_count > 0 decodes in that many
+  processes (absl flags must be parsed: automatic under app.run). The
+  iterator's get_state()/set_state() (or grain's Orbax handler) restore it.
+  """
+  if batch_size <= 0 or max_len <= 0:
+    raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
+  shard_index, shard_count = _default_shard(shard_index, shard_count)
+  source = records.load_split(ready_dir, split)
+  images = training_images(ready_dir, split)
+  # With drop_remainder, an epoch is a whole number of batches, so no batch spans two epochs and
+  # no image appears twice in a batch (the contrastive loss takes other images as negatives).
+  example = PairExample(source, images, tokenizer, max_len=max_len, seed=seed, shard_index=shard_index,
+                        shard_count=shard_count, multiple_of=batch_size if drop_remainder else 1)
+  if example.per_epoch == 0:
+    raise ValueError(f"{ready_dir} split {split!r} has {len(images)} images with two distinct emotions "
+                     f"({len(images) // shard_count} per shard of {shard_count}), too few for batch_size "
+                     f"{batch_size}")
+  ds = grain.MapDataset.range(example.per_epoch).repeat(num_epochs)
+  ds = ds.map_with_index(example)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size))
+  if worker_count > 0:
+    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return ids
+
+
+def steps_per_epoch(ready_dir, *, batch_size: int, shard_count: int = 1, split: str = "train") -> int:
+  """Full batches per epoch per shard (an epoch = each training image once)."""
+  return (len(training_images(ready_dir, split)) // shard_count) // batch_size
+
+
+def eval_batches(ready_dir, split: str, *, batch_size: int, shard_index: int = 0, shard_count: int = 1):
+  """Images of a split in order, in fixed-size batches; the last one padded.
+
+  Yields {'image': uint8[B,H,W,3], 'image_index': int32[B] (-1 on padding),
+  'valid': bool[B]}. With shard_count > 1, shard i takes records i, i+n, ...
+  and every shard yields the same number of batches.
+  """
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  source = records.load_split(ready_dir, split)
+  size = int(records.load_meta(ready_dir)["image_size"])
+  indices = np.arange(shard_index, len(source), shard_count)
+  num_batches = math.ceil(math.ceil(len(source) / shard_count) / batch_size)
+  for b in range(num_batches):
+    chunk = indices[b * batch_size:(b + 1) * batch_size]
+    image = np.zeros((batch_size, size, size, 3), np.uint8)
+    image_index = np.full((batch_size,), -1, np.int32)
+    for k, r in enumerate(chunk):
+      image[k] = source[int(r)]["image"]
+      image_index[k] = r
+    yield {"image": image, "image_index": image_index, "valid": image_index >= 0}

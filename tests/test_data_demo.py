@@ -1,0 +1,108 @@
+"""The procedural demo data set: deterministic, quick, balanced, learnable only from the image."""
+
+import time
+
+import numpy as np
+import pytest
+
+from sevlm_jax import emotions
+from sevlm_jax.data import demo
+from sevlm_jax.data import records
+from sevlm_jax.data import tokenizer as tokenizer_lib
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+  """The default-size demo, timed."""
+  root = tmp_path_factory.mktemp("demo_full")
+  start = time.time()
+  ready = demo.ensure_demo_dataset(root)
+  seconds = time.time() - start
+  print(f"\ndemo data set ({demo.DEFAULT_NUM_IMAGES} images) prepared in {seconds:.1f} s")
+  return ready, seconds
+
+
+def _everything(ready):
+  return {s: list(records.load_split(ready, s)) for s in records.SPLITS}
+
+
+def test_prepares_quickly_and_is_reused(full):
+  ready, seconds = full
+  assert seconds < 45, f"demo preparation took {seconds:.1f} s"
+  meta = records.load_meta(ready)
+  assert sum(m["images"] for m in meta["splits"].values()) == demo.DEFAULT_NUM_IMAGES
+  assert meta["image_size"] == 32 and meta["source"]["format"] == "v1"
+  assert not records.load_report(ready)["skipped"]  # the demo is clean
+  marker = (ready / records.COMPLETE_MARKER).stat().st_mtime_ns
+  start = time.time()
+  assert demo.ensure_demo_dataset(ready.parent) == ready
+  assert time.time() - start < 1 and (ready / records.COMPLETE_MARKER).stat().st_mtime_ns == marker
+
+
+def test_deterministic_from_seed(tmp_path):
+  a = _everything(demo.ensure_demo_dataset(tmp_path / "a", num_images=60, image_size=16))
+  b = _everything(demo.ensure_demo_dataset(tmp_path / "b", num_images=60, image_size=16))
+  c = _everything(demo.ensure_demo_dataset(tmp_path / "c", num_images=60, image_size=16, seed=1))
+  for split in records.SPLITS:
+    assert len(a[split]) == len(b[split])
+    for x, y in zip(a[split], b[split]):
+      assert x.keys() == y.keys()
+      for k in x:
+        np.testing.assert_array_equal(x[k], y[k])
+  assert [r["utterances"] for r in a["train"]] != [r["utterances"] for r in c["train"]]
+  # Changing a parameter rebuilds in place.
+  small = demo.ensure_demo_dataset(tmp_path / "a", num_images=45, image_size=16)
+  assert sum(m["images"] for m in records.load_meta(small)["splits"].values()) == 45
+
+
+def test_balance_agreement_and_length(full):
+  ready, _ = full
+  tok = tokenizer_lib.load_tokenizer()
+  anns = [r for s in ("train", "val", "test") for r in records.load_annotations(ready, s)]
+  dominant = np.array([r["dominant_artemis"] for r in anns])
+  assert (dominant >= 0).mean() > 0.8, "most images have a dominant emotion"
+  assert np.mean([len(set(r["emotions"])) >= 2 for r in anns]) > 0.8, "most images give training pairs"
+  counts = np.bincount(dominant[dominant >= 0], minlength=emotions.NUM_EMOTIONS)
+  assert counts.min() > 0.8 * counts.mean() and counts.max() < 1.2 * counts.mean(), counts
+  train = records.load_annotations(ready, "train")
+  assert np.bincount([r["dominant_artemis"] for r in train if r["dominant_artemis"] >= 0]).max() / len(train) < 0.15
+  lengths = [int(tok.build_sequence(e, u, 64)["token_mask"].sum())
+             for r in anns for e, u in zip(r["emotions"], r["utterances"])]
+  assert max(lengths) <= 24
+
+
+def test_explanations_name_what_is_in_the_image():
+  rng = np.random.default_rng(0)
+  for emotion in emotions.EMOTIONS:
+    attrs = demo.sample_attributes(emotion, rng)
+    for chosen, text in demo.annotate(emotion, attrs, rng, annotators=5):
+      assert f"{attrs['colour']} {attrs['shape']}" in text
+      assert attrs["brightness"] in text or attrs["texture"] in text
+      assert any(text.endswith(p) for p in demo.PHRASES[chosen])
+
+
+def test_emotion_is_learnable_from_pixels(full):
+  """A linear probe on crude pixel statistics beats chance by far; the labels alone carry nothing."""
+  ready, _ = full
+
+  def features(split):
+    xs, ys = [], []
+    for r in records.load_split(ready, split):
+      if r["dominant_artemis"] < 0:
+        continue
+      im = r["image"].astype(np.float32) / 255
+      grid = im.reshape(8, 4, 8, 4, 3).mean((1, 3)).ravel()
+      edges = [np.abs(np.diff(im, axis=0)).mean(), np.abs(np.diff(im, axis=1)).mean()]
+      xs.append(np.concatenate([grid, im.mean((0, 1)), im.std((0, 1)), edges]))
+      ys.append(r["dominant_artemis"])
+    return np.array(xs), np.array(ys)
+
+  x_train, y_train = features("train")
+  x_test, y_test = features("test")
+  mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+  a = np.c_[(x_train - mu) / sd, np.ones(len(x_train))]
+  w = np.linalg.solve(a.T @ a + 10 * np.eye(a.shape[1]), a.T @ np.eye(9)[y_train])
+  accuracy = ((np.c_[(x_test - mu) / sd, np.ones(len(x_test))] @ w).argmax(1) == y_test).mean()
+  majority = np.bincount(y_test).max() / len(y_test)
+  print(f"linear probe accuracy {accuracy:.2f}, majority class {majority:.2f}")
+  assert accuracy > 0.45 and majority < 0.2

@@ -1,0 +1,277 @@
+"""Batched generation: "<bos> the emotion is" -> "{emotion} because {explanation}<eos>".
+
+`generate` is one jitted lax.while_loop over a KV cache (the image's
+cross-attention K/V computed once), exiting as soon as every sequence has
+ended; per-token VAD features are a gather from the on-device (vocab x 3)
+table. Segment rule: the prompt and the generated emotion word(s) have segment
+<emotion>; from the generated " because" token (inclusive) on, <explanation>.
+
+With a bidirectional VAD encoder (model.vad.causal=False, the public code's
+behaviour) earlier outputs change as tokens arrive, so a cache cannot be
+exact: generation then re-runs the full pass over a fixed-size buffer every
+step (still jitted), which is what the public code does.
+
+`generate_reference` is a plain Python/numpy loop without a cache, for tests.
+"""
+
+import functools
+import re
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sevlm_jax.emotions import EMOTIONS
+from sevlm_jax.models.sevlm import SEVLM
+
+
+# --- token selection -------------------------------------------------------------------
+
+
+def top_p_filter(logits_BxV: jax.Array, top_p: float | jax.Array) -> jax.Array:
+  """Keeps the smallest set of most likely tokens whose mass reaches top_p; the rest -> -inf."""
+  sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+  probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+  before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV  # mass of more likely tokens
+  keep_BxV = before_BxV <= top_p  # the most likely token is always kept
+  cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+
+
+def _select(logits_BxV, method, top_p, temperature, rng, step):
+  if method == "greedy":
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  filtered_BxV = top_p_filter(logits_BxV / temperature, top_p)
+  return jax.random.categorical(jax.random.fold_in(rng, step), filtered_BxV).astype(jnp.int32)
+
+
+# --- the jitted loop -----------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "model", "max_new_tokens", "method", "use_cache", "return_logits"))
+def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, rng, top_p,
+              temperature, because_id, stop_S, pad_id, *, max_new_tokens, method, use_cache,
+              return_logits):
+  """The jitted loop; token ids are traced scalars (stop_S an array) so they cost no recompile."""
+  c = model.config
+  variables = {"params": params}
+  if images_or_patches.ndim == 4:
+    patches_BxPxD = model.apply(variables, images_or_patches, method=SEVLM.encode_image)
+  else:
+    patches_BxPxD = images_or_patches
+  b, lp, n = patches_BxPxD.shape[0], prompt_L.shape[0], max_new_tokens
+  total = lp + n
+  emo = jnp.int32(c.emotion_segment_id)
+  expl = jnp.int32(c.explanation_segment_id)
+  prompt_BxL = jnp.broadcast_to(prompt_L, (b, lp))
+  prompt_seg_BxL = jnp.full((b, lp), emo)
+
+  if use_cache:
+    cache = model.apply(variables, patches_BxPxD, total, method=SEVLM.init_cache)
+    out, cache = model.apply(variables, cache, prompt_BxL, prompt_seg_BxL,
+                             vad_table_Vx3[prompt_BxL], method=SEVLM.decode_step)
+    first_logits_BxV, model_state = out["logits"][:, -1], cache
+
+    def advance(cache, tok_B, seg_B, i):
+      del i
+      tok_Bx1 = tok_B[:, None]
+      out, cache = model.apply(variables, cache, tok_Bx1, seg_B[:, None], vad_table_Vx3[tok_Bx1],
+                               method=SEVLM.decode_step)
+      return out["logits"][:, 0], cache
+  else:
+    ids_BxT = jnp.full((b, total), pad_id, jnp.int32).at[:, :lp].set(prompt_BxL)
+    segs_BxT = jnp.full((b, total), emo)
+
+    def run(ids_BxT, segs_BxT, length):
+      mask_BxT = jnp.broadcast_to(jnp.arange(total) < length, (b, total)).astype(jnp.int32)
+      out = model.apply(variables, patches_BxPxD, ids_BxT, segs_BxT, vad_table_Vx3[ids_BxT],
+                        mask_BxT)
+      return jax.lax.dynamic_index_in_dim(out["logits"], length - 1, axis=1, keepdims=False)
+
+    first_logits_BxV, model_state = run(ids_BxT, segs_BxT, lp), (ids_BxT, segs_BxT)
+
+    def advance(state, tok_B, seg_B, i):
+      ids_BxT, segs_BxT = state
+      pos = lp + i - 1
+      ids_BxT = jax.lax.dynamic_update_index_in_dim(ids_BxT, tok_B, pos, axis=1)
+      segs_BxT = jax.lax.dynamic_update_index_in_dim(segs_BxT, seg_B, pos, axis=1)
+      return run(ids_BxT, segs_BxT, pos + 1), (ids_BxT, segs_BxT)
+
+  v = first_logits_BxV.shape[-1]
+
+  def record(book, logits_BxV, i):
+    """Chooses token i of every sequence from its logits and updates the bookkeeping."""
+    done_B = book["done"]
+    tok_B = jnp.where(done_B, pad_id, _select(logits_BxV, method, top_p, temperature, rng, i))
+    ended_B = ~done_B & jnp.isin(tok_B, stop_S)
+    book = {
+        "tokens": book["tokens"].at[:, i].set(tok_B),
+        "lengths": jnp.where(ended_B, i, book["lengths"]),
+        "done": done_B | ended_B,
+        # " because" seen, this token included: the segment of the tokens fed from now on.
+        "in_expl": book["in_expl"] | (tok_B == because_id),
+        "logits": book["logits"].at[:, i].set(logits_BxV) if return_logits else book["logits"],
+    }
+    return tok_B, book
+
+  book = {"tokens": jnp.full((b, n), pad_id, jnp.int32), "lengths": jnp.full((b,), n, jnp.int32),
+          "done": jnp.zeros((b,), bool), "in_expl": jnp.zeros((b,), bool),
+          "logits": jnp.zeros((b, n, v) if return_logits else (), jnp.float32)}
+  tok_B, book = record(book, first_logits_BxV, 0)
+
+  def cond(carry):
+    i, _, _, book = carry
+    return (i < n) & ~jnp.all(book["done"])
+
+  def body(carry):
+    i, tok_B, model_state, book = carry
+    seg_B = jnp.where(book["in_expl"], expl, emo)
+    logits_BxV, model_state = advance(model_state, tok_B, seg_B, i)
+    tok_B, book = record(book, logits_BxV, i)
+    return i + 1, tok_B, model_state, book
+
+  _, _, _, book = jax.lax.while_loop(cond, body, (jnp.int32(1), tok_B, model_state, book))
+  return book["tokens"], book["lengths"], book["logits"]
+
+
+def _stop_ids(eos_id: int | Sequence[int]) -> tuple[int, ...]:
+  """Stop tokens, repeated up to a multiple of 4 so that their count rarely forces a recompile."""
+  ids = (eos_id,) if isinstance(eos_id, (int, np.integer)) else tuple(eos_id)
+  if not ids:
+    raise ValueError("eos_id must name at least one token")
+  ids = tuple(int(i) for i in ids)
+  return ids + ids[:1] * (-len(ids) % 4)
+
+
+def _check_inputs(model, images_or_patches, vad_table_Vx3, prompt_ids, max_new_tokens):
+  c = model.config
+  prompt = jnp.asarray(prompt_ids, jnp.int32)  # may be traced when generate runs inside a jit
+  if prompt.ndim != 1 or prompt.size == 0:
+    raise ValueError(f"prompt_ids must be a non-empty 1-D sequence (shared by the batch), got"
+                     f" shape {prompt.shape}")
+  if np.ndim(images_or_patches) not in (3, 4):
+    raise ValueError("expected images BxHxWx3 or patches BxPxD, got shape"
+                     f" {np.shape(images_or_patches)}")
+  if tuple(np.shape(vad_table_Vx3)) != (c.decoder.vocab_size, 3):
+    raise ValueError(f"vad_table must be {c.decoder.vocab_size}x3 (vocab x VAD), got shape"
+                     f" {np.shape(vad_table_Vx3)}")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if prompt.size + max_new_tokens > c.decoder.max_positions:
+    raise ValueError(f"prompt ({prompt.size}) + max_new_tokens ({max_new_tokens}) exceeds"
+                     f" model.decoder.max_positions={c.decoder.max_positions}")
+  return prompt
+
+
+def generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_ids, *,
+             max_new_tokens: int = 25, because_id: int, eos_id: int | Sequence[int], pad_id: int,
+             method: str = "greedy", top_p: float = 0.9, temperature: float = 1.0,
+             rng: jax.Array | None = None, return_logits: bool = False):
+  """Generates after the shared prompt for a batch of images (or precomputed patches).
+
+  Returns (tokens BxN int32, lengths B int32): tokens[b, :lengths[b]] is the
+  generated text, followed by the stop token (any of eos_id) if one came, then
+  pad_id. With return_logits, also the BxNxV float32 logits each token was
+  chosen from (zeros after the loop ended).
+  """
+  if method not in ("greedy", "top_p"):
+    raise ValueError(f"method must be 'greedy' or 'top_p', got {method!r}")
+  if method == "top_p" and rng is None:
+    raise ValueError("method='top_p' samples: pass rng=jax.random.key(...)")
+  prompt_L = _check_inputs(model, images_or_patches, vad_table_Vx3, prompt_ids, max_new_tokens)
+  use_cache = model.config.vad.causal or not model.config.use_vad_embedding
+  tokens, lengths, logits = _generate(
+      model, params, jnp.asarray(images_or_patches), jnp.asarray(vad_table_Vx3, jnp.float32),
+      prompt_L, jax.random.key(0) if rng is None else rng, jnp.float32(top_p),
+      jnp.float32(temperature), jnp.int32(because_id), jnp.asarray(_stop_ids(eos_id), jnp.int32),
+      jnp.int32(pad_id), max_new_tokens=int(max_new_tokens), method=method, use_cache=use_cache,
+      return_logits=return_logits)
+  return (tokens, lengths, logits) if return_logits else (tokens, lengths)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def full_pass(model: SEVLM, params, patches_BxPxD, ids_BxL, segs_BxL, vad_table_Vx3, mask_BxL):
+  """Jitted teacher-forced pass with VAD features gathered from the table (no cache)."""
+  return model.apply({"params": params}, patches_BxPxD, ids_BxL, segs_BxL, vad_table_Vx3[ids_BxL],
+                     mask_BxL)
+
+
+def generate_reference(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_ids, *,
+                       max_new_tokens: int = 25, because_id: int, eos_id: int | Sequence[int],
+                       pad_id: int):
+  """Greedy decoding the slow, obvious way, for tests: no cache, Python control flow.
+
+  Every step runs the full teacher-forced pass over the prefix so far (right
+  padded to a fixed length and masked, so that it compiles once) and picks
+  tokens with numpy. Returns numpy (tokens BxN, lengths B, logits BxNxV) with
+  generate's conventions.
+  """
+  c = model.config
+  stop = set(_stop_ids(eos_id))
+  variables = {"params": params}
+  x = jnp.asarray(images_or_patches)
+  patches = model.apply(variables, x, method=SEVLM.encode_image) if x.ndim == 4 else x
+  vad_table = jnp.asarray(vad_table_Vx3, jnp.float32)
+  prompt = np.asarray(prompt_ids, np.int32)
+  b, lp, n = patches.shape[0], prompt.size, max_new_tokens
+  ids = np.full((b, lp + n), pad_id, np.int32)
+  ids[:, :lp] = prompt
+  segs = np.full((b, lp + n), c.emotion_segment_id, np.int32)
+  tokens = np.full((b, n), pad_id, np.int32)
+  lengths = np.full((b,), n, np.int32)
+  logits_log = None
+  done = np.zeros((b,), bool)
+  in_expl = np.zeros((b,), bool)
+  for i in range(n):
+    length = lp + i
+    mask = (np.arange(lp + n) < length).astype(np.int32)[None].repeat(b, 0)
+    logits = np.asarray(full_pass(model, params, patches, ids, segs, vad_table, mask)["logits"][
+        :, length - 1])
+    if logits_log is None:
+      logits_log = np.zeros((b, n, logits.shape[-1]), np.float32)
+    logits_log[:, i] = logits
+    for j in range(b):
+      tok = pad_id if done[j] else int(np.argmax(logits[j]))
+      if not done[j] and tok in stop:
+        lengths[j], done[j] = i, True
+      in_expl[j] |= tok == because_id
+      tokens[j, i] = tok
+    if done.all():
+      break
+    ids[:, length] = tokens[:, i]
+    segs[:, length] = np.where(in_expl, c.explanation_segment_id, c.emotion_segment_id)
+  return tokens, lengths, logits_log
+
+
+# --- text -----------------------------------------------------------------------------------
+
+_BECAUSE = re.compile(r"\bbecause\b", re.IGNORECASE)
+_PROMPT = re.compile(r"^\s*(<\|endoftext\|>)?\s*the emotion is\b", re.IGNORECASE)
+
+
+def _clean(text: str) -> str:
+  return " ".join(text.split())
+
+
+def parse_generation(text: str) -> tuple[str, str]:
+  """(emotion text, explanation text) of a generation.
+
+  The emotion is the text before the first "because" and the explanation the
+  text after it (a leading "the emotion is" prompt is dropped). Without
+  "because", a leading emotion name (e.g. "something else") is split off as
+  the emotion and the rest is the explanation; otherwise the whole text is the
+  emotion and the explanation is empty.
+  """
+  text = _PROMPT.sub("", text, count=1)
+  m = _BECAUSE.search(text)
+  if m:
+    return _clean(text[:m.start()]), _clean(text[m.end():])
+  words = text.split()
+  lowered = [w.lower() for w in words]
+  for name in sorted(EMOTIONS, key=len, reverse=True):
+    k = len(name.split())
+    if lowered[:k] == name.split():
+      return " ".join(words[:k]), " ".join(words[k:])
+  return _clean(text), ""

@@ -1,0 +1,220 @@
+"""GPT-2 decoder with cross-attention to image patches, and its KV cache.
+
+Parameter layout follows Hugging Face's GPT2LMHeadModel with
+add_cross_attention=True, so pretrained weights map one to one: per block
+ln_1, attn.c_attn (q|k|v), attn.c_proj, ln_cross_attn, crossattention.q_attn,
+crossattention.c_attn (k|v), crossattention.c_proj, ln_2, mlp.c_fc, mlp.c_proj;
+then ln_f. Conv1D weights are (in, out), which is a Dense kernel as is. The LM
+head is tied to the word table `wte`.
+
+Segment ids are embedded with the word table and added (HF's token_type_ids).
+
+The decoder is split into `embed` / `transform` / `logits` so that SEVLM can
+fuse VAD features into the input embeddings between the first two. The cache
+is an explicit pytree (a tuple with one dict per block): self-attention K/V
+buffers of a fixed maximum length, and the cross-attention K/V, computed once
+per image by `init_cache`.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sevlm_jax.models.config import DecoderConfig
+
+LN_EPSILON = 1e-5  # GPT-2's and CLIP's LayerNorm epsilon (flax defaults to 1e-6)
+
+
+def layer_norm(name: str | None = None, dtype=jnp.float32) -> nn.LayerNorm:
+  # use_fast_variance=False: E[(x-mean)^2], as PyTorch computes it.
+  return nn.LayerNorm(epsilon=LN_EPSILON, use_fast_variance=False, dtype=dtype, name=name)
+
+
+def split_heads(x_BxLxD: jax.Array, heads: int) -> jax.Array:
+  b, l, d = x_BxLxD.shape
+  return x_BxLxD.reshape(b, l, heads, d // heads)
+
+
+def merge_heads(x_BxLxHxK: jax.Array) -> jax.Array:
+  b, l, h, k = x_BxLxHxK.shape
+  return x_BxLxHxK.reshape(b, l, h * k)
+
+
+def attention_probs(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,
+                    mask_BxTxS: jax.Array | None) -> jax.Array:
+  """Softmax attention weights BxHxTxS, computed in float32, scaled by 1/sqrt(K)."""
+  scale = q_BxTxHxK.shape[-1] ** -0.5
+  logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) * scale
+  if mask_BxTxS is not None:
+    logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits_BxHxTxS, axis=-1)
+
+
+def attend(probs_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
+  return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+
+
+def causal_mask(token_mask_BxL: jax.Array) -> jax.Array:
+  """BxLxL: query t sees keys s <= t that are real tokens."""
+  l = token_mask_BxL.shape[1]
+  causal_LxL = jnp.tril(jnp.ones((l, l), dtype=bool))
+  return causal_LxL[None] & token_mask_BxL.astype(bool)[:, None, :]
+
+
+def cached_causal_mask(index: jax.Array, num_new: int, max_length: int) -> jax.Array:
+  """1xTxS for queries at positions index..index+T-1 over a cache of S slots."""
+  query_T = index + jnp.arange(num_new)
+  key_S = jnp.arange(max_length)
+  return (key_S[None, :] <= query_T[:, None])[None]
+
+
+def update_cache(buf_BxSxHxK: jax.Array, new_BxTxHxK: jax.Array, index: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_update_slice(buf_BxSxHxK, new_BxTxHxK.astype(buf_BxSxHxK.dtype),
+                                      (0, index, 0, 0))
+
+
+def _dense(features: int, dtype, std: float = 0.02) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(std))
+
+
+class SelfAttention(nn.Module):
+  config: DecoderConfig
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.config
+    self.c_attn = _dense(3 * c.width, self.dtype)
+    # GPT-2 scales residual projections by 1/sqrt(2 * layers) at init.
+    self.c_proj = _dense(c.width, self.dtype, 0.02 / (2 * c.layers) ** 0.5)
+    self.attn_dropout = nn.Dropout(c.dropout)
+    self.resid_dropout = nn.Dropout(c.dropout)
+
+  def __call__(self, x_BxTxD, mask_BxTxS, cache=None, index=None, deterministic=True):
+    q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(self.c_attn(x_BxTxD), 3, axis=-1)
+    h = self.config.heads
+    q, k, v = split_heads(q_BxTxD, h), split_heads(k_BxTxD, h), split_heads(v_BxTxD, h)
+    if cache is not None:
+      k = update_cache(cache["k"], k, index)
+      v = update_cache(cache["v"], v, index)
+      cache = {**cache, "k": k, "v": v}
+    probs = self.attn_dropout(attention_probs(q, k, mask_BxTxS), deterministic=deterministic)
+    out_BxTxD = self.c_proj(merge_heads(attend(probs, v)))
+    return self.resid_dropout(out_BxTxD, deterministic=deterministic), cache
+
+
+class CrossAttention(nn.Module):
+  """Queries from the text, keys/values from the image patches (no mask: all patches are real)."""
+  config: DecoderConfig
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.config
+    self.q_attn = _dense(c.width, self.dtype)
+    self.c_attn = _dense(2 * c.width, self.dtype)
+    self.c_proj = _dense(c.width, self.dtype, 0.02 / (2 * c.layers) ** 0.5)
+    self.attn_dropout = nn.Dropout(c.dropout)
+    self.resid_dropout = nn.Dropout(c.dropout)
+
+  def kv(self, patches_BxPxD):
+    k_BxPxD, v_BxPxD = jnp.split(self.c_attn(patches_BxPxD.astype(self.dtype)), 2, axis=-1)
+    return split_heads(k_BxPxD, self.config.heads), split_heads(v_BxPxD, self.config.heads)
+
+  def __call__(self, x_BxTxD, k_BxPxHxK, v_BxPxHxK, deterministic=True):
+    q = split_heads(self.q_attn(x_BxTxD), self.config.heads)
+    probs = self.attn_dropout(attention_probs(q, k_BxPxHxK, None), deterministic=deterministic)
+    out_BxTxD = self.c_proj(merge_heads(attend(probs, v_BxPxHxK)))
+    return self.resid_dropout(out_BxTxD, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+  config: DecoderConfig
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.config
+    self.c_fc = _dense(c.mlp_dim, self.dtype)
+    self.c_proj = _dense(c.width, self.dtype, 0.02 / (2 * c.layers) ** 0.5)
+    self.dropout = nn.Dropout(c.dropout)
+
+  def __call__(self, x_BxTxD, deterministic=True):
+    h_BxTxF = jax.nn.gelu(self.c_fc(x_BxTxD), approximate=True)  # GPT-2's "gelu_new"
+    return self.dropout(self.c_proj(h_BxTxF), deterministic=deterministic)
+
+
+class Block(nn.Module):
+  config: DecoderConfig
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.ln_1 = layer_norm(dtype=self.dtype)
+    self.attn = SelfAttention(self.config, self.dtype)
+    self.ln_cross_attn = layer_norm(dtype=self.dtype)
+    self.crossattention = CrossAttention(self.config, self.dtype)
+    self.ln_2 = layer_norm(dtype=self.dtype)
+    self.mlp = MLP(self.config, self.dtype)
+
+  def cross_kv(self, patches_BxPxD):
+    return self.crossattention.kv(patches_BxPxD)
+
+  def __call__(self, x_BxTxD, mask_BxTxS, cross_k, cross_v, cache=None, index=None,
+               deterministic=True):
+    a_BxTxD, cache = self.attn(self.ln_1(x_BxTxD), mask_BxTxS, cache, index, deterministic)
+    x_BxTxD = x_BxTxD + a_BxTxD
+    x_BxTxD = x_BxTxD + self.crossattention(self.ln_cross_attn(x_BxTxD), cross_k, cross_v,
+                                            deterministic)
+    x_BxTxD = x_BxTxD + self.mlp(self.ln_2(x_BxTxD), deterministic)
+    return x_BxTxD, cache
+
+
+class GPT2Decoder(nn.Module):
+  config: DecoderConfig
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.config
+    self.wte = nn.Embed(c.vocab_size, c.width, embedding_init=nn.initializers.normal(0.02),
+                        dtype=self.dtype)
+    self.wpe = nn.Embed(c.max_positions, c.width, embedding_init=nn.initializers.normal(0.02),
+                        dtype=self.dtype)
+    self.drop = nn.Dropout(c.dropout)
+    self.h = [Block(c, self.dtype) for _ in range(c.layers)]
+    self.ln_f = layer_norm(dtype=self.dtype)
+
+  def embed(self, input_ids_BxT, segment_ids_BxT, positions_T, deterministic=True):
+    """word + position + segment embeddings (segment ids share the word table), then dropout."""
+    x_BxTxD = self.wte(input_ids_BxT) + self.wpe(positions_T)[None]
+    x_BxTxD = x_BxTxD + self.wte(segment_ids_BxT)
+    return self.drop(x_BxTxD, deterministic=deterministic)
+
+  def transform(self, x_BxTxD, mask_BxTxS, patches_BxPxD=None, cache=None, index=None,
+                deterministic=True):
+    """Runs the blocks and ln_f. Cross K/V come from the cache when given, else from the patches."""
+    new_cache = []
+    for i, block in enumerate(self.h):
+      if cache is not None:
+        layer_cache = cache[i]
+        cross_k, cross_v = layer_cache["cross_k"], layer_cache["cross_v"]
+      else:
+        layer_cache = None
+        cross_k, cross_v = block.cross_kv(patches_BxPxD)
+      x_BxTxD, layer_cache = block(x_BxTxD, mask_BxTxS, cross_k, cross_v, layer_cache, index,
+                                   deterministic)
+      new_cache.append(layer_cache)
+    return self.ln_f(x_BxTxD), (tuple(new_cache) if cache is not None else None)
+
+  def logits(self, hidden_BxTxD):
+    """Tied LM head, float32 logits."""
+    return self.wte.attend(hidden_BxTxD).astype(jnp.float32)
+
+  def init_cache(self, patches_BxPxD, max_length: int):
+    """Empty self-attention buffers of max_length slots plus the image's cross-attention K/V."""
+    c = self.config
+    b = patches_BxPxD.shape[0]
+    zeros = jnp.zeros((b, max_length, c.heads, c.width // c.heads), self.dtype)
+    cache = []
+    for block in self.h:
+      cross_k, cross_v = block.cross_kv(patches_BxPxD)
+      cache.append({"k": zeros, "v": zeros, "cross_k": cross_k, "cross_v": cross_v})
+    return tuple(cache)

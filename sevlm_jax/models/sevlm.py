@@ -1,0 +1,187 @@
+"""SEVLM: CLIP ViT + GPT-2 with cross-attention + VAD encoder/fusion + heads.
+
+Outputs only; the losses live elsewhere and read these outputs. Top-level
+parameter collections (optimiser groups and freezing select on these names):
+'vision', 'decoder', 'vad_encoder', 'vad_fusion' (absent when
+use_vad_embedding is off), 'vad_head', 'contrastive_head'.
+
+Usage:
+  params = init_params(config, rng)
+  model = SEVLM(config)
+  patches = model.apply({'params': params}, images, method=SEVLM.encode_image)
+  out = model.apply({'params': params}, patches, ids, segs, vad_table[ids], mask)
+  scores = model.apply({'params': params}, out['image_feat'], out['emotion_feat'],
+                       out['explanation_feat'], method=SEVLM.score)
+
+Decoding with the KV cache (see sevlm_jax.decode):
+  cache = model.apply(v, patches, max_length, method=SEVLM.init_cache)
+  out, cache = model.apply(v, cache, ids_BxT, segs_BxT, vad_BxTx3, method=SEVLM.decode_step)
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sevlm_jax.models import gpt2
+from sevlm_jax.models.clip_vit import VisionTower
+from sevlm_jax.models.config import ModelConfig
+from sevlm_jax.models.heads import ContrastiveHead
+from sevlm_jax.models.vad import VADEncoder, fuse_explanation_vad
+
+
+def masked_mean(x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+  """Mean over the positions where mask is true (float32); zeros where none is."""
+  m_BxLx1 = mask_BxL.astype(jnp.float32)[..., None]
+  total_BxD = jnp.sum(x_BxLxD.astype(jnp.float32) * m_BxLx1, axis=1)
+  return total_BxD / jnp.maximum(jnp.sum(m_BxLx1, axis=1), 1.0)
+
+
+class SEVLM(nn.Module):
+  config: ModelConfig
+
+  def setup(self):
+    c = self.config
+    dtype = c.compute_dtype
+    init = nn.initializers.normal(0.02)  # the public code's new layers get GPT-2's init
+    self.vision = VisionTower(c.vision, c.image_norm, dtype)
+    self.decoder = gpt2.GPT2Decoder(c.decoder, dtype)
+    if c.use_vad_embedding:
+      self.vad_encoder = VADEncoder(c.vad)
+      self.vad_fusion = nn.Dense(c.decoder.width, dtype=dtype, kernel_init=init)
+    self.vad_head = nn.Dense(3, kernel_init=init)
+    self.contrastive_head = ContrastiveHead(c.contrastive)
+
+  # --- image ---------------------------------------------------------------
+
+  def encode_image(self, images_BxHxWx3):
+    """uint8 (0..255) or float (0..1) images -> patch tokens BxPxD after ln_post."""
+    return self.vision(images_BxHxWx3)[0]
+
+  # --- full pass -------------------------------------------------------------
+
+  def _check_text(self, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3, cache_length=None):
+    c = self.config
+    b, l = input_ids_BxL.shape
+    if segment_ids_BxL.shape != (b, l):
+      raise ValueError(f"segment_ids shape {tuple(segment_ids_BxL.shape)} != input_ids shape"
+                       f" {(b, l)}")
+    if token_vad_BxLx3.shape != (b, l, 3):
+      raise ValueError(f"token_vad shape {tuple(token_vad_BxLx3.shape)} != {(b, l, 3)}"
+                       " (gather it from the vocab x 3 table: vad_table[input_ids])")
+    if l > c.decoder.max_positions:
+      raise ValueError(f"sequence length {l} exceeds model.decoder.max_positions="
+                       f"{c.decoder.max_positions}")
+    if cache_length is not None and l > cache_length:
+      raise ValueError(f"{l} new tokens do not fit a cache of {cache_length} slots")
+
+  def _check_patches(self, patches_BxPxD, batch):
+    d = self.config.decoder.width
+    if patches_BxPxD.ndim != 3 or patches_BxPxD.shape[-1] != d or patches_BxPxD.shape[0] != batch:
+      raise ValueError(f"patches must be {batch}xPx{d}, got shape {tuple(patches_BxPxD.shape)}")
+
+  def embed_inputs(self, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3, token_mask_BxL,
+                   deterministic=True):
+    """Decoder input embeddings, with VAD fused into explanation tokens."""
+    l = input_ids_BxL.shape[1]
+    x_BxLxD = self.decoder.embed(input_ids_BxL, segment_ids_BxL, jnp.arange(l), deterministic)
+    if self.config.use_vad_embedding:
+      vad_BxLx3 = self.vad_encoder(token_vad_BxLx3, token_mask_BxL, deterministic)
+      x_BxLxD = fuse_explanation_vad(x_BxLxD, vad_BxLx3, segment_ids_BxL,
+                                     self.config.explanation_segment_id, self.vad_fusion)
+    return x_BxLxD
+
+  def __call__(self, patches_BxPxD, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3,
+               token_mask_BxL, deterministic=True):
+    """Teacher-forced pass. token_mask: 1 for real tokens, 0 for right padding.
+
+    Returns a dict: logits BxLxV (float32), hidden BxLxD, vad_pred BxLx3 (at t,
+    for token t+1), image_feat BxD (mean of patches), emotion_feat and
+    explanation_feat BxD (masked means of hidden over each segment, no padding).
+    """
+    self._check_text(input_ids_BxL, segment_ids_BxL, token_vad_BxLx3)
+    self._check_patches(patches_BxPxD, input_ids_BxL.shape[0])
+    x_BxLxD = self.embed_inputs(input_ids_BxL, segment_ids_BxL, token_vad_BxLx3, token_mask_BxL,
+                                deterministic)
+    hidden_BxLxD, _ = self.decoder.transform(x_BxLxD, gpt2.causal_mask(token_mask_BxL),
+                                             patches_BxPxD, deterministic=deterministic)
+    real_BxL = token_mask_BxL.astype(bool)
+    c = self.config
+    return {
+        "logits": self.decoder.logits(hidden_BxLxD),
+        "hidden": hidden_BxLxD,
+        "vad_pred": self.vad_head(hidden_BxLxD.astype(jnp.float32)),
+        "image_feat": jnp.mean(patches_BxPxD.astype(jnp.float32), axis=1),
+        "emotion_feat": masked_mean(hidden_BxLxD,
+                                    real_BxL & (segment_ids_BxL == c.emotion_segment_id)),
+        "explanation_feat": masked_mean(hidden_BxLxD,
+                                        real_BxL & (segment_ids_BxL == c.explanation_segment_id)),
+    }
+
+  def score(self, image_feat_BxD, emotion_feat_BxD, explanation_feat_BxD):
+    """Contrastive head: one float32 score per (image, emotion, explanation) triple."""
+    return self.contrastive_head(image_feat_BxD, emotion_feat_BxD, explanation_feat_BxD)
+
+  # --- incremental decoding ------------------------------------------------------
+
+  def init_cache(self, patches_BxPxD, max_length: int):
+    """Cache for up to max_length tokens; the image's cross-attention K/V are computed here once."""
+    c = self.config
+    if max_length > c.decoder.max_positions:
+      raise ValueError(f"max_length {max_length} exceeds model.decoder.max_positions="
+                       f"{c.decoder.max_positions}")
+    self._check_patches(patches_BxPxD, patches_BxPxD.shape[0])
+    cache = {"index": jnp.zeros((), jnp.int32),
+             "decoder": self.decoder.init_cache(patches_BxPxD, max_length)}
+    if c.use_vad_embedding:
+      cache["vad"] = self.vad_encoder.init_cache(patches_BxPxD.shape[0], max_length)
+    return cache
+
+  def decode_step(self, cache, input_ids_BxT, segment_ids_BxT, token_vad_BxTx3):
+    """Feeds T new tokens (T >= 1; the prompt at once, then one at a time).
+
+    Returns ({'logits': BxTxV float32, 'hidden': BxTxD, 'vad_pred': BxTx3}, new cache);
+    equal to the full pass over the whole prefix (no padding inside the cache).
+    The caller keeps index + T within the cache length given to init_cache (a
+    traced index cannot be checked here).
+    """
+    c = self.config
+    max_length = cache["decoder"][0]["k"].shape[1]
+    self._check_text(input_ids_BxT, segment_ids_BxT, token_vad_BxTx3, max_length)
+    index = cache["index"]
+    t = input_ids_BxT.shape[1]
+    x_BxTxD = self.decoder.embed(input_ids_BxT, segment_ids_BxT, index + jnp.arange(t))
+    new_cache = {"index": index + t}
+    if c.use_vad_embedding:
+      vad_BxTx3, new_cache["vad"] = self.vad_encoder.step(token_vad_BxTx3, cache["vad"], index)
+      x_BxTxD = fuse_explanation_vad(x_BxTxD, vad_BxTx3, segment_ids_BxT,
+                                     c.explanation_segment_id, self.vad_fusion)
+    mask_1xTxS = gpt2.cached_causal_mask(index, t, max_length)
+    hidden_BxTxD, new_cache["decoder"] = self.decoder.transform(
+        x_BxTxD, mask_1xTxS, cache=cache["decoder"], index=index)
+    out = {"logits": self.decoder.logits(hidden_BxTxD), "hidden": hidden_BxTxD,
+           "vad_pred": self.vad_head(hidden_BxTxD.astype(jnp.float32))}
+    return out, new_cache
+
+  # --- initialisation ------------------------------------------------------------------
+
+  def init_all(self, images_BxHxWx3, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3,
+               token_mask_BxL):
+    """Touches every parameter: encode_image, __call__ and score."""
+    patches_BxPxD = self.encode_image(images_BxHxWx3)
+    out = self(patches_BxPxD, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3, token_mask_BxL)
+    return self.score(out["image_feat"], out["emotion_feat"], out["explanation_feat"])
+
+
+def init_params(config, rng: jax.Array):
+  """Randomly initialised parameters (float32) for a ModelConfig (or its dict form).
+
+  Works under jax.eval_shape (shapes only) and jax.jit (config static).
+  """
+  config = ModelConfig.from_dict(config)
+  s = config.vision.image_size
+  images = jnp.zeros((1, s, s, 3), jnp.uint8)
+  ids = jnp.zeros((1, 2), jnp.int32)
+  segs = jnp.asarray([[config.emotion_segment_id, config.explanation_segment_id]], jnp.int32)
+  variables = SEVLM(config).init({"params": rng}, images, ids, segs, jnp.zeros((1, 2, 3)),
+                                 jnp.ones((1, 2), jnp.int32), method=SEVLM.init_all)
+  return variables["params"]

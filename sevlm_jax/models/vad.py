@@ -1,0 +1,125 @@
+"""VAD encoder: a tiny transformer over per-token (valence, arousal, dominance) vectors.
+
+Architecture as in the public SEVLM code: add learned positions, LayerNorm,
+then layers of [attention (query/key/value projections, no output projection)
++ residual, LayerNorm, ReLU feed-forward + residual, LayerNorm],
+each layer wrapped in one more residual connection (x <- x + layer(x)).
+
+The public encoder is bidirectional, so during training a position sees the
+VAD of later tokens, which do not exist yet at generation time. Here it is
+causal by default (and then has an exact KV-cached incremental path);
+`causal=False` restores the bidirectional behaviour.
+
+`fuse_explanation_vad` concatenates the encoder output to the input embedding
+of every explanation token (found from the segment ids) and projects back to
+the decoder width; all other tokens keep their embedding.
+"""
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sevlm_jax.models.config import VADConfig
+from sevlm_jax.models import gpt2
+
+
+class VADLayer(nn.Module):
+  config: VADConfig
+
+  def setup(self):
+    c = self.config
+    self.query = nn.Dense(c.width)
+    self.key = nn.Dense(c.width)
+    self.value = nn.Dense(c.width)
+    self.norm1 = gpt2.layer_norm()
+    self.fc1 = nn.Dense(c.mlp_dim)
+    self.fc2 = nn.Dense(c.width)
+    self.norm2 = gpt2.layer_norm()
+    self.attn_dropout = nn.Dropout(c.dropout)
+    self.dropout1 = nn.Dropout(c.dropout)
+    self.dropout2 = nn.Dropout(c.dropout)
+
+  def __call__(self, x_BxTx3, mask_BxTxS, cache=None, index=None, deterministic=True):
+    h = self.config.heads
+    q = gpt2.split_heads(self.query(x_BxTx3), h)
+    k = gpt2.split_heads(self.key(x_BxTx3), h)
+    v = gpt2.split_heads(self.value(x_BxTx3), h)
+    if cache is not None:
+      k = gpt2.update_cache(cache["k"], k, index)
+      v = gpt2.update_cache(cache["v"], v, index)
+      cache = {"k": k, "v": v}
+    probs = self.attn_dropout(gpt2.attention_probs(q, k, mask_BxTxS), deterministic=deterministic)
+    a_BxTx3 = gpt2.merge_heads(gpt2.attend(probs, v))
+    y = self.norm1(x_BxTx3 + self.dropout1(a_BxTx3, deterministic=deterministic))
+    f = self.fc2(jax.nn.relu(self.fc1(y)))
+    y = self.norm2(y + self.dropout2(f, deterministic=deterministic))
+    return y, cache
+
+
+class VADEncoder(nn.Module):
+  config: VADConfig
+
+  def setup(self):
+    c = self.config
+    # nn.Embedding's default N(0, 1) init, as in the public code.
+    self.position_embedding = self.param("position_embedding", nn.initializers.normal(1.0),
+                                         (c.max_positions, c.width))
+    self.norm = gpt2.layer_norm()
+    self.layers = [VADLayer(c) for _ in range(c.layers)]
+
+  def _check_length(self, length: int):
+    if length > self.config.max_positions:
+      raise ValueError(f"sequence length {length} exceeds model.vad.max_positions="
+                       f"{self.config.max_positions}")
+
+  def _run(self, vad_BxTx3, positions_T, mask_BxTxS, cache, index, deterministic):
+    if vad_BxTx3.shape[-1] != self.config.width:
+      raise ValueError(f"token VAD features must be BxLx{self.config.width}, got shape"
+                       f" {tuple(vad_BxTx3.shape)}")
+    x = vad_BxTx3.astype(jnp.float32) + jnp.take(self.position_embedding, positions_T, axis=0)[None]
+    x = self.norm(x)
+    new_cache = []
+    for i, layer in enumerate(self.layers):
+      y, layer_cache = layer(x, mask_BxTxS, None if cache is None else cache[i], index,
+                             deterministic)
+      x = x + y
+      new_cache.append(layer_cache)
+    return x, (tuple(new_cache) if cache is not None else None)
+
+  def __call__(self, vad_BxLx3, token_mask_BxL, deterministic=True):
+    """Full pass; padding keys (token_mask == 0) are never attended to."""
+    l = vad_BxLx3.shape[1]
+    self._check_length(l)
+    if self.config.causal:
+      mask_BxLxL = gpt2.causal_mask(token_mask_BxL)
+    else:
+      mask_BxLxL = jnp.broadcast_to(token_mask_BxL.astype(bool)[:, None, :],
+                                    (token_mask_BxL.shape[0], l, l))
+    return self._run(vad_BxLx3, jnp.arange(l), mask_BxLxL, None, None, deterministic)[0]
+
+  def init_cache(self, batch: int, max_length: int):
+    c = self.config
+    if not c.causal:
+      raise ValueError("incremental VAD encoding needs model.vad.causal=True: a bidirectional"
+                       " encoder changes earlier outputs as tokens arrive")
+    self._check_length(max_length)
+    zeros = jnp.zeros((batch, max_length, c.heads, c.width // c.heads), jnp.float32)
+    return tuple({"k": zeros, "v": zeros} for _ in range(c.layers))
+
+  def step(self, vad_BxTx3, cache, index):
+    """Encodes T new tokens at positions index..index+T-1 against the cache."""
+    t = vad_BxTx3.shape[1]
+    max_length = cache[0]["k"].shape[1]
+    mask_1xTxS = gpt2.cached_causal_mask(index, t, max_length)
+    return self._run(vad_BxTx3, index + jnp.arange(t), mask_1xTxS, cache, index, True)
+
+
+def fuse_explanation_vad(x_BxLxD: jax.Array, vad_BxLx3: jax.Array, segment_ids_BxL: jax.Array,
+                         explanation_segment_id: int,
+                         project: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """Explanation tokens: project([embedding, vad]) (D+3 -> D); every other token unchanged."""
+  fused_BxLxD = project(jnp.concatenate([x_BxLxD, vad_BxLx3.astype(x_BxLxD.dtype)], axis=-1))
+  is_expl_BxLx1 = (segment_ids_BxL == explanation_segment_id)[..., None]
+  return jnp.where(is_expl_BxLx1, fused_BxLxD.astype(x_BxLxD.dtype), x_BxLxD)

@@ -1,0 +1,122 @@
+"""Finding and reading checkpoints: safetensors and npz (no PyTorch), .pt/.bin if torch is there.
+
+A source is a local file, a local directory (Hugging Face layout:
+model.safetensors or a sharded model.safetensors.index.json), or a Hugging
+Face hub name ("distilgpt2", "openai/clip-vit-base-patch16") downloaded with
+huggingface_hub where the network allows.
+"""
+
+import json
+import os
+import pathlib
+import re
+
+import numpy as np
+
+from sevlm_jax.weights.mapping import CheckpointError
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def _looks_like_hub_name(source: str) -> bool:
+  return bool(_HUB_NAME.match(source)) and not source.endswith(
+      (".safetensors", ".npz", ".pt", ".bin", ".pth"))
+
+
+def _download(name: str) -> pathlib.Path:
+  try:
+    import huggingface_hub  # pylint: disable=import-outside-toplevel
+    path = huggingface_hub.snapshot_download(
+        repo_id=name, allow_patterns=["*.safetensors", "*.safetensors.index.json", "*.json"])
+  except Exception as e:  # network, auth, unknown repo: all end the same way for the user
+    raise CheckpointError(
+        f"'{name}' is not a local file or directory, and downloading it from the Hugging Face hub"
+        f" failed ({type(e).__name__}: {e}); pass a local directory holding model.safetensors"
+    ) from None
+  return pathlib.Path(path)
+
+
+def resolve(source: str | os.PathLike) -> list[pathlib.Path]:
+  """The checkpoint file(s) a source names (several for a sharded checkpoint)."""
+  text = os.fspath(source)
+  path = pathlib.Path(text).expanduser()
+  if not path.exists():
+    if isinstance(source, str) and _looks_like_hub_name(text):
+      path = _download(text)
+    else:
+      raise CheckpointError(f"checkpoint '{text}' does not exist")
+  if path.is_file():
+    return [path]
+  single = path / "model.safetensors"
+  if single.is_file():
+    return [single]
+  index = path / "model.safetensors.index.json"
+  if index.is_file():
+    try:
+      shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
+    files = [path / s for s in shards]
+    for f in files:
+      if not f.is_file():
+        raise CheckpointError(f"{index}: shard '{f.name}' is missing from {path}")
+    return files
+  found = sorted(p.name for p in path.iterdir() if p.is_file())
+  others = sorted(p for p in found if p.endswith(".safetensors"))
+  if len(others) == 1:
+    return [path / others[0]]
+  raise CheckpointError(
+      f"directory {path} holds no model.safetensors (found: {', '.join(found) or 'nothing'});"
+      " save the model with save_pretrained(..., safe_serialization=True) or pass a file")
+
+
+def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  # bfloat16 tensors come back as ml_dtypes arrays; the key map casts to float32.
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  return load_file(str(path))
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  with np.load(path, allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise CheckpointError(
+        f"{path}: reading a PyTorch file needs torch, which is not installed; convert it to"
+        " .safetensors (or .npz) on a machine that has torch") from None
+  try:  # OpenAI's CLIP releases are TorchScript archives.
+    state = torch.jit.load(str(path), map_location="cpu").state_dict()
+  except Exception:  # pylint: disable=broad-except
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+  if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    state = state["state_dict"]
+  if not isinstance(state, dict):
+    raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+  return {k: v.detach().float().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+          for k, v in state.items()}
+
+
+def read_tensors(source: str | os.PathLike) -> tuple[dict[str, np.ndarray], str]:
+  """All tensors of a checkpoint by key, and a description of where they came from."""
+  files = resolve(source)
+  tensors: dict[str, np.ndarray] = {}
+  for path in files:
+    suffix = path.suffix.lower()
+    readers = {".safetensors": _read_safetensors, ".npz": _read_npz,
+               ".pt": _read_torch, ".pth": _read_torch, ".bin": _read_torch}
+    if suffix not in readers:
+      raise CheckpointError(f"{path}: unsupported checkpoint format '{suffix}'"
+                            " (expected .safetensors, .npz, or .pt/.bin with torch installed)")
+    try:
+      tensors.update(readers[suffix](path))
+    except CheckpointError:
+      raise
+    except Exception as e:  # corrupt or truncated files raise many different types
+      raise CheckpointError(f"{path}: cannot read it as {suffix} ({type(e).__name__}: {e})"
+                            ) from None
+  where = str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} shards)"
+  return tensors, where

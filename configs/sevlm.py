@@ -16,9 +16,21 @@ Variants:
                             them on the demo data, e.g. configs/sevlm.py:demo,no_vad_loss)
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from sevlm_jax.models.config import model_config_dict
+
+
+def _judge_config(arg: str) -> ml_collections.ConfigDict:
+  """configs/emotion_classifier.py, loaded by path (configs/ is not an installed package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "emotion_classifier.py")
+  spec = importlib.util.spec_from_file_location("sevlm_emotion_classifier_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 VARIANTS = ("artemis_v1", "artemis_v2", "demo", "no_vad_embedding", "no_vad_loss", "no_contrastive")
 
@@ -81,6 +93,7 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.spice = False
   c.eval.judge_max_train = 0  # cap on the EA judge's training utterances; 0 = all
 
+  c.judge = _judge_config("")  # the EA judge (configs/emotion_classifier.py)
   c.demo_blind_baseline = False  # also train and report an image-blind model (the demo sets it)
   return c
 
@@ -107,6 +120,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   c.train.eval_max_images = 128
   c.eval.batch_size = 64
   c.eval.max_new_tokens = 20
+  c.judge = _judge_config("demo")
   c.demo_blind_baseline = True
 
 

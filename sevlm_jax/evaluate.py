@@ -24,7 +24,6 @@ from sevlm_jax import metrics as metrics_lib
 from sevlm_jax import vocab
 from sevlm_jax.data import artemis
 from sevlm_jax.data import pipeline
-from configs import emotion_classifier as judge_config_lib
 
 
 def make_generate_fn(model, eval_cfg: ml_collections.ConfigDict, tokenizer):
@@ -100,18 +99,17 @@ def validation_scores(preds, ready_dir: str, split: str, dominant_rule: str) -> 
 def get_judge(run: inputs.Run, workdir: str) -> judge_lib.Judge:
   """The EA judge of this data set: loaded from the workdir, or trained on the training utterances."""
   judge_dir = os.path.join(workdir, "judge")
-  if os.path.exists(os.path.join(judge_dir, "judge.msgpack")) or os.path.isdir(judge_dir):
+  if os.path.isdir(judge_dir):
     try:
-      return judge_lib.Judge.load(judge_dir)
+      return judge_lib.Judge.load(judge_dir, encode_fn=run.tokenizer.encode)
     except Exception as e:  # a stale or partial judge is retrained, not trusted
       logging.warning("retraining the EA judge: %s", e)
-  cfg = judge_config_lib.get_config()
   train_texts, train_labels = artemis.split_utterances(run.ready_dir, "train",
                                                        limit=run.config.eval.judge_max_train)
   heldout_texts, heldout_labels = artemis.split_utterances(run.ready_dir, "val")
   t0 = time.time()
   judge = judge_lib.train_judge(train_texts, train_labels, heldout_texts, heldout_labels,
-                                run.tokenizer.encode, cfg)
+                                run.tokenizer.encode, run.config.judge)
   logging.info("EA judge trained on %d utterances in %.1fs: held-out accuracy %.4f",
                len(train_texts), time.time() - t0, judge.heldout_accuracy)
   judge.save(judge_dir)
@@ -137,7 +135,7 @@ def score_predictions(preds, ready_dir: str, split: str, config, judge) -> dict[
       "captions": metrics_lib.caption_scores(hyp, refs, spice=config.eval.spice),
       "captions_filtered": metrics_lib.filtered_caption_scores(hyp, refs, correct),
       "per_emotion_accuracy": metrics_lib.per_emotion_accuracy(pred_emotions, dominant),
-      "confusion_matrix": metrics_lib.confusion_matrix(pred_emotions, dominant),
+      "confusion_matrix": metrics_lib.confusion_matrix(pred_emotions, dominant).tolist(),
       "emotions": list(emotions.EMOTIONS),
   }
   for p, d, image_id, j in zip(preds, dominant, image_ids, judge_pred):

@@ -6,6 +6,7 @@
 """
 
 import json
+import logging as logging_std
 import sys
 
 from absl import app
@@ -22,7 +23,16 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "evaluate/predict: best_acc, best_bleu or latest (default: config's).")
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops the INFO chatter of Orbax and grain (every save logs a dozen lines); keeps warnings."""
+
+  def filter(self, record):
+    noisy = any(part in record.pathname for part in ("/orbax/", "/grain/"))
+    return record.levelno >= logging_std.WARNING or not noisy
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _WORKDIR.value:

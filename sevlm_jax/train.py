@@ -194,7 +194,7 @@ def train_with_blind_baseline(config: ml_collections.ConfigDict, workdir: str) -
   rows["gain"] = {k: rows["model"][k] - rows["image_blind"].get(k, 0.0) for k in rows["model"]
                   if k in rows["image_blind"]}
   io_utils.write_json_atomic(os.path.join(workdir, "comparison.json"), rows)
-  keys = ["ACC", "EA", "Unique", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
+  keys = ["ACC", "EA", "Unique", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
   print(f"\n{'':14s}" + "".join(f"{k:>9s}" for k in keys))
   for name in ("model", "image_blind", "gain"):
     print(f"{name:14s}" + "".join(f"{rows[name].get(k, float('nan')):9.4f}" for k in keys))

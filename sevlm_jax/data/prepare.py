@@ -17,20 +17,6 @@ from absl import flags
 
 from sevlm_jax.data import artemis
 
-_CSV = flags.DEFINE_string("csv", None, "Annotation file(s), comma-separated; for sevlm_json also split=path items.")
-_IMAGES = flags.DEFINE_string("images", None, "Image folder ({art_style}/{painting}.jpg).")
-_OUT = flags.DEFINE_string("out", None, "Ready data set folder to create.")
-_FORMAT = flags.DEFINE_enum("format", "auto", list(artemis.FORMATS), "Input format (auto: from the files).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Stored images are image_size x image_size RGB.")
-_SEED = flags.DEFINE_integer("seed", artemis.ARTEMIS_SEED, "Split seed (2021 reproduces ArtEmis's split).")
-_SPLIT_LOADS = flags.DEFINE_list("split_loads", [str(x) for x in artemis.ARTEMIS_SPLIT_LOADS],
-                                 "train,val,test fractions of paintings.")
-_TOO_HIGH = flags.DEFINE_integer("too_high_repetition", artemis.ARTEMIS_TOO_HIGH_REPETITION,
-                                 "Paintings with at least this many annotations go to split 'rest' (<= 0: off).")
-_WORKERS = flags.DEFINE_integer("workers", None, "Image-decoding processes (default: all CPUs; 0: none).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.")
-
-
 def parse_inputs(spec: str):
   """'a.csv,b.csv' -> [paths]; 'train=a.json,val=b.json' -> {split: path}."""
   items = [s.strip() for s in spec.split(",") if s.strip()]
@@ -55,26 +41,46 @@ def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed:
   return out
 
 
+_F = {}
+
+
+def _define_flags() -> None:
+  """Defined only when run as a command, so importing prepare() claims no flag names."""
+  _F['csv'] = flags.DEFINE_string("csv", None, "Annotation file(s), comma-separated; for sevlm_json also split=path items.")
+  _F['images'] = flags.DEFINE_string("images", None, "Image folder ({art_style}/{painting}.jpg).")
+  _F['out'] = flags.DEFINE_string("out", None, "Ready data set folder to create.")
+  _F['format'] = flags.DEFINE_enum("format", "auto", list(artemis.FORMATS), "Input format (auto: from the files).")
+  _F['image_size'] = flags.DEFINE_integer("image_size", 224, "Stored images are image_size x image_size RGB.")
+  _F['seed'] = flags.DEFINE_integer("seed", artemis.ARTEMIS_SEED, "Split seed (2021 reproduces ArtEmis's split).")
+  _F['split_loads'] = flags.DEFINE_list("split_loads", [str(x) for x in artemis.ARTEMIS_SPLIT_LOADS],
+                                   "train,val,test fractions of paintings.")
+  _F['too_high'] = flags.DEFINE_integer("too_high_repetition", artemis.ARTEMIS_TOO_HIGH_REPETITION,
+                                   "Paintings with at least this many annotations go to split 'rest' (<= 0: off).")
+  _F['workers'] = flags.DEFINE_integer("workers", None, "Image-decoding processes (default: all CPUs; 0: none).")
+  _F['overwrite'] = flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for flag in (_CSV, _IMAGES, _OUT):
+  for flag in (_F['csv'], _F['images'], _F['out']):
     if not flag.value:
       raise app.UsageError(f"--{flag.name} is required")
   try:
-    loads = tuple(float(x) for x in _SPLIT_LOADS.value)
+    loads = tuple(float(x) for x in _F['split_loads'].value)
   except ValueError:
-    raise app.UsageError(f"--split_loads={_SPLIT_LOADS.value}: expected three numbers") from None
+    raise app.UsageError(f"--split_loads={_F['split_loads'].value}: expected three numbers") from None
   if len(loads) != 3:
-    raise app.UsageError(f"--split_loads needs train,val,test fractions, got {_SPLIT_LOADS.value}")
+    raise app.UsageError(f"--split_loads needs train,val,test fractions, got {_F['split_loads'].value}")
   try:
-    prepare(_CSV.value, _IMAGES.value, _OUT.value, fmt=_FORMAT.value, image_size=_IMAGE_SIZE.value,
-            seed=_SEED.value, split_loads=loads, too_high_repetition=_TOO_HIGH.value, workers=_WORKERS.value,
-            overwrite=_OVERWRITE.value)
+    prepare(_F['csv'].value, _F['images'].value, _F['out'].value, fmt=_F['format'].value, image_size=_F['image_size'].value,
+            seed=_F['seed'].value, split_loads=loads, too_high_repetition=_F['too_high'].value, workers=_F['workers'].value,
+            overwrite=_F['overwrite'].value)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     # Input problems get one clear line, not a traceback.
     raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

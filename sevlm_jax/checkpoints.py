@@ -58,6 +58,9 @@ class RunCheckpoints:
     return self.latest.latest_step()
 
   def save_latest(self, step: int, state: Any, data_iterator, meta: dict) -> None:
+    """Saves the train state at `step`; a step already on disk holds this same state and is kept."""
+    if step in self.latest.all_steps():
+      return
     self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator),
@@ -74,6 +77,9 @@ class RunCheckpoints:
     return restored["state"], restored["meta"]
 
   def save_best(self, kind: str, step: int, params: Any, meta: dict) -> None:
+    """Saves (or, after a resume re-validated `step`, replaces) the best parameters of `kind`."""
+    if step in self.best[kind].all_steps():
+      self.best[kind].delete(step)
     self.best[kind].save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
     self.best[kind].wait_until_finished()

@@ -52,8 +52,8 @@ def _select(logits_BxV, method, top_p, temperature, rng, step):
 @functools.partial(jax.jit, static_argnames=(
     "model", "max_new_tokens", "method", "use_cache", "return_logits"))
 def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, rng, top_p,
-              temperature, because_id, stop_S, pad_id, *, max_new_tokens, method, use_cache,
-              return_logits):
+              temperature, because_id, stop_S, pad_id, output_ids, *, max_new_tokens, method,
+              use_cache, return_logits):
   """The jitted loop; token ids are traced scalars (stop_S an array) so they cost no recompile."""
   c = model.config
   variables = {"params": params}
@@ -71,14 +71,14 @@ def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, 
   if use_cache:
     cache = model.apply(variables, patches_BxPxD, total, method=SEVLM.init_cache)
     out, cache = model.apply(variables, cache, prompt_BxL, prompt_seg_BxL,
-                             vad_table_Vx3[prompt_BxL], method=SEVLM.decode_step)
+                             vad_table_Vx3[prompt_BxL], output_ids, method=SEVLM.decode_step)
     first_logits_BxV, model_state = out["logits"][:, -1], cache
 
     def advance(cache, tok_B, seg_B, i):
       del i
       tok_Bx1 = tok_B[:, None]
       out, cache = model.apply(variables, cache, tok_Bx1, seg_B[:, None], vad_table_Vx3[tok_Bx1],
-                               method=SEVLM.decode_step)
+                               output_ids, method=SEVLM.decode_step)
       return out["logits"][:, 0], cache
   else:
     ids_BxT = jnp.full((b, total), pad_id, jnp.int32).at[:, :lp].set(prompt_BxL)
@@ -87,7 +87,7 @@ def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, 
     def run(ids_BxT, segs_BxT, length):
       mask_BxT = jnp.broadcast_to(jnp.arange(total) < length, (b, total)).astype(jnp.int32)
       out = model.apply(variables, patches_BxPxD, ids_BxT, segs_BxT, vad_table_Vx3[ids_BxT],
-                        mask_BxT)
+                        mask_BxT, output_ids=output_ids)
       return jax.lax.dynamic_index_in_dim(out["logits"], length - 1, axis=1, keepdims=False)
 
     first_logits_BxV, model_state = run(ids_BxT, segs_BxT, lp), (ids_BxT, segs_BxT)
@@ -104,7 +104,10 @@ def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, 
   def record(book, logits_BxV, i):
     """Chooses token i of every sequence from its logits and updates the bookkeeping."""
     done_B = book["done"]
-    tok_B = jnp.where(done_B, pad_id, _select(logits_BxV, method, top_p, temperature, rng, i))
+    choice_B = _select(logits_BxV, method, top_p, temperature, rng, i)
+    if output_ids is not None:  # restricted output vocabulary: logit index -> token id
+      choice_B = output_ids[choice_B]
+    tok_B = jnp.where(done_B, pad_id, choice_B)
     ended_B = ~done_B & jnp.isin(tok_B, stop_S)
     book = {
         "tokens": book["tokens"].at[:, i].set(tok_B),
@@ -168,13 +171,14 @@ def _check_inputs(model, images_or_patches, vad_table_Vx3, prompt_ids, max_new_t
 def generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_ids, *,
              max_new_tokens: int = 25, because_id: int, eos_id: int | Sequence[int], pad_id: int,
              method: str = "greedy", top_p: float = 0.9, temperature: float = 1.0,
-             rng: jax.Array | None = None, return_logits: bool = False):
+             rng: jax.Array | None = None, return_logits: bool = False, output_ids=None):
   """Generates after the shared prompt for a batch of images (or precomputed patches).
 
   Returns (tokens BxN int32, lengths B int32): tokens[b, :lengths[b]] is the
   generated text, followed by the stop token (any of eos_id) if one came, then
   pad_id. With return_logits, also the BxNxV float32 logits each token was
-  chosen from (zeros after the loop ended).
+  chosen from (zeros after the loop ended). output_ids: restrict the choice to these token
+  ids (a model trained with a restricted output vocabulary); the logits are then over them.
   """
   if method not in ("greedy", "top_p"):
     raise ValueError(f"method must be 'greedy' or 'top_p', got {method!r}")
@@ -186,7 +190,8 @@ def generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_ids,
       model, params, jnp.asarray(images_or_patches), jnp.asarray(vad_table_Vx3, jnp.float32),
       prompt_L, jax.random.key(0) if rng is None else rng, jnp.float32(top_p),
       jnp.float32(temperature), jnp.int32(because_id), jnp.asarray(_stop_ids(eos_id), jnp.int32),
-      jnp.int32(pad_id), max_new_tokens=int(max_new_tokens), method=method, use_cache=use_cache,
+      jnp.int32(pad_id), None if output_ids is None else jnp.asarray(output_ids, jnp.int32),
+      max_new_tokens=int(max_new_tokens), method=method, use_cache=use_cache,
       return_logits=return_logits)
   return (tokens, lengths, logits) if return_logits else (tokens, lengths)
 

@@ -26,9 +26,10 @@ from sevlm_jax.data import artemis
 from sevlm_jax.data import pipeline
 
 
-def make_generate_fn(model, eval_cfg: ml_collections.ConfigDict, tokenizer):
+def make_generate_fn(model, eval_cfg: ml_collections.ConfigDict, tokenizer, output_ids=None):
   """Jitted (params, images, vad_table, rng) -> generated token ids [B, T]."""
   prompt_ids = jnp.asarray(tokenizer.prompt_ids, jnp.int32)
+  output_ids = None if output_ids is None else jnp.asarray(output_ids, jnp.int32)
 
   @jax.jit
   def generate(params, images, vad_table, rng):
@@ -36,15 +37,16 @@ def make_generate_fn(model, eval_cfg: ml_collections.ConfigDict, tokenizer):
     tokens, _ = decode_lib.generate(
         model, params, patches, vad_table, prompt_ids, max_new_tokens=eval_cfg.max_new_tokens,
         because_id=tokenizer.because_id, eos_id=vocab.EOS_ID, pad_id=vocab.PAD_ID,
-        method=eval_cfg.decoding, top_p=eval_cfg.top_p, temperature=eval_cfg.temperature, rng=rng)
+        method=eval_cfg.decoding, top_p=eval_cfg.top_p, temperature=eval_cfg.temperature, rng=rng,
+        output_ids=output_ids)
     return tokens
 
   return generate
 
 
 def _generator(run: inputs.Run):
-  if getattr(run, "_generate_fn", None) is None:
-    run._generate_fn = make_generate_fn(run.model, run.config.eval, run.tokenizer)
+  if run._generate_fn is None:
+    run._generate_fn = make_generate_fn(run.model, run.config.eval, run.tokenizer, run.output_ids)
   return run._generate_fn
 
 

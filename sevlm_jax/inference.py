@@ -58,7 +58,7 @@ class Predictor:
   """Jitted emotion + explanation generation with a trained run's parameters."""
 
   def __init__(self, config: ml_collections.ConfigDict, params, vad_table: np.ndarray,
-               batch_size: int | None = None):
+               batch_size: int | None = None, output_ids: np.ndarray | None = None):
     self.config = config
     self.tokenizer = tokenizer_lib.load_tokenizer()
     self.model = inputs.build_model(config)
@@ -66,7 +66,8 @@ class Predictor:
     self.vad_table = jax.numpy.asarray(vad_table)
     self.batch_size = batch_size or config.eval.batch_size
     self.image_size = config.data.image_size
-    self._generate = eval_lib.make_generate_fn(self.model, config.eval, self.tokenizer)
+    self._generate = eval_lib.make_generate_fn(self.model, config.eval, self.tokenizer,
+                                               output_ids)
     self._rng = jax.random.PRNGKey(config.seed)
 
   @classmethod
@@ -82,7 +83,9 @@ class Predictor:
     with open(config_path, encoding="utf-8") as f:
       config = ml_collections.ConfigDict(json.load(f))
     params, _ = ckpt_lib.restore_params(workdir, checkpoint)
-    return cls(config, params, np.load(table_path), batch_size=batch_size)
+    vocab_path = os.path.join(workdir, "output_vocab.npy")
+    output_ids = np.load(vocab_path) if os.path.exists(vocab_path) else None
+    return cls(config, params, np.load(table_path), batch_size=batch_size, output_ids=output_ids)
 
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
     return np.stack([_to_array(im, self.image_size, f"image {i}") for i, im in enumerate(images)])

@@ -14,7 +14,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from sevlm_jax import emotions
 from sevlm_jax import io_utils
+from sevlm_jax import vocab
 from sevlm_jax.data import artemis
 from sevlm_jax.data import demo
 from sevlm_jax.data import prepare
@@ -49,6 +51,8 @@ class Run:
   vad_table: np.ndarray  # [vocab, 3] float32
   model: sevlm_lib.SEVLM
   abstract_params: Any
+  output_ids: np.ndarray | None = None  # restricted output vocabulary (token ids), or None
+  _generate_fn: Any = None  # jitted generation, built on first use (evaluate.py)
 
 
 def default_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -113,6 +117,36 @@ def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str) -
   return table
 
 
+def output_vocabulary(config: ml_collections.ConfigDict, tokenizer, ready_dir: str, workdir: str
+                      ) -> np.ndarray | None:
+  """Token ids the LM softmax ranges over: None for the full GPT-2 vocabulary (the recipe).
+
+  'train_tokens' keeps only the tokens of the training sequences (plus the prompt, every
+  emotion word, " because" and <eos>): a closed-vocabulary model whose output layer is a few
+  hundred rows instead of 50k, which is what makes the demo train in minutes on a CPU.
+  Saved in the workdir so that inference uses the same vocabulary.
+  """
+  if config.output_vocab == "full":
+    return None
+  if config.output_vocab != "train_tokens":
+    raise ConfigError(f"output_vocab={config.output_vocab!r}; choose 'full' or 'train_tokens'")
+  path = os.path.join(workdir, "output_vocab.npy")
+  if os.path.exists(path):
+    return np.load(path)
+  texts, labels = artemis.split_utterances(ready_dir, "train")
+  ids = set(tokenizer.prompt_ids) | {tokenizer.because_id, vocab.EOS_ID}
+  for name in emotions.EMOTIONS:
+    ids.update(tokenizer.encode(" " + name))
+  for text, label in zip(texts, labels):
+    seq = tokenizer.build_sequence(int(label), text, config.data.max_len)
+    ids.update(int(t) for t in seq["input_ids"][seq["token_mask"] > 0])
+  table = np.asarray(sorted(ids), np.int32)
+  tmp = path + ".tmp.npy"
+  np.save(tmp, table)
+  os.replace(tmp, path)
+  return table
+
+
 def build_model(config: ml_collections.ConfigDict) -> sevlm_lib.SEVLM:
   return sevlm_lib.SEVLM(model_config_lib.ModelConfig.from_dict(config.model.to_dict()))
 
@@ -142,7 +176,8 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   vad_table = load_vad_table(config, tokenizer, workdir)
   model = build_model(config)
   abstract = jax.eval_shape(lambda r: sevlm_lib.init_params(model.config, r), jax.random.PRNGKey(0))
-  return Run(config, ready_dir, tokenizer, vad_table, model, abstract)
+  output_ids = output_vocabulary(config, tokenizer, ready_dir, workdir)
+  return Run(config, ready_dir, tokenizer, vad_table, model, abstract, output_ids)
 
 
 def initial_params(config: ml_collections.ConfigDict, run: Run) -> Any:

@@ -99,7 +99,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = step_lib.init_train_state(inputs.initial_params(config, run), tx,
                                       config.optim.train_vision)
 
-  train_step = jax.jit(step_lib.make_train_step(model, config, tx), donate_argnums=0)
+  train_step = jax.jit(step_lib.make_train_step(model, config, tx, run.output_ids),
+                       donate_argnums=0)
   writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
   rng = jax.random.PRNGKey(config.seed)
   step = int(state.step)

@@ -51,10 +51,21 @@ def other_image_rows(rng: jax.Array, num_images: int) -> jax.Array:
   return (rows + 2 * shift) % (2 * num_images)
 
 
+def restricted_labels(labels: jax.Array, output_ids: jax.Array, vocab_size: int) -> jax.Array:
+  """Token-id labels -> positions in output_ids (-1 stays -1, and so does a token not in it)."""
+  position_of = jnp.full((vocab_size,), -1, jnp.int32).at[output_ids].set(
+      jnp.arange(output_ids.shape[0], dtype=jnp.int32))
+  return jnp.where(labels >= 0, position_of[jnp.maximum(labels, 0)], -1)
+
+
 def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: jax.Array,
                loss_cfg: ml_collections.ConfigDict, rng: jax.Array, *, patches=None,
-               deterministic: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Weighted SEVLM loss of one batch of pairs and its parts."""
+               deterministic: bool = False, output_ids: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Weighted SEVLM loss of one batch of pairs and its parts.
+
+  output_ids: a restricted output vocabulary (token ids); the LM softmax is then over them.
+  """
   dropout_rng, negative_rng = jax.random.split(rng)
   if patches is None:
     patches = model.apply({"params": params}, batch["image"], method=model.encode_image)
@@ -64,10 +75,13 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
   token_vad_NxLx3 = vad_table[seq["input_ids"]]
   out = model.apply({"params": params}, patches_NxPxD, seq["input_ids"], seq["segment_ids"],
                     token_vad_NxLx3, seq["token_mask"], deterministic=deterministic,
-                    rngs={"dropout": dropout_rng})
+                    output_ids=output_ids, rngs={"dropout": dropout_rng})
 
   terms, metrics = {}, {}
-  logits, labels = losses.shift_for_next_token(out["logits"], seq["labels"])
+  labels = seq["labels"]
+  if output_ids is not None:
+    labels = restricted_labels(labels, output_ids, vad_table.shape[0])
+  logits, labels = losses.shift_for_next_token(out["logits"], labels)
   if loss_cfg.lm_weight:
     terms["lm"] = losses.lm_loss(logits, labels)
   if loss_cfg.vad_weight:
@@ -93,9 +107,14 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
   return total, metrics
 
 
-def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.GradientTransformation
-                    ) -> Callable:
-  """Returns train_step(state, batch, vad_table, rng) -> (state, metrics), pure and jittable."""
+def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                    output_ids=None) -> Callable:
+  """Returns train_step(state, batch, vad_table, rng) -> (state, metrics), pure and jittable.
+
+  output_ids: the restricted output vocabulary of the run (None: the full vocabulary).
+  """
+  if output_ids is not None:
+    output_ids = jnp.asarray(output_ids, jnp.int32)
   train_vision = config.optim.train_vision
 
   def train_step(state: TrainState, batch, vad_table, rng):
@@ -107,7 +126,7 @@ def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.Gradient
 
     def loss_fn(p):
       return sevlm_loss(model, optim_lib.merge_params(p, frozen), batch, vad_table, config.loss,
-                        rng, patches=patches)
+                        rng, patches=patches, output_ids=output_ids)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, new_opt_state = tx.update(grads, state.opt_state, trainable)

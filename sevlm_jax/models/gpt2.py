@@ -204,9 +204,13 @@ class GPT2Decoder(nn.Module):
       new_cache.append(layer_cache)
     return self.ln_f(x_BxTxD), (tuple(new_cache) if cache is not None else None)
 
-  def logits(self, hidden_BxTxD):
-    """Tied LM head, float32 logits."""
-    return self.wte.attend(hidden_BxTxD).astype(jnp.float32)
+  def logits(self, hidden_BxTxD, output_ids_V=None):
+    """Tied LM head, float32 logits; over the rows output_ids_V only when given (a restricted
+    output vocabulary: the softmax then normalises over those tokens)."""
+    if output_ids_V is None:
+      return self.wte.attend(hidden_BxTxD).astype(jnp.float32)
+    table_VxD = self.wte.embedding[output_ids_V].astype(self.dtype)
+    return jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype), table_VxD).astype(jnp.float32)
 
   def init_cache(self, patches_BxPxD, max_length: int):
     """Empty self-attention buffers of max_length slots plus the image's cross-attention K/V."""

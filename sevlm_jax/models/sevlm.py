@@ -91,9 +91,10 @@ class SEVLM(nn.Module):
     return x_BxLxD
 
   def __call__(self, patches_BxPxD, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3,
-               token_mask_BxL, deterministic=True):
+               token_mask_BxL, deterministic=True, output_ids=None):
     """Teacher-forced pass. token_mask: 1 for real tokens, 0 for right padding.
 
+    output_ids: optional token ids the logits are restricted to (BxLx|output_ids|).
     Returns a dict: logits BxLxV (float32), hidden BxLxD, vad_pred BxLx3 (at t,
     for token t+1), image_feat BxD (mean of patches), emotion_feat and
     explanation_feat BxD (masked means of hidden over each segment, no padding).
@@ -107,7 +108,7 @@ class SEVLM(nn.Module):
     real_BxL = token_mask_BxL.astype(bool)
     c = self.config
     return {
-        "logits": self.decoder.logits(hidden_BxLxD),
+        "logits": self.decoder.logits(hidden_BxLxD, output_ids),
         "hidden": hidden_BxLxD,
         "vad_pred": self.vad_head(hidden_BxLxD.astype(jnp.float32)),
         "image_feat": jnp.mean(patches_BxPxD.astype(jnp.float32), axis=1),
@@ -136,7 +137,7 @@ class SEVLM(nn.Module):
       cache["vad"] = self.vad_encoder.init_cache(patches_BxPxD.shape[0], max_length)
     return cache
 
-  def decode_step(self, cache, input_ids_BxT, segment_ids_BxT, token_vad_BxTx3):
+  def decode_step(self, cache, input_ids_BxT, segment_ids_BxT, token_vad_BxTx3, output_ids=None):
     """Feeds T new tokens (T >= 1; the prompt at once, then one at a time).
 
     Returns ({'logits': BxTxV float32, 'hidden': BxTxD, 'vad_pred': BxTx3}, new cache);
@@ -158,7 +159,7 @@ class SEVLM(nn.Module):
     mask_1xTxS = gpt2.cached_causal_mask(index, t, max_length)
     hidden_BxTxD, new_cache["decoder"] = self.decoder.transform(
         x_BxTxD, mask_1xTxS, cache=cache["decoder"], index=index)
-    out = {"logits": self.decoder.logits(hidden_BxTxD), "hidden": hidden_BxTxD,
+    out = {"logits": self.decoder.logits(hidden_BxTxD, output_ids), "hidden": hidden_BxTxD,
            "vad_pred": self.vad_head(hidden_BxTxD.astype(jnp.float32))}
     return out, new_cache
 

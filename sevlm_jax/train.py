@@ -134,7 +134,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpts.close()
     writer.close()
     raise
-  ckpts.save_latest(step, state, data_iter, history)
+  if ckpts.latest_step() != step:  # a finished run started again has nothing new to save
+    ckpts.save_latest(step, state, data_iter, history)
   ckpts.close()
   if step < total_steps and not history.get("stopped_early"):
     writer.close()

@@ -9,7 +9,7 @@ How emotion lives in the pictures. Each image is drawn for one intended
 emotion (classes balanced) from four visual attributes: the colour of its
 shapes, its overall brightness, the kind of shape, and the background texture.
 Every emotion has a prototype (below); each attribute follows the prototype
-with probability 0.8 and is random otherwise, so the attributes predict the
+with probability 0.9 and is random otherwise, so the attributes predict the
 emotion well but not perfectly, and only through the pixels.
 
   emotion         shape colours    brightness  shapes     texture
@@ -49,7 +49,7 @@ from sevlm_jax import emotions as emotions_lib
 from sevlm_jax.data import artemis
 from sevlm_jax.data import records
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 DEFAULT_NUM_IMAGES = 2700  # 2295 / 135 / 270 images in train / val / test
 RAW_SIZE = 64  # drawn at 64 x 64, stored as JPEG, resized by the ingestion like any painting
 CSV_NAME = "artemis_demo.csv"
@@ -92,9 +92,9 @@ TEMPLATES = (
     "{brightness} {colour} {shape} on {background} {phrase}",
     "the {texture} background and {colour} {shape} {phrase}",
 )
-KEEP_PROTOTYPE = 0.8
+KEEP_PROTOTYPE = 0.9
 MAIN_VOTES = ((2, 0.15), (3, 0.40), (4, 0.35), (5, 0.10))  # annotators choosing the intended emotion
-SECONDARY = 0.65  # otherwise: the best-matching other emotion with this probability, else any other
+SECONDARY = 0.25  # otherwise: the best-matching other emotion with this probability, else any other
 
 
 # ----------------------------------------------------------------------------- content

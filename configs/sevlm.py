@@ -122,10 +122,14 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   # signal per sequence is noisy and needs many images per step to average out.
   c.train.batch_size = 64
   c.train.num_epochs = 0
-  c.train.num_steps = 200
+  # Trained from scratch on a CPU, the full contrastive weight slows the tiny model's image
+  # grounding (validation ACC 0.27 instead of 0.55 after 150 steps); a tenth of it keeps the
+  # contrastive head in the run at little cost (0.50).
+  c.loss.contrastive_weight = 0.1
+  c.train.num_steps = 250
   c.train.log_every = 25
-  c.train.eval_every = 100
-  c.train.checkpoint_every = 100
+  c.train.eval_every = 125
+  c.train.checkpoint_every = 125
   c.train.eval_max_images = 100
   c.eval.batch_size = 64
   c.eval.max_new_tokens = 20

@@ -58,6 +58,11 @@ def token_text(tokenizer, ids: np.ndarray) -> str:
   return tokenizer.decode([i for i in ids if i < vocab.GPT2_VOCAB_SIZE])
 
 
+def full_sentence(generated: str) -> str:
+  """The prompt and what followed it: 'the emotion is awe because ...'."""
+  return (vocab.PROMPT + generated).strip()
+
+
 def predict_split(run: inputs.Run, params, split: str, config: ml_collections.ConfigDict,
                   max_images: int = 0) -> list[dict[str, Any]]:
   """Generates emotion + explanation for the images of a split (the first max_images if > 0)."""
@@ -71,7 +76,7 @@ def predict_split(run: inputs.Run, params, split: str, config: ml_collections.Co
     for row in np.flatnonzero(batch["valid"]):
       text = token_text(run.tokenizer, tokens[row])
       emotion, explanation = decode_lib.parse_generation(text)
-      preds.append({"image_index": int(batch["image_index"][row]), "text": text,
+      preds.append({"image_index": int(batch["image_index"][row]), "text": full_sentence(text),
                     "emotion": emotion, "explanation": explanation})
       if max_images and len(preds) >= max_images:
         return preds

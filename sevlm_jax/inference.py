@@ -107,5 +107,6 @@ class Predictor:
       for row in range(len(chunk)):
         text = eval_lib.token_text(self.tokenizer, tokens[row])
         emotion, explanation = decode_lib.parse_generation(text)
-        out.append({"emotion": emotion, "explanation": explanation, "text": text})
+        out.append({"emotion": emotion, "explanation": explanation,
+                    "text": eval_lib.full_sentence(text)})
     return out

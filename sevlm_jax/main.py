@@ -70,5 +70,19 @@ def main(argv):
     sys.exit(2)
 
 
+def _parse_flags(argv):
+  """absl's parser, with one clear line instead of a traceback for a bad config or override."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # config_flags appends the config file's traceback
+    reason = str(e).strip().splitlines()[-1]
+  except (AttributeError, KeyError) as e:  # --config.a.b=... names no field
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    field = str(e.args[0] if e.args else e).strip("'\"")
+    reason = f"the config has no field '{field}' (overrides: {', '.join(bad)})"
+  print(f"error: {reason}", file=sys.stderr)
+  sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

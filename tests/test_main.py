@@ -1,0 +1,133 @@
+"""The command line: predict and evaluate a saved tiny run, and clear errors for bad invocations.
+
+Every command of this module is started at once by the `commands` fixture (each pays JAX's
+start-up, mostly on one core) and the tests read their results.
+"""
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from sevlm_jax.data import records
+from test_train import Background, compile_cache, demo_root, main_args, trained_run
+
+CAPTION_KEYS = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
+TRACEBACK = "Traceback (most recent call last)"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def split_records(tmp_path_factory):
+  return records.load_split(demo_root(tmp_path_factory) / "ready", "test")
+
+
+def _error_cases(demo, run, tmp):
+  """name -> (arguments, texts the error message must show)."""
+  tiny = lambda *extra: main_args(demo, tmp / "w_tiny", *extra)
+  return {
+      "unknown_variant": (["--config=configs/sevlm.py:demo,no_such_variant", f"--workdir={tmp / 'w'}"],
+                          ["no_such_variant", "demo", "artemis_v1"]),
+      "unknown_field": (tiny("--config.train.no_such_field=3"), ["no_such_field"]),
+      "image_size_mismatch": (tiny("--config.data.image_size=64"),
+                              ["model.vision.image_size=32", "data.image_size=64"]),
+      "artemis_data_missing": (
+          ["--config=configs/sevlm.py:artemis_v1", f"--workdir={tmp / 'w_artemis'}"],
+          ["--config.data.csv", "--config.data.images", "configs/sevlm.py:demo"]),
+      "predict_not_a_run": (["--mode=predict", f"--workdir={tmp / 'empty'}", "--images=a.png"],
+                            [str(tmp / "empty" / "config.json"), "not a trained SEVLM run"]),
+      "predict_missing_image": (["--mode=predict", f"--workdir={run}", f"--images={tmp / 'gone.png'}"],
+                                [str(tmp / "gone.png"), "does not exist"]),
+  }
+
+
+@pytest.fixture(scope="module")
+def commands(tiny_run, split_records, tmp_path_factory):
+  """Starts every command of this module: name -> (Background, what the test needs to check it)."""
+  cache, demo = compile_cache(tmp_path_factory), demo_root(tmp_path_factory)
+  tmp = tmp_path_factory.mktemp("main")
+  started = {}
+
+  # predict: two test-split images saved losslessly, one with a space in its name.
+  paths = [tmp / "painting 0.png", tmp / "painting_1.png"]
+  for i, path in enumerate(paths):
+    Image.fromarray(split_records[i]["image"]).save(path)
+  args = ["--mode=predict", f"--workdir={tiny_run}", "--images=" + ",".join(map(str, paths))]
+  started["predict"] = (Background(args, cache, tmp / "predict"), paths)
+
+  # evaluate: a copy of the run without its evaluation files.
+  workdir = tmp / "evaluated"
+  shutil.copytree(tiny_run, workdir,
+                  ignore=shutil.ignore_patterns("metrics_test.json", "predictions_test.json"))
+  args = main_args(demo, workdir, "--mode=evaluate", "--checkpoint=latest")
+  started["evaluate"] = (Background(args, cache, tmp / "evaluate"), workdir)
+
+  (tmp / "empty").mkdir()
+  for name, (args, expected) in _error_cases(demo, tiny_run, tmp).items():
+    started[name] = (Background(args, cache, tmp / name), expected)
+  yield started
+  for background, _ in started.values():
+    background.kill()
+
+
+def test_predict_prints_one_json_line_per_image(commands, tiny_run):
+  """Test-split images as PNG files: the command line predicts what `evaluate` wrote for them."""
+  background, paths = commands["predict"]
+  result = background.result()
+  assert result.returncode == 0, result.stderr[-5000:]
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == len(paths), result.stdout
+  evaluated = {p["image_index"]: p for p in json.loads((tiny_run / "predictions_test.json").read_text())}
+  for i, (line, path) in enumerate(zip(lines, paths)):
+    pred = json.loads(line)
+    assert set(pred) == {"image", "emotion", "explanation", "text"}
+    assert pred["image"] == str(path)
+    assert pred["text"] == evaluated[i]["text"]
+
+
+def test_evaluate_writes_metrics_and_predictions(commands, split_records):
+  background, workdir = commands["evaluate"]
+  result = background.result()
+  assert result.returncode == 0, result.stderr[-5000:]
+
+  metrics = json.loads((workdir / "metrics_test.json").read_text())
+  for key in ("ACC", "EA", "EA_judge_heldout_accuracy", "Unique", "captions", "captions_filtered",
+              "per_emotion_accuracy", "confusion_matrix", "emotions", "checkpoint"):
+    assert key in metrics, key
+  for key in ("ACC", "EA", "EA_judge_heldout_accuracy", "Unique"):
+    assert 0.0 <= metrics[key] <= 1.0, key
+  assert CAPTION_KEYS <= set(metrics["captions"])
+  assert set(metrics["per_emotion_accuracy"]) == set(metrics["emotions"])
+  assert len(metrics["emotions"]) == 9 and len(metrics["confusion_matrix"]) == 9
+  assert metrics["checkpoint"] == {"kind": "latest", "step": 12}
+  assert metrics["num_images"] == len(split_records)
+
+  predictions = json.loads((workdir / "predictions_test.json").read_text())
+  assert sorted(p["image_index"] for p in predictions) == list(range(len(split_records)))
+  for p in predictions:
+    assert {"image_index", "image_id", "text", "emotion", "explanation", "dominant_emotion",
+            "judge_emotion", "references"} <= set(p)
+    assert p["references"] and all(isinstance(r, str) for r in p["references"])
+
+
+@pytest.mark.parametrize("name", [
+    "unknown_variant",
+    "unknown_field",
+    "image_size_mismatch",
+    "artemis_data_missing",
+    "predict_not_a_run",
+    "predict_missing_image",
+])
+def test_bad_invocation_fails_with_a_clear_message(commands, name):
+  background, expected = commands[name]
+  result = background.result()
+  assert result.returncode != 0
+  assert not result.stdout.strip(), result.stdout
+  for text in expected:
+    assert text in result.stderr, f"{text!r} not in:\n{result.stderr[-3000:]}"
+  assert TRACEBACK not in result.stderr, result.stderr[-3000:]

@@ -1,0 +1,541 @@
+"""The train step, the optimiser groups, checkpoints and resuming a killed run.
+
+This file also holds what the inference and command-line tests share: TINY and
+`tiny_config` (configs/sevlm.py:demo shrunk to seconds), `main_args` (the same
+as command-line flags), `Background` / `run_main` (the command line in a
+subprocess, with a compilation cache shared by the session), and `trained_run`
+(one finished tiny run per session, trained through the command line, started
+in the background as early as this module allows).
+"""
+
+import atexit
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from absl import flags
+
+from sevlm_jax import checkpoints as ckpt_lib
+from sevlm_jax import inputs
+from sevlm_jax import optim as optim_lib
+from sevlm_jax import train_step as step_lib
+from sevlm_jax.data import demo
+from sevlm_jax.data import pipeline
+from sevlm_jax.data import tokenizer as tokenizer_lib
+
+flags.FLAGS.mark_as_parsed()  # grain reads absl flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# configs/sevlm.py:demo shrunk so that a whole run (train, validate, evaluate) takes seconds once
+# compiled: one layer per tower, narrow, and no dropout (its random bits dominate XLA's compile
+# time).
+TINY = {
+    "data.demo_num_images": 120,  # 101 / 7 / 12 images in train / val / test
+    "model.vision.width": 64,
+    "model.vision.mlp_dim": 128,
+    "model.vision.layers": 1,
+    "model.decoder.width": 64,
+    "model.decoder.mlp_dim": 128,
+    "model.decoder.layers": 1,
+    "model.decoder.dropout": 0.0,
+    "model.vad.layers": 1,
+    "model.vad.dropout": 0.0,
+    "model.contrastive.layers": 1,
+    "train.num_steps": 12,
+    "train.batch_size": 4,
+    "train.log_every": 4,
+    "train.eval_every": 6,
+    "train.checkpoint_every": 3,
+    "train.eval_max_images": 8,
+    "eval.batch_size": 8,
+    "eval.max_new_tokens": 6,
+    "eval.judge_max_train": 64,
+    "judge.num_epochs": 1,
+    "demo_blind_baseline": False,
+}
+NUM_STEPS = TINY["train.num_steps"]
+
+
+def load_config(arg: str = "demo") -> ml_collections.ConfigDict:
+  """configs/sevlm.py:<arg>, loaded by path (configs/ is not a package)."""
+  spec = importlib.util.spec_from_file_location("sevlm_test_config", REPO / "configs" / "sevlm.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def tiny_config(demo_root, **overrides) -> ml_collections.ConfigDict:
+  """The tiny demo config reading the shared demo data set; overrides as {'train.num_steps': 3}."""
+  config = load_config("demo")
+  for key, value in {**TINY, "data.ready_dir": str(demo_root), **overrides}.items():
+    *parents, name = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    assert name in node, f"test config override names no field: {key}"
+    node[name] = value
+  return config
+
+
+def main_args(demo_root, workdir, *extra) -> list[str]:
+  """`python -m sevlm_jax.main` arguments that train the tiny config in workdir."""
+  args = ["--config=configs/sevlm.py:demo", f"--workdir={workdir}",
+          f"--config.data.ready_dir={demo_root}"]
+  args += [f"--config.{k}={v}" for k, v in TINY.items()]
+  return args + list(extra)
+
+
+def subprocess_env(cache_dir) -> dict[str, str]:
+  # A compilation cache shared by this session's subprocesses: each pays JAX's start-up, but
+  # compiles a tiny-run computation only once. LLVM without optimisation halves XLA's compile
+  # time; the tiny runs hardly notice the slower code, and all of them use the same setting.
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", XLA_FLAGS=xla_flags)
+
+
+def main_command(args) -> list[str]:
+  return [sys.executable, "-m", "sevlm_jax.main", *map(str, args)]
+
+
+class Background:
+  """`python -m sevlm_jax.main ARGS` started now; its output goes to files, so no pipe fills up."""
+
+  def __init__(self, args, cache_dir, log_prefix):
+    self.stdout_path = pathlib.Path(f"{log_prefix}.stdout")
+    self.stderr_path = pathlib.Path(f"{log_prefix}.stderr")
+    with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+      self.proc = subprocess.Popen(main_command(args), cwd=REPO, env=subprocess_env(cache_dir),
+                                   stdout=out, stderr=err)
+    _RUNNING.add(self.proc)
+
+  def result(self, timeout: float = 300) -> subprocess.CompletedProcess:
+    try:
+      self.proc.wait(timeout=timeout)
+    finally:
+      self.kill()
+    return subprocess.CompletedProcess(self.proc.args, self.proc.returncode,
+                                       self.stdout_path.read_text(), self.stderr_path.read_text())
+
+  def kill(self) -> None:
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
+    _RUNNING.discard(self.proc)
+
+
+_RUNNING: set[subprocess.Popen] = set()
+
+
+@atexit.register
+def _kill_leftovers():  # e.g. the shared run's training when -x stopped the session early
+  for proc in list(_RUNNING):
+    if proc.poll() is None:
+      proc.kill()
+
+
+def run_main(args, cache_dir, log_prefix, timeout: float = 300) -> subprocess.CompletedProcess:
+  return Background(args, cache_dir, log_prefix).result(timeout)
+
+
+def shared_dir(tmp_path_factory, name: str) -> pathlib.Path:
+  """A directory shared by every test module of the session, and by its xdist workers."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # the workers' basetemps are siblings in the session's directory
+  path = base / "sevlm_shared" / name
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+@contextlib.contextmanager
+def exclusive(lock_path):
+  """Held by one process at a time (another xdist worker waits, then reuses the result)."""
+  with open(lock_path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def compile_cache(tmp_path_factory) -> pathlib.Path:
+  return shared_dir(tmp_path_factory, "jax_cache")
+
+
+def demo_root(tmp_path_factory) -> pathlib.Path:
+  root = shared_dir(tmp_path_factory, "demo_data")
+  with exclusive(root.parent / "demo_data.lock"):
+    demo.ensure_demo_dataset(root, seed=0, num_images=TINY["data.demo_num_images"], image_size=32)
+  return root
+
+
+# The shared tiny run: a workdir trained once per session through the command line. Its files
+# beside the workdir: .lock (held while it trains), .done or .failed (with the error), and the
+# command's output in .log.stdout and .log.stderr.
+_TRAINING = {}  # workdir -> (Background, held lock file), while this process trains it
+
+
+def _run_files(tmp_path_factory):
+  workdir = shared_dir(tmp_path_factory, "trained_run")
+  return workdir, {k: workdir.parent / f"trained_run.{k}" for k in ("lock", "done", "failed", "log")}
+
+
+def start_trained_run(tmp_path_factory) -> None:
+  """Starts training the shared tiny run in the background unless it is trained or training."""
+  workdir, f = _run_files(tmp_path_factory)
+  if workdir in _TRAINING or f["done"].exists() or f["failed"].exists():
+    return
+  lock = open(f["lock"], "w")
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:  # another xdist worker trains it
+    lock.close()
+    return
+  if f["done"].exists() or f["failed"].exists():
+    lock.close()
+    return
+  args = main_args(demo_root(tmp_path_factory), workdir)
+  _TRAINING[workdir] = (Background(args, compile_cache(tmp_path_factory), f["log"]), lock)
+
+
+def _finish_training(workdir, f) -> None:
+  background, lock = _TRAINING.pop(workdir)
+  try:
+    result = background.result(timeout=900)
+    if result.returncode == 0:
+      f["done"].write_text("ok")
+    else:
+      f["failed"].write_text(f"exit code {result.returncode}\n{result.stderr[-5000:]}")
+  finally:
+    lock.close()  # releases the lock
+
+
+def trained_run(tmp_path_factory) -> pathlib.Path:
+  """The workdir of a finished tiny run (train, validation, evaluation), trained once per session."""
+  workdir, f = _run_files(tmp_path_factory)
+  start_trained_run(tmp_path_factory)
+  if workdir in _TRAINING:
+    _finish_training(workdir, f)
+  while not (f["done"].exists() or f["failed"].exists()):
+    with exclusive(f["lock"]):  # waits for another worker's training to end
+      pass
+    start_trained_run(tmp_path_factory)  # that worker died without a result: train it here
+    if workdir in _TRAINING:
+      _finish_training(workdir, f)
+  if f["failed"].exists():
+    pytest.fail(f"the shared tiny training run failed: {f['failed'].read_text()}")
+  return workdir
+
+
+def latest_steps(workdir) -> list[int]:
+  folder = pathlib.Path(workdir) / "checkpoints" / "latest"
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def assert_trees_equal(a, b, **tol):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    if tol:
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path), **tol)
+    else:
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+
+
+# ----------------------------------------------------------------------------- the train step
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  """A fixed training batch of the tiny demo data and the token VAD table."""
+  root = demo_root(tmp_path_factory)
+  config = tiny_config(root)
+  tokenizer = tokenizer_lib.load_tokenizer()
+  ready = inputs.resolve_ready_dir(config, str(root))
+  loader = pipeline.train_loader(ready, tokenizer, batch_size=4, max_len=config.data.max_len, seed=0,
+                                 shard_index=0, shard_count=1)
+  batch = next(iter(loader))
+  batch = {k: batch[k] for k in ("image", "input_ids", "segment_ids", "token_mask", "labels")}
+  vad_table = inputs.load_vad_table(config, tokenizer, str(tmp_path_factory.mktemp("vad")))
+  return root, batch, jnp.asarray(vad_table)
+
+
+class Stepper:
+  """A jitted train step of the tiny model with its initial state (compiled once per variant)."""
+
+  def __init__(self, root, make_random_params, **overrides):
+    # No warm-up, and a long schedule, so that the first steps move the parameters.
+    self.config = tiny_config(root, **{"optim.warmup_steps": 0, **overrides})
+    self.model = inputs.build_model(self.config)
+    self.params = make_random_params(self.model.config)
+    train_vision = self.config.optim.train_vision
+    trainable, _ = optim_lib.split_params(self.params, train_vision)
+    self.tx = optim_lib.create_optimizer(self.config.optim, trainable, total_steps=1000)
+    self.state = step_lib.init_train_state(self.params, self.tx, train_vision)
+    # Unoptimised LLVM code compiles in half the time; a few steps of the tiny model run fine.
+    self.step = jax.jit(step_lib.make_train_step(self.model, self.config, self.tx),
+                        compiler_options={"xla_backend_optimization_level": 0})
+
+  def run(self, state, batch, vad_table, n: int):
+    losses = []
+    for _ in range(n):
+      state, metrics = self.step(state, batch, vad_table, jax.random.PRNGKey(1))
+      losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+@pytest.fixture(scope="module")
+def trainable_vision(data, make_random_params):
+  return Stepper(data[0], make_random_params, **{"optim.train_vision": True})
+
+
+@pytest.fixture(scope="module")
+def frozen_no_vad(data, make_random_params):
+  """Frozen vision tower and the no-VAD-embedding ablation, in one compiled step."""
+  return Stepper(data[0], make_random_params,
+                 **{"optim.train_vision": False, "model.use_vad_embedding": False})
+
+
+def test_steps_lower_the_loss_on_a_fixed_batch(data, trainable_vision):
+  _, batch, vad_table = data
+  state, losses = trainable_vision.run(trainable_vision.state, batch, vad_table, 4)
+  assert all(np.isfinite(losses)), losses
+  assert losses[-1] < losses[0] - 0.05, losses
+  assert int(state.step) == 4 and int(state.skipped_steps) == 0
+
+
+def test_trainable_vision_tower_changes(data, trainable_vision):
+  _, batch, vad_table = data
+  state, _ = trainable_vision.run(trainable_vision.state, batch, vad_table, 1)
+  before = jax.tree.leaves(trainable_vision.params["vision"])
+  after = jax.tree.leaves(state.params["vision"])
+  assert all(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(after, before))
+
+
+def test_frozen_vision_tower_is_bit_identical(data, frozen_no_vad):
+  _, batch, vad_table = data
+  state, losses = frozen_no_vad.run(frozen_no_vad.state, batch, vad_table, 2)
+  assert all(np.isfinite(losses)), losses
+  assert_trees_equal(state.params["vision"], frozen_no_vad.params["vision"])
+  assert np.any(np.asarray(state.params["decoder"]["wte"]["embedding"])
+                != frozen_no_vad.params["decoder"]["wte"]["embedding"])
+  # The frozen tower has no optimiser state at all.
+  assert not any("vision" in jax.tree_util.keystr(p)
+                 for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state))
+
+
+def test_training_without_vad_embedding(data, frozen_no_vad):
+  _, batch, vad_table = data
+  assert "vad_encoder" not in frozen_no_vad.params and "vad_fusion" not in frozen_no_vad.params
+  state, losses = frozen_no_vad.run(frozen_no_vad.state, batch, vad_table, 4)
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.05, losses
+  assert set(state.params) == set(frozen_no_vad.params)
+
+
+def test_non_finite_loss_leaves_the_state_unchanged(data, trainable_vision):
+  _, batch, vad_table = data
+  s = trainable_vision
+  state, _ = s.run(s.state, batch, vad_table, 1)  # a state with non-trivial optimiser moments
+  bad_params = jax.tree.map(np.asarray, state.params)
+  bad_params["vad_head"]["kernel"] = np.full_like(bad_params["vad_head"]["kernel"], np.nan)
+  bad = state.replace(params=bad_params)
+  after, metrics = s.step(bad, batch, vad_table, jax.random.PRNGKey(1))
+  assert not np.isfinite(float(metrics["loss"])) and float(metrics["finite"]) == 0.0
+  assert int(after.skipped_steps) == int(bad.skipped_steps) + 1
+  assert int(after.step) == int(bad.step) + 1  # the step counter counts every batch
+  assert_trees_equal(after.params, bad.params)
+  assert_trees_equal(after.opt_state, bad.opt_state)
+  # The next finite batch trains normally again.
+  good, metrics = s.step(after.replace(params=state.params), batch, vad_table, jax.random.PRNGKey(1))
+  assert float(metrics["finite"]) == 1.0 and int(good.skipped_steps) == 1
+
+
+# ----------------------------------------------------------------------------- the optimiser
+
+def _optim_config(**overrides) -> ml_collections.ConfigDict:
+  config = load_config("artemis_v1").optim
+  config.update(dict(lr=1e-3, vad_encoder_lr=4e-3, vision_lr=2e-4, weight_decay=0.0,
+                     warmup_steps=0, grad_clip_norm=0.0))
+  config.update(overrides)
+  return config
+
+
+TOY = {name: {"w": np.zeros(3, np.float32)} for name in
+       ("vision", "decoder", "vad_encoder", "vad_fusion", "vad_head", "contrastive_head")}
+
+
+def _first_update(config, trainable):
+  tx = optim_lib.create_optimizer(config, trainable, total_steps=100)
+  grads = jax.tree.map(np.ones_like, trainable)
+  updates, _ = tx.update(grads, tx.init(trainable), trainable)
+  # Adam's first update is -lr * sign(grad) (up to eps), so it reads back each group's lr.
+  return {name: float(-u["w"][0]) for name, u in updates.items()}
+
+
+def test_each_group_gets_its_learning_rate():
+  lr = _first_update(_optim_config(), TOY)
+  np.testing.assert_allclose(lr["vad_encoder"], 4e-3, rtol=1e-4)
+  np.testing.assert_allclose(lr["vision"], 2e-4, rtol=1e-4)
+  for name in ("decoder", "vad_fusion", "vad_head", "contrastive_head"):
+    np.testing.assert_allclose(lr[name], 1e-3, rtol=1e-4, err_msg=name)
+
+
+def test_frozen_vision_is_not_given_to_the_optimiser():
+  trainable, frozen = optim_lib.split_params(TOY, train_vision=False)
+  assert set(frozen) == {"vision"} and "vision" not in trainable
+  merged = optim_lib.merge_params(trainable, frozen)
+  assert set(merged) == set(TOY) and all(merged[k] is TOY[k] for k in TOY)
+  lr = _first_update(_optim_config(), trainable)
+  assert set(lr) == set(TOY) - {"vision"}
+  np.testing.assert_allclose(lr["vad_encoder"], 4e-3, rtol=1e-4)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+  schedule = optim_lib.learning_rate_schedule(1.0, total_steps=10, warmup_steps=4)
+  np.testing.assert_allclose([float(schedule(s)) for s in (0, 2, 4, 7, 10)],
+                             [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+  no_warmup = optim_lib.learning_rate_schedule(1.0, total_steps=10, warmup_steps=0)
+  np.testing.assert_allclose([float(no_warmup(s)) for s in (0, 5, 10)], [1.0, 0.5, 0.0], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_restore_latest_restores_state_and_data_iterator(tmp_path, tmp_path_factory):
+  ready = demo.ensure_demo_dataset(demo_root(tmp_path_factory), num_images=TINY["data.demo_num_images"],
+                                   image_size=32)
+  tokenizer = tokenizer_lib.load_tokenizer()
+
+  def loader():
+    return pipeline.train_loader(ready, tokenizer, batch_size=4, max_len=24, seed=0, shard_index=0,
+                                 shard_count=1)
+
+  straight = iter(loader())
+  expected = [next(straight) for _ in range(5)]
+
+  it = iter(loader())
+  for _ in range(3):
+    next(it)
+  state = {"step": np.int32(3), "w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  meta = {"evals": 1, "best_acc": 0.25}
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
+  ckpts.save_latest(3, state, it, meta)
+  ckpts.save_latest(3, state, it, meta)  # saving a step that is on disk keeps it
+  ckpts.close()
+
+  resumed = iter(loader())
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
+  assert ckpts.latest_step() == 3
+  restored, restored_meta = ckpts.restore_latest(jax.eval_shape(lambda: state), resumed)
+  ckpts.close()
+  assert restored_meta == meta
+  assert_trees_equal(restored, state)
+  for want in expected[3:]:
+    got = next(resumed)
+    assert got.keys() == want.keys()
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_best_checkpoints_and_restore_params(tmp_path):
+  params = {"decoder": {"w": np.ones(3, np.float32)}}
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
+  ckpts.save_best("best_acc", 6, params, {"step": 6, "acc": 0.5})
+  # A resumed run may validate the same step again: the checkpoint is replaced, not an error.
+  replacement = {"decoder": {"w": np.full(3, 2.0, np.float32)}}
+  ckpts.save_best("best_acc", 6, replacement, {"step": 6, "acc": 0.5})
+  ckpts.close()
+  restored, meta = ckpt_lib.restore_params(str(tmp_path), "best_acc")
+  np.testing.assert_array_equal(restored["decoder"]["w"], [2.0, 2.0, 2.0])
+  assert meta["checkpoint"] == "best_acc" and meta["step"] == 6 and meta["acc"] == 0.5
+  # No best_bleu checkpoint yet: falls back to the others rather than failing.
+  _, meta = ckpt_lib.restore_params(str(tmp_path), "best_bleu")
+  assert meta["checkpoint"] == "best_acc"
+  with pytest.raises(ValueError, match="unknown checkpoint kind"):
+    ckpt_lib.restore_params(str(tmp_path), "best_loss")
+
+
+def test_restore_params_without_checkpoints_names_the_directory(tmp_path):
+  with pytest.raises(ckpt_lib.CheckpointNotFoundError, match=str(tmp_path / "checkpoints")):
+    ckpt_lib.restore_params(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- kill and resume
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_run_trains_meanwhile(request, tmp_path_factory):
+  """Starts the shared tiny run's training now, so that it overlaps this module's in-process tests."""
+  if any("tiny_run" in item.fixturenames for item in request.session.items):
+    start_trained_run(tmp_path_factory)
+  yield
+  workdir, f = _run_files(tmp_path_factory)
+  if workdir in _TRAINING:  # not needed here after all: record its result for the other modules
+    if request.session.shouldfail or request.session.shouldstop:
+      background, lock = _TRAINING.pop(workdir)
+      background.kill()
+      lock.close()
+    else:
+      _finish_training(workdir, f)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  return trained_run(tmp_path_factory)
+
+
+def _train_losses(workdir) -> dict[int, float]:
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["split"] == "train"}
+
+
+def test_sigterm_then_rerun_resumes_exactly(tiny_run, tmp_path, tmp_path_factory):
+  """A run stopped by SIGTERM and restarted ends with the uninterrupted run's parameters."""
+  cache = compile_cache(tmp_path_factory)
+  workdir = tmp_path / "run"
+  # The EA judge only scores the final evaluation; reuse the reference's to save its training.
+  shutil.copytree(tiny_run / "judge", workdir / "judge")
+  args = main_args(demo_root(tmp_path_factory), workdir)
+
+  first_run = Background(args, cache, tmp_path / "first")
+  deadline = time.time() + 300
+  while not latest_steps(workdir) and first_run.proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  first_checkpoint = latest_steps(workdir)
+  first_run.proc.send_signal(signal.SIGTERM)
+  result = first_run.result(timeout=120)
+  assert first_checkpoint, f"no checkpoint appeared before the run ended:\n{result.stderr[-3000:]}"
+  stopped_at = latest_steps(workdir)[-1]
+  assert first_checkpoint[0] <= stopped_at < NUM_STEPS, "SIGTERM came after the last step"
+  assert result.returncode in (0, 128 + signal.SIGTERM), result.stderr[-3000:]
+  assert not (workdir / "metrics_test.json").exists()
+
+  result = run_main(args, cache, tmp_path / "second")  # the same command again
+  assert result.returncode == 0, result.stderr[-5000:]
+  # It resumed (a fresh start would reach the same parameters too).
+  assert re.search(rf"resum.*step {stopped_at}\b", result.stderr), result.stderr[-3000:]
+  assert latest_steps(workdir)[-1] == NUM_STEPS
+  assert (workdir / "metrics_test.json").exists()
+
+  resumed, meta = ckpt_lib.restore_params(str(workdir), "latest")
+  straight, straight_meta = ckpt_lib.restore_params(str(tiny_run), "latest")
+  assert meta["step"] == straight_meta["step"] == NUM_STEPS
+  assert meta["best_acc_step"] == straight_meta["best_acc_step"]
+  # Same state and the same batches after the restart: equal up to float32 rounding.
+  assert_trees_equal(resumed, straight, rtol=1e-6, atol=1e-7)
+  resumed_losses, straight_losses = _train_losses(workdir), _train_losses(tiny_run)
+  assert set(resumed_losses) == set(straight_losses)
+  for step, loss in resumed_losses.items():
+    np.testing.assert_allclose(loss, straight_losses[step], rtol=1e-5, err_msg=f"step {step}")

@@ -84,7 +84,7 @@ def predict_split(run: inputs.Run, params, split: str, config: ml_collections.Co
 
 
 def _references(ready_dir: str, split: str, preds, dominant_rule: str):
-  records = artemis.load_split(ready_dir, split)
+  records = artemis.load_annotations(ready_dir, split)  # text only: no image is decoded
   refs, dominant, ids = {}, [], []
   key = "dominant_half" if dominant_rule == "half" else "dominant_artemis"
   for p in preds:
@@ -157,7 +157,7 @@ def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
   """The headline numbers of an evaluation, flat, for logs and TensorBoard."""
   out = {k: float(results[k]) for k in ("ACC", "EA", "Unique") if results.get(k) is not None}
   for k, v in results.get("captions", {}).items():
-    if isinstance(v, (int, float)) and v is not None:
+    if isinstance(v, (int, float)):
       out[k] = float(v)
   return out
 

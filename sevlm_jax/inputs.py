@@ -191,11 +191,6 @@ def initial_params(config: ml_collections.ConfigDict, run: Run) -> Any:
   return params
 
 
-def num_pair_images(ready_dir: str) -> int:
-  """Training images with at least two distinct emotions (those that form SEVLM pairs)."""
-  return artemis.num_pair_images(ready_dir)
-
-
 def blank(images: np.ndarray) -> np.ndarray:
   """The image-blind control: every image a constant mid grey."""
   return np.full_like(images, 128)

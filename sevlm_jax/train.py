@@ -23,6 +23,7 @@ from sevlm_jax import inputs
 from sevlm_jax import io_utils
 from sevlm_jax import optim as optim_lib
 from sevlm_jax import train_step as step_lib
+from sevlm_jax.data import artemis
 from sevlm_jax.data import pipeline
 from sevlm_jax.metrics_writer import MetricsWriter
 
@@ -83,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   loader = pipeline.train_loader(run.ready_dir, tokenizer, batch_size=config.train.batch_size,
                                  max_len=config.data.max_len, seed=config.seed,
                                  worker_count=config.data.worker_count)
-  total_steps = total_train_steps(config, inputs.num_pair_images(run.ready_dir))
+  total_steps = total_train_steps(config, artemis.num_pair_images(run.ready_dir))
   trainable, _ = optim_lib.split_params(run.abstract_params, config.optim.train_vision)
   tx = optim_lib.create_optimizer(config.optim, trainable, total_steps)
 

@@ -75,7 +75,7 @@ def _base() -> ml_collections.ConfigDict:
   c.optim.grad_clip_norm = 0.0  # 0 = off (the public recipe does not clip)
 
   c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 32  # images per batch; each gives a pair of sequences
+  c.train.batch_size = 32  # images per step, all devices and hosts together; each gives a pair
   c.train.num_epochs = 35
   c.train.num_steps = 0  # > 0 overrides num_epochs
   c.train.log_every = 50
@@ -86,8 +86,11 @@ def _base() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
-  c.eval.batch_size = 64
+  c.eval.batch_size = 64  # global; rounded up to a multiple of the device count
   c.eval.max_new_tokens = 25
+  # Tokens generated between two "has every sequence ended?" tests; results do not depend
+  # on it (a GPU pays a device-to-host copy per test).
+  c.eval.steps_per_check = 4
   c.eval.decoding = "greedy"  # greedy | top_p
   c.eval.top_p = 0.9
   c.eval.temperature = 1.0
@@ -95,6 +98,19 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.checkpoint = "best_acc"  # best_acc | best_bleu | latest
   c.eval.spice = False
   c.eval.judge_max_train = 0  # cap on the EA judge's training utterances; 0 = all
+  c.eval.report = True  # write <workdir>/report_<split>.html (metrics, curves, gallery)
+
+  # Devices and processes (see launch/README.md). train.batch_size is the global batch: each of
+  # the P processes loads batch_size / P images per step, and the mesh splits it over devices.
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.num_devices = 0  # devices on the 'data' mesh axis; 0 = every device of every process
+  c.parallel.param_sharding = "replicated"  # replicated | fsdp (large arrays split over 'data')
+  c.parallel.fsdp_min_size = 2**16  # fsdp: arrays with fewer elements stay replicated
+  c.parallel.distributed = "auto"  # auto (srun/mpirun/GKE or the fields below) | on | off
+  c.parallel.coordinator_address = ""  # host:port of process 0; "" = detected by JAX
+  c.parallel.num_processes = 0  # 0 = detected
+  c.parallel.process_id = -1  # -1 = detected
+  c.parallel.initialization_timeout = 300  # seconds to wait for the other processes
 
   c.judge = _judge_config("")  # the EA judge (configs/emotion_classifier.py)
   c.demo_blind_baseline = False  # also train and report an image-blind model (the demo sets it)

@@ -6,13 +6,23 @@ Layout under the workdir:
   checkpoints/best_bleu/<step>/{params,meta}    parameters with the best validation BLEU-4
 Orbax writes each step into a temporary directory and renames it when complete, so an
 interrupted save never looks like a checkpoint.
+
+Several processes: every process calls every save and restore (they are collective). Orbax
+writes each array's shards from the processes that hold them and the JSON meta from process
+0; grain writes one iterator state per process (data/process_<i>-of-<n>.json), so a run
+resumes with the same number of processes. The workdir must be on storage that every host
+sees (a shared file system or a bucket path).
 """
 
 import os
 from typing import Any
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from sevlm_jax import parallel
 
 BEST_KINDS = ("best_acc", "best_bleu")
 ALL_KINDS = ("latest",) + BEST_KINDS
@@ -68,7 +78,11 @@ class RunCheckpoints:
     self.latest.wait_until_finished()
 
   def restore_latest(self, abstract_state: Any, data_iterator) -> tuple[Any, dict]:
-    """Restores state (into the given abstract shape) and the iterator in place; returns (state, meta)."""
+    """Restores state (into the given abstract shape) and the iterator in place; returns (state, meta).
+
+    ShapeDtypeStructs that carry a sharding are restored straight into it (each process reads
+    only its shards), whatever topology the checkpoint was saved from.
+    """
     step = self.latest.latest_step()
     restored = self.latest.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
@@ -90,12 +104,30 @@ class RunCheckpoints:
       m.close()
 
 
+def default_restore_sharding() -> jax.sharding.Sharding:
+  """Where restored arrays go without a target: this process's first device, or, with several
+  processes, replicated over all devices (every process then holds the whole value)."""
+  if jax.process_count() == 1:
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return parallel.replicated(jax.sharding.Mesh(np.asarray(jax.devices()), (parallel.DATA_AXIS,)))
+
+
+def _target_from_metadata(manager: ocp.CheckpointManager, step: int, item: str) -> Any:
+  """The saved tree's shapes and dtypes with the default sharding: restores on any topology
+  (Orbax would otherwise insist on the devices the checkpoint was written from)."""
+  metadata = manager.item_metadata(step)[item]
+  sharding = default_restore_sharding()
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                      getattr(metadata, "tree", metadata))
+
+
 def restore_params(workdir: str, kind: str = "best_acc", abstract_params: Any = None
                    ) -> tuple[Any, dict]:
   """Parameters (and their meta) of a finished or running run, for evaluation and inference.
 
   Falls back from a best checkpoint to the latest train state when no evaluation has
   happened yet, and raises CheckpointNotFoundError naming the directory otherwise.
+  Without abstract_params the arrays go where default_restore_sharding() says.
   """
   if kind not in ALL_KINDS:
     raise ValueError(f"unknown checkpoint kind {kind!r}; choose from {', '.join(ALL_KINDS)}")
@@ -111,14 +143,18 @@ def restore_params(workdir: str, kind: str = "best_acc", abstract_params: Any = 
       if step is None:
         continue
       restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(_target_from_metadata(manager, step, "state")),
+          meta=ocp.args.JsonRestore()))
       return restored["state"]["params"], dict(restored["meta"], checkpoint="latest", step=step)
     manager = _params_manager(workdir, k, create=False)
     step = manager.latest_step()
     if step is None:
       continue
+    target = abstract_params
+    if target is None:
+      target = _target_from_metadata(manager, step, "params")
     restored = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+        params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     return restored["params"], dict(restored["meta"], checkpoint=k, step=step)
   raise CheckpointNotFoundError(
       f"no checkpoint under {root}: train first (python -m sevlm_jax.main --mode=train "

@@ -21,6 +21,8 @@ from sevlm_jax import inputs
 from sevlm_jax import io_utils
 from sevlm_jax import judge as judge_lib
 from sevlm_jax import metrics as metrics_lib
+from sevlm_jax import parallel
+from sevlm_jax import report as report_lib
 from sevlm_jax import vocab
 from sevlm_jax.data import artemis
 from sevlm_jax.data import pipeline
@@ -65,14 +67,28 @@ def full_sentence(generated: str) -> str:
 
 def predict_split(run: inputs.Run, params, split: str, config: ml_collections.ConfigDict,
                   max_images: int = 0) -> list[dict[str, Any]]:
-  """Generates emotion + explanation for the images of a split (the first max_images if > 0)."""
+  """Generates emotion + explanation for the images of a split (the first max_images if > 0).
+
+  Runs over every device of config.parallel: each batch of config.eval.batch_size images
+  (rounded up to a multiple of the device count) is split over the devices, each process
+  reads only its block of it, and every process gets all the predictions. Every process
+  must call this (it is collective).
+  """
   generate = _generator(run)
+  mesh = parallel.make_mesh(config.parallel)
+  params = parallel.put(params, parallel.tree_shardings(params, mesh, config.parallel))
+  vad_table = parallel.put(run.vad_table, parallel.replicated(mesh))
+  part, parts = parallel.process_part(mesh)
+  batch_size = parallel.padded_batch_size(config.eval.batch_size, mesh)
   rng = jax.random.PRNGKey(config.seed)
   preds = []
-  for batch in pipeline.eval_batches(run.ready_dir, split, batch_size=config.eval.batch_size):
+  for batch in pipeline.eval_batch_parts(run.ready_dir, split, batch_size=batch_size,
+                                         part_index=part, part_count=parts):
     images = inputs.blank(batch["image"]) if config.data.blank_images else batch["image"]
     rng, step_rng = jax.random.split(rng)
-    tokens = np.asarray(generate(params, images, run.vad_table, step_rng))
+    images = parallel.shard_host_batch({"image": images}, mesh)["image"]
+    step_rng = parallel.put(step_rng, parallel.replicated(mesh))
+    tokens = parallel.to_host(generate(params, images, vad_table, step_rng))
     for row in np.flatnonzero(batch["valid"]):
       text = token_text(run.tokenizer, tokens[row])
       emotion, explanation = decode_lib.parse_generation(text)
@@ -178,4 +194,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: inputs.Ru
   io_utils.write_json_atomic(os.path.join(workdir, f"predictions_{split}.json"), preds)
   io_utils.write_json_atomic(os.path.join(workdir, f"metrics_{split}.json"), results)
   logging.info("%s: %s", split, scalar_metrics(results))
+  if config.eval.get("report", True):  # the HTML report (report.py); older configs lack the switch
+    path = report_lib.write_report(workdir, split, results, preds, run.ready_dir,
+                                   images_blanked=bool(config.data.blank_images))
+    logging.info("report: %s", path)
   return results

@@ -1,8 +1,9 @@
-"""Command-line entry: train, evaluate or predict.
+"""Command-line entry: train, evaluate, predict or serve.
 
   python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=/tmp/sevlm_demo
   python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=/tmp/sevlm_demo --mode=evaluate
   python -m sevlm_jax.main --workdir=/tmp/sevlm_demo --mode=predict --images=a.jpg,b.png
+  python -m sevlm_jax.main --workdir=/tmp/sevlm_demo --mode=serve --port=8765
 """
 
 import json
@@ -16,11 +17,13 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sevlm.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
-                          "train (then evaluate), evaluate a run, or predict for --images.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "serve"],
+                          "train (then evaluate), evaluate a run, predict for --images, or serve "
+                          "a local web page for trying the model.")
 _IMAGES = flags.DEFINE_list("images", [], "predict: image files to describe.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "evaluate/predict: best_acc, best_bleu or latest (default: config's).")
+                                  "evaluate/predict/serve: best_acc, best_bleu or latest (default: config's).")
+_PORT = flags.DEFINE_integer("port", 8765, "serve: the port on 127.0.0.1 to listen on.")
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -40,7 +43,7 @@ def main(argv):
   # Imported here so that --help stays fast.
   from sevlm_jax import inference
   from sevlm_jax import inputs
-  from sevlm_jax import evaluate
+  from sevlm_jax import parallel
   from sevlm_jax import train
   from sevlm_jax import checkpoints
 
@@ -53,17 +56,22 @@ def main(argv):
       for path, pred in zip(_IMAGES.value, predictor.predict(_IMAGES.value)):
         print(json.dumps({"image": path, **pred}, ensure_ascii=False))
       return
+    if _MODE.value == "serve":
+      from sevlm_jax import serve
+      serve.serve(_WORKDIR.value, port=_PORT.value, checkpoint=_CHECKPOINT.value or "best_acc")
+      return
     if config is None:
       raise app.UsageError("--config is required for train and evaluate, e.g. --config=configs/sevlm.py:demo")
     if _CHECKPOINT.value:
       config.eval.checkpoint = _CHECKPOINT.value
+    parallel.maybe_initialize_distributed(config.parallel)  # before anything touches a device
     if _MODE.value == "train":
       if config.demo_blind_baseline:
         train.train_with_blind_baseline(config, _WORKDIR.value)
       else:
         train.train_and_evaluate(config, _WORKDIR.value)
     else:
-      evaluate.evaluate_run(config, _WORKDIR.value)
+      train.evaluate(config, _WORKDIR.value)
   except (inputs.ConfigError, checkpoints.CheckpointNotFoundError, inference.InputError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

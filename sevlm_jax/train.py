@@ -3,6 +3,11 @@
 Restarting with the same workdir resumes from the latest checkpoint (train state and
 data iterator), so the run continues with exactly the batches it would have seen.
 SIGTERM and Ctrl-C save a checkpoint before the process exits.
+
+The step runs over every device of every process (parallel.py): config.train.batch_size is
+the global batch, each process loads its 1/P block of it, and the result does not depend on
+how many devices or processes share the work (up to float rounding). Every process runs this
+same loop; only process 0 writes metrics.
 """
 
 import os
@@ -13,7 +18,6 @@ from typing import Any
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -22,6 +26,7 @@ from sevlm_jax import evaluate as eval_lib
 from sevlm_jax import inputs
 from sevlm_jax import io_utils
 from sevlm_jax import optim as optim_lib
+from sevlm_jax import parallel
 from sevlm_jax import train_step as step_lib
 from sevlm_jax.data import artemis
 from sevlm_jax.data import pipeline
@@ -55,7 +60,7 @@ class _StopRequest:
 def total_train_steps(config: ml_collections.ConfigDict, num_pair_images: int) -> int:
   if config.train.num_steps > 0:
     return int(config.train.num_steps)
-  steps_per_epoch = num_pair_images // (config.train.batch_size * jax.process_count())
+  steps_per_epoch = num_pair_images // config.train.batch_size  # the global batch
   if steps_per_epoch == 0:
     raise ValueError(
         f"train.batch_size={config.train.batch_size} is larger than the {num_pair_images} training "
@@ -76,44 +81,91 @@ def _improved(history: dict, name: str, value: float) -> bool:
   return best is None or value > best
 
 
+def sharded_train_step(train_step, mesh, state_shardings, seed: int):
+  """jit of train_step over the mesh: (state, global batch, vad_table) -> (state, metrics).
+
+  The state keeps its shardings (replicated or fsdp), the batch is split over 'data', and
+  metrics come back replicated. The step's random key is derived from the state's step
+  counter, so a resumed run draws the same keys. The old state's buffers are donated.
+  """
+  def step_fn(state, batch, vad_table):
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+    return train_step(state, batch, vad_table, rng)
+
+  rep = parallel.replicated(mesh)
+  return jax.jit(step_fn, in_shardings=(state_shardings, parallel.batch_sharding(mesh), rep),
+                 out_shardings=(state_shardings, rep), donate_argnums=0)
+
+
+def check_parallel(config: ml_collections.ConfigDict):
+  """The mesh of config.parallel once the batch fits it; a ConfigError comes before any work."""
+  mesh = parallel.make_mesh(config.parallel)
+  parallel.check_batch_size("train.batch_size", config.train.batch_size, mesh)
+  return mesh
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`, then evaluates its best checkpoint on config.eval.split."""
+  mesh = check_parallel(config)
   os.makedirs(workdir, exist_ok=True)
-  run = inputs.prepare_run(config, workdir)
-  model, tokenizer, vad_table = run.model, run.tokenizer, jnp.asarray(run.vad_table)
-  loader = pipeline.train_loader(run.ready_dir, tokenizer, batch_size=config.train.batch_size,
+  run = parallel.primary_first(lambda: inputs.prepare_run(config, workdir), "prepare_run")
+  writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  try:
+    step, finished = train(config, workdir, run, mesh, writer)
+    if not finished:
+      return {"step": step, "finished": False}
+    results = evaluate(config, workdir, run)
+    writer.write(step, config.eval.split, eval_lib.scalar_metrics(results))
+  finally:
+    writer.close()
+  return results
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh,
+          writer: MetricsWriter) -> tuple[int, bool]:
+  """The training loop of a prepared run; returns (step reached, finished or stopped early)."""
+  model, tokenizer = run.model, run.tokenizer
+  part, parts = parallel.process_part(mesh)
+  loader = pipeline.train_loader(run.ready_dir, tokenizer,
+                                 batch_size=config.train.batch_size // parts,
                                  max_len=config.data.max_len, seed=config.seed,
-                                 worker_count=config.data.worker_count)
+                                 worker_count=config.data.worker_count, shard_index=part,
+                                 shard_count=parts)
   total_steps = total_train_steps(config, artemis.num_pair_images(run.ready_dir))
   trainable, _ = optim_lib.split_params(run.abstract_params, config.optim.train_vision)
   tx = optim_lib.create_optimizer(config.optim, trainable, total_steps)
+  abstract_state = jax.eval_shape(
+      lambda p: step_lib.init_train_state(p, tx, config.optim.train_vision), run.abstract_params)
+  state_shardings = parallel.tree_shardings(abstract_state, mesh, config.parallel)
 
   ckpts = ckpt_lib.RunCheckpoints(workdir)
   data_iter = iter(loader)
   history: dict[str, Any] = {"evals": 0, "evals_without_improvement": 0}
   if ckpts.latest_step() is not None:
-    abstract_state = jax.eval_shape(
-        lambda p: step_lib.init_train_state(p, tx, config.optim.train_vision), run.abstract_params)
-    state, history = ckpts.restore_latest(abstract_state, data_iter)
+    state, history = ckpts.restore_latest(
+        parallel.with_shardings(abstract_state, state_shardings), data_iter)
     logging.info("resumed from %s at step %d", workdir, int(state.step))
   else:
     state = step_lib.init_train_state(inputs.initial_params(config, run), tx,
                                       config.optim.train_vision)
+    state = parallel.put(state, state_shardings)
 
-  train_step = jax.jit(step_lib.make_train_step(model, config, tx, run.output_ids),
-                       donate_argnums=0)
-  writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  rng = jax.random.PRNGKey(config.seed)
+  train_step = sharded_train_step(step_lib.make_train_step(model, config, tx, run.output_ids),
+                                  mesh, state_shardings, config.seed)
+  vad_table = parallel.put(run.vad_table, parallel.replicated(mesh))
+  multi_process = jax.process_count() > 1
   step = int(state.step)
   t_start, step_start = time.time(), step
   try:
     with _StopRequest() as stop:
       while step < total_steps and not stop.requested:
         batch = _host_batch(next(data_iter), config.data.blank_images)
-        state, metrics = train_step(state, batch, vad_table, jax.random.fold_in(rng, step))
+        state, metrics = train_step(state, parallel.shard_host_batch(batch, mesh), vad_table)
         step += 1
+        if multi_process:  # a signal may reach the processes at different steps: stop together
+          stop.requested = parallel.any_process(stop.requested)
         if step % config.train.log_every == 0 or step == total_steps:
-          metrics = jax.device_get(metrics)
+          metrics = jax.tree.map(parallel.to_host, metrics)
           rate = (step - step_start) / max(time.time() - t_start, 1e-9)
           eta = (total_steps - step) / max(rate, 1e-9)
           metrics = {k: float(v) for k, v in metrics.items()}
@@ -133,20 +185,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.warning("interrupted: saving a checkpoint at step %d", step)
     ckpts.save_latest(step, state, data_iter, history)
     ckpts.close()
-    writer.close()
     raise
   if ckpts.latest_step() != step:  # a finished run started again has nothing new to save
     ckpts.save_latest(step, state, data_iter, history)
   ckpts.close()
   if step < total_steps and not history.get("stopped_early"):
-    writer.close()
     logging.info("stopped at step %d of %d; run again with the same workdir to resume", step,
                  total_steps)
-    return {"step": step, "finished": False}
-  results = eval_lib.evaluate_run(config, workdir, run=run)
-  writer.write(step, config.eval.split, eval_lib.scalar_metrics(results))
-  writer.close()
-  return results
+    return step, False
+  return step, True
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run | None = None
+             ) -> dict[str, Any]:
+  """evaluate.evaluate_run on every process; process 0 first prepares the files they share."""
+  if run is None:
+    run = parallel.primary_first(lambda: inputs.prepare_run(config, workdir), "prepare_run")
+  judge = parallel.primary_first(lambda: eval_lib.get_judge(run, workdir), "judge")
+  return eval_lib.evaluate_run(config, workdir, run=run, judge=judge)
 
 
 def _validate(config, run, state, step, history, ckpts, writer) -> bool:

@@ -9,11 +9,15 @@ drawn among the annotations whose emotion differs from the anchor's. Every
 choice is a pure function of (seed, epoch, image), so the stream is
 deterministic, random access, and a restored iterator continues exactly.
 
-Sharding: each epoch's shuffled order is cut into shard_count interleaved
-parts (default: one per JAX process); every shard gets the same number of
-images per epoch, so processes stay in lockstep and shards are disjoint within
-an epoch. With drop_remainder (the default) an epoch is a whole number of
-batches: no batch spans two epochs or holds an image twice. The few images
+Sharding (default: one shard per JAX process, each loading its part of the
+global batch): with drop_remainder (the default), global batch k of an epoch
+is the k-th run of shard_count * batch_size images of the shuffled order, and
+shard i takes its i-th block of batch_size. Concatenated in shard order, the
+shards' batches are exactly the batches of one unsharded loader with the
+global batch size, so a run does not depend on how many processes load it.
+Every shard gets the same number of images per epoch, so processes stay in
+lockstep, and shards are disjoint within an epoch. An epoch is a whole number
+of batches: no batch spans two epochs or holds an image twice. The few images
 left over in an epoch change with each epoch's shuffle.
 
 Batches are dicts of numpy arrays (B images = B pairs = 2B sequences):
@@ -60,6 +64,7 @@ class PairExample:
     self.source, self.images, self.tokenizer = source, np.asarray(images, np.int64), tokenizer
     self.max_len, self.seed = max_len, seed
     self.shard_index, self.shard_count = shard_index, shard_count
+    self.block = multiple_of  # consecutive elements of a shard that are consecutive in the order
     per_shard = len(self.images) // shard_count
     self.per_epoch = per_shard - per_shard % multiple_of  # elements of this shard per epoch
     self._order = (None, None)  # (epoch, permutation), one attribute so threads see a consistent pair
@@ -74,7 +79,9 @@ class PairExample:
     if cached_epoch != epoch:
       order = np.random.default_rng([self.seed, _TAG_ORDER, epoch]).permutation(len(self.images))
       self._order = (epoch, order)
-    return epoch, int(self.images[order[j * self.shard_count + self.shard_index]])
+    block, offset = divmod(j, self.block)
+    position = (block * self.shard_count + self.shard_index) * self.block + offset
+    return epoch, int(self.images[order[position]])
 
   def __call__(self, index: int, _=None) -> dict:
     epoch, r = self.image_for(index)
@@ -105,6 +112,7 @@ def train_loader(ready_dir, tokenizer, *, batch_size: int, max_len: int, seed: i
                  drop_remainder: bool = True, split: str = "train", read_threads: int = 4) -> grain.IterDataset:
   """grain IterDataset of training-pair batches; iter() gives a checkpointable iterator.
 
+  batch_size is this shard's part of a step's batch (the global batch / shard_count).
   num_epochs None repeats forever. worker_count > 0 decodes in that many
   processes (absl flags must be parsed: automatic under app.run). The
   iterator's get_state()/set_state() (or grain's Orbax handler) restore it.
@@ -136,6 +144,40 @@ def steps_per_epoch(ready_dir, *, batch_size: int, shard_count: int = 1, split: 
   return (len(training_images(ready_dir, split)) // shard_count) // batch_size
 
 
+def _read_images(source, image_index: np.ndarray, size: int) -> np.ndarray:
+  """uint8[len(image_index), size, size, 3]; rows with index -1 (padding) stay black."""
+  image = np.zeros((len(image_index), size, size, 3), np.uint8)
+  for k, r in enumerate(image_index):
+    if r >= 0:
+      image[k] = source[int(r)]["image"]
+  return image
+
+
+def eval_batch_parts(ready_dir, split: str, *, batch_size: int, part_index: int = 0,
+                     part_count: int = 1):
+  """The images of a split in order, in global batches of batch_size (the last one padded),
+  each cut into part_count contiguous parts of which only part part_index's images are read.
+
+  Yields {'image': uint8[batch_size // part_count, H, W, 3] (this part's rows), 'image_index':
+  int32[batch_size] (-1 on padding) and 'valid': bool[batch_size] (the whole global batch,
+  which every part needs to read the gathered outputs)}. One process per part: together they
+  see the batches of part_count=1, whatever their number.
+  """
+  if batch_size <= 0 or batch_size % part_count:
+    raise ValueError(f"batch_size {batch_size} must be a positive multiple of part_count {part_count}")
+  if not 0 <= part_index < part_count:
+    raise ValueError(f"part_index {part_index} must lie in [0, part_count={part_count})")
+  source = records.load_split(ready_dir, split)
+  size = int(records.load_meta(ready_dir)["image_size"])
+  rows = batch_size // part_count
+  for start in range(0, len(source), batch_size):
+    image_index = np.arange(start, start + batch_size, dtype=np.int32)
+    image_index[image_index >= len(source)] = -1
+    part = image_index[part_index * rows:(part_index + 1) * rows]
+    yield {"image": _read_images(source, part, size), "image_index": image_index,
+           "valid": image_index >= 0}
+
+
 def eval_batches(ready_dir, split: str, *, batch_size: int, shard_index: int = 0, shard_count: int = 1):
   """Images of a split in order, in fixed-size batches; the last one padded.
 
@@ -151,9 +193,7 @@ def eval_batches(ready_dir, split: str, *, batch_size: int, shard_index: int = 0
   num_batches = math.ceil(math.ceil(len(source) / shard_count) / batch_size)
   for b in range(num_batches):
     chunk = indices[b * batch_size:(b + 1) * batch_size]
-    image = np.zeros((batch_size, size, size, 3), np.uint8)
     image_index = np.full((batch_size,), -1, np.int32)
-    for k, r in enumerate(chunk):
-      image[k] = source[int(r)]["image"]
-      image_index[k] = r
-    yield {"image": image, "image_index": image_index, "valid": image_index >= 0}
+    image_index[:len(chunk)] = chunk
+    yield {"image": _read_images(source, image_index, size), "image_index": image_index,
+           "valid": image_index >= 0}

@@ -1,0 +1,276 @@
+"""A local web page for trying a trained run: drop an image, get the emotion and an explanation.
+
+  python -m sevlm_jax.main --mode=serve --workdir=runs/demo [--port=8765]
+
+Listens on 127.0.0.1 only (nothing else can reach it). Routes:
+
+  GET  /              the page (inline CSS and JS; no network)
+  GET  /api/health    {"status": "ok", "emotions": [...], "max_upload_bytes": N}
+  POST /api/predict   body: the image file's bytes (any format PIL reads). Answers
+                      {"emotion", "explanation", "text", "emotions", "probabilities"}: the
+                      generated sentence and the model's probabilities of the nine emotions.
+
+Bad requests get a JSON {"error": "..."}: 400 (not an image, empty), 411 (no Content-Length),
+413 (over the upload limit, refused from the Content-Length before reading the body, or over the
+pixel limit). The server goes on answering. Requests are served by threads; predictions run one at
+a time (the predictor keeps a random-number state and one compiled batch shape).
+"""
+
+import http.server
+import io
+import json
+import threading
+from typing import Any
+
+from absl import logging
+from PIL import Image
+
+from sevlm_jax import emotions
+from sevlm_jax import inference
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # a larger picture is refused before it is decoded (decompression bombs)
+
+
+class RequestError(Exception):
+  """A request the server refuses, with its HTTP status and a message for the user."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+
+
+def decode_upload(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+  """An RGB PIL image of the uploaded bytes, or RequestError saying why not."""
+  if not body:
+    raise RequestError(400, "empty upload: send the image file's bytes as the request body")
+  try:
+    image = Image.open(io.BytesIO(body))
+  except Exception as e:  # PIL raises several types for non-images
+    raise RequestError(400, f"not an image that can be read ({e.__class__.__name__}): upload a "
+                       "PNG, JPEG, GIF, BMP or WebP file") from e
+  width, height = image.size  # read from the header: nothing is decoded yet
+  if width * height > max_pixels:
+    raise RequestError(413, f"image too large: {width} x {height} pixels (limit {max_pixels:,})")
+  try:
+    image.load()
+    return image.convert("RGB")
+  except Exception as e:  # truncated or corrupt data
+    raise RequestError(400, f"the image could not be decoded ({e.__class__.__name__}: {e})") from e
+
+
+def prediction_json(predictor, image: Image.Image) -> dict[str, Any]:
+  """The answer to /api/predict for one image."""
+  pred = predictor.predict([image])[0]
+  probs = predictor.emotion_distribution([image])[0]
+  return {**pred, "emotions": list(emotions.EMOTIONS),
+          "probabilities": [float(p) for p in probs]}
+
+
+def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+  """A request handler class bound to one predictor."""
+  lock = threading.Lock()
+  page = PAGE.replace("__MAX_UPLOAD_BYTES__", str(max_upload_bytes)).encode("utf-8")
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "sevlm"
+
+    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+      logging.info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+      self.send_response(status)
+      self.send_header("Content-Type", content_type)
+      self.send_header("Content-Length", str(len(body)))
+      self.send_header("Cache-Control", "no-store")
+      self.end_headers()
+      self.wfile.write(body)
+
+    def _json(self, status: int, obj: dict) -> None:
+      self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+    def do_GET(self):  # pylint: disable=invalid-name
+      if self.path in ("/", "/index.html"):
+        self._send(200, page, "text/html; charset=utf-8")
+      elif self.path == "/api/health":
+        self._json(200, {"status": "ok", "emotions": list(emotions.EMOTIONS),
+                         "max_upload_bytes": max_upload_bytes})
+      else:
+        self._json(404, {"error": f"no such page: {self.path}"})
+
+    def do_POST(self):  # pylint: disable=invalid-name
+      if self.path != "/api/predict":
+        self._json(404, {"error": f"no such endpoint: {self.path} (POST images to /api/predict)"})
+        return
+      try:
+        body = self._read_body()
+        image = decode_upload(body)
+        with lock:
+          answer = prediction_json(predictor, image)
+      except RequestError as e:
+        self._json(e.status, {"error": str(e)})
+        return
+      except inference.InputError as e:
+        self._json(400, {"error": str(e)})
+        return
+      except Exception as e:  # pylint: disable=broad-except
+        logging.exception("prediction failed")
+        self._json(500, {"error": f"prediction failed: {e.__class__.__name__}: {e}"})
+        return
+      self._json(200, answer)
+
+    def _read_body(self) -> bytes:
+      """The body, after checking its declared length (an oversize body is never read)."""
+      length = self.headers.get("Content-Length")
+      if length is None:
+        self.close_connection = True
+        raise RequestError(411, "the request needs a Content-Length header")
+      try:
+        n = int(length)
+      except ValueError:
+        n = -1
+      if n < 0:
+        self.close_connection = True
+        raise RequestError(400, f"bad Content-Length: {length!r}")
+      if n > max_upload_bytes:
+        self.close_connection = True  # the unread body must not be taken for the next request
+        raise RequestError(413, f"upload too large: {n:,} bytes (limit {max_upload_bytes:,})")
+      body = self.rfile.read(n)
+      if len(body) != n:
+        raise RequestError(400, f"incomplete upload: got {len(body)} of {n} bytes")
+      return body
+
+  return Handler
+
+
+def make_server(predictor, port: int = DEFAULT_PORT,
+                max_upload_bytes: int = MAX_UPLOAD_BYTES) -> http.server.ThreadingHTTPServer:
+  """A server on 127.0.0.1:port (0: a free port; see server.server_address) not yet serving."""
+  server = http.server.ThreadingHTTPServer((HOST, port), make_handler(predictor, max_upload_bytes))
+  server.daemon_threads = True
+  return server
+
+
+def warm_up(predictor) -> None:
+  """Compiles both jitted functions now, so that the first upload answers quickly."""
+  blank = Image.new("RGB", (predictor.image_size, predictor.image_size), (128, 128, 128))
+  prediction_json(predictor, blank)
+
+
+def serve(workdir: str, port: int = DEFAULT_PORT, checkpoint: str = "best_acc") -> None:
+  """Loads the run, then serves the page until Ctrl-C."""
+  predictor = inference.Predictor.from_workdir(workdir, checkpoint, batch_size=1)
+  warm_up(predictor)
+  try:
+    server = make_server(predictor, port)
+  except OSError as e:
+    raise SystemExit(f"error: cannot listen on {HOST}:{port}: {e} (choose another --port)") from e
+  url = f"http://{HOST}:{server.server_address[1]}/"
+  logging.info("serving %s (checkpoint %s) at %s", workdir, checkpoint, url)
+  print(f"Open {url} in a browser (Ctrl-C stops).", flush=True)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>SEVLM: what does this artwork make you feel?</title>
+<style>
+body { font: 15px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 820px; color: #222; padding: 0 12px; }
+#drop { display: block; border: 2px dashed #999; border-radius: 8px; padding: 24px; text-align: center; cursor: pointer; }
+#drop.over { border-color: #1f77b4; background: #eef5fb; }
+#preview { max-width: 256px; max-height: 256px; display: block; margin: 16px auto; image-rendering: auto; }
+#error { color: #b00020; font-weight: 600; }
+#emotion { font-size: 24px; font-weight: 700; } #explanation { font-style: italic; margin: 6px 0 14px; }
+.row { display: flex; align-items: center; gap: 8px; margin: 2px 0; }
+.row .name { width: 120px; text-align: right; } .row .track { flex: 1; background: #eee; height: 14px; }
+.row .fill { background: #1f77b4; height: 14px; } .row .p { width: 56px; font-variant-numeric: tabular-nums; }
+.note { color: #666; font-size: 13px; margin-bottom: 4px; }
+[hidden] { display: none !important; }
+</style></head>
+<body>
+<h1>What does this artwork make you feel?</h1>
+<p>Choose or drop an image: the model names the emotion it evokes (one of the nine ArtEmis
+emotions) and explains why. Nothing leaves this computer.</p>
+<label id="drop" for="file">Drop an image here, or click to choose one
+<input type="file" id="file" accept="image/*" hidden></label>
+<p id="status"></p><p id="error" role="alert"></p>
+<img id="preview" alt="the uploaded image" hidden>
+<div id="result" hidden>
+  <div>the emotion is <span id="emotion"></span></div>
+  <div id="explanation"></div>
+  <div class="note">How likely the model finds each emotion right after "the emotion is":</div>
+  <div id="bars"></div>
+</div>
+<script>
+(function () {
+  var MAX_BYTES = __MAX_UPLOAD_BYTES__;
+  var drop = document.getElementById('drop'), input = document.getElementById('file');
+  var statusEl = document.getElementById('status'), errorEl = document.getElementById('error');
+  var preview = document.getElementById('preview'), result = document.getElementById('result');
+
+  function showError(message) { errorEl.textContent = message; statusEl.textContent = ''; }
+
+  function showResult(r) {
+    document.getElementById('emotion').textContent = r.emotion || '(no emotion named)';
+    document.getElementById('explanation').textContent =
+        r.explanation ? 'because ' + r.explanation : '(no explanation)';
+    var bars = document.getElementById('bars');
+    bars.textContent = '';
+    r.emotions.map(function (name, i) { return [name, r.probabilities[i]]; })
+      .sort(function (a, b) { return b[1] - a[1]; })
+      .forEach(function (pair) {
+        var row = document.createElement('div'); row.className = 'row';
+        var name = document.createElement('span'); name.className = 'name'; name.textContent = pair[0];
+        var track = document.createElement('span'); track.className = 'track';
+        var fill = document.createElement('div'); fill.className = 'fill';
+        fill.style.width = (100 * pair[1]).toFixed(1) + '%';
+        var p = document.createElement('span'); p.className = 'p'; p.textContent = (100 * pair[1]).toFixed(1) + '%';
+        track.appendChild(fill); row.appendChild(name); row.appendChild(track); row.appendChild(p);
+        bars.appendChild(row);
+      });
+    result.hidden = false;
+  }
+
+  function send(file) {
+    errorEl.textContent = ''; result.hidden = true;
+    if (!file) { return; }
+    if (file.size > MAX_BYTES) {
+      showError('This file is ' + (file.size / 1048576).toFixed(1) + ' MB; the limit is ' +
+                (MAX_BYTES / 1048576).toFixed(0) + ' MB.');
+      return;
+    }
+    if (preview.src) { URL.revokeObjectURL(preview.src); }
+    preview.src = URL.createObjectURL(file); preview.hidden = false;
+    statusEl.textContent = 'Looking at ' + file.name + '...';
+    fetch('/api/predict', { method: 'POST', body: file,
+                            headers: { 'Content-Type': file.type || 'application/octet-stream' } })
+      .then(function (resp) {
+        return resp.json().then(function (data) { return { ok: resp.ok, data: data }; });
+      })
+      .then(function (r) {
+        if (!r.ok) { showError(r.data.error || 'The server refused the image.'); return; }
+        statusEl.textContent = ''; showResult(r.data);
+      })
+      .catch(function (e) { showError('No answer from the server: ' + e); });
+  }
+
+  input.addEventListener('change', function () { send(input.files[0]); });
+  drop.addEventListener('dragover', function (e) { e.preventDefault(); drop.classList.add('over'); });
+  drop.addEventListener('dragleave', function () { drop.classList.remove('over'); });
+  drop.addEventListener('drop', function (e) {
+    e.preventDefault(); drop.classList.remove('over');
+    send(e.dataTransfer.files[0]);
+  });
+})();
+</script>
+</body></html>
+"""

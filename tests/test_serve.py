@@ -1,0 +1,248 @@
+"""The local demo server and the Predictor's emotion distribution, on the shared tiny run.
+
+The server runs in a thread of this process on a free loopback port; requests are bounded and go
+to 127.0.0.1 only.
+"""
+
+import http.client
+import io
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from sevlm_jax import decode as decode_lib
+from sevlm_jax import emotions
+from sevlm_jax import inference
+from sevlm_jax import serve
+from sevlm_jax import vocab
+from sevlm_jax.data import records
+from test_train import REPO, compile_cache, demo_root, main_command, subprocess_env, trained_run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+  return inference.Predictor.from_workdir(str(tiny_run))
+
+
+@pytest.fixture(scope="module")
+def test_images(tmp_path_factory):
+  test = records.load_split(demo_root(tmp_path_factory) / "ready", "test")
+  return [test[i]["image"] for i in range(len(test))]
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+  """The demo server on a free port of 127.0.0.1, serving from a thread; shut down at the end."""
+  srv = serve.make_server(predictor, port=0)
+  thread = threading.Thread(target=srv.serve_forever, daemon=True)
+  thread.start()
+  yield srv
+  srv.shutdown()
+  srv.server_close()
+  thread.join(timeout=10)
+  assert not thread.is_alive()
+
+
+def request(srv, method, path, body=None, headers=None):
+  """(status, decoded JSON or text) of one request to the test server."""
+  conn = http.client.HTTPConnection(*srv.server_address, timeout=60)
+  try:
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.getheader("Content-Type", "").startswith("application/json"):
+      return resp.status, json.loads(data)
+    return resp.status, data.decode("utf-8")
+  finally:
+    conn.close()
+
+
+def png_bytes(pixels, fmt="PNG"):
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format=fmt)
+  return buf.getvalue()
+
+
+def assert_still_answers(srv):
+  status, health = request(srv, "GET", "/api/health")
+  assert status == 200 and health["status"] == "ok"
+
+
+# ----------------------------------------------------------------------------- emotion distribution
+
+
+def test_emotion_words_have_distinct_first_tokens(predictor):
+  first = inference.emotion_first_tokens(predictor.tokenizer)
+  assert len(set(first.tolist())) == emotions.NUM_EMOTIONS
+  for token, name in zip(first, emotions.EMOTIONS):
+    piece = predictor.tokenizer.token_text(int(token))
+    assert len(piece) > 3 and (" " + name).startswith(piece), (name, piece)
+
+
+def test_emotion_distribution_is_a_distribution_per_image(predictor, test_images):
+  assert len(test_images) > predictor.batch_size  # a full batch and a padded one
+  probs = predictor.emotion_distribution(test_images)
+  assert probs.shape == (len(test_images), emotions.NUM_EMOTIONS) and probs.dtype == np.float32
+  assert np.all(probs >= 0) and np.all(probs <= 1)
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+  # Each image's row is its own: the same alone and in another order.
+  np.testing.assert_allclose(predictor.emotion_distribution([test_images[3]])[0], probs[3], atol=1e-6)
+  np.testing.assert_allclose(predictor.emotion_distribution(test_images[::-1])[::-1], probs, atol=1e-6)
+  assert predictor.emotion_distribution([]).shape == (0, emotions.NUM_EMOTIONS)
+
+
+def test_distribution_is_generations_first_step_renormalised(predictor, test_images, tiny_run,
+                                                             make_random_params):
+  """Equal to the KV-cached decoder's first-step softmax over the emotion words' first tokens."""
+  output_ids = np.load(tiny_run / "output_vocab.npy")
+  varied = inference.Predictor(predictor.config,  # large random weights: distributions differ
+                               make_random_params(predictor.model.config, seed=3, std=0.3),
+                               np.load(tiny_run / "vad_table.npy"), output_ids=output_ids)
+  probs = varied.emotion_distribution(test_images)
+  tok = varied.tokenizer
+  tokens, _, logits = decode_lib.generate(
+      varied.model, varied.params, varied.preprocess(test_images), varied.vad_table, tok.prompt_ids,
+      max_new_tokens=1, because_id=tok.because_id, eos_id=vocab.EOS_ID, pad_id=vocab.PAD_ID,
+      return_logits=True, output_ids=output_ids)
+  first = inference.emotion_first_tokens(tok)
+  columns = [output_ids.tolist().index(t) for t in first]  # the demo's sentences name all nine
+  expected = jax.nn.softmax(np.asarray(logits)[:, 0, columns], axis=-1)
+  np.testing.assert_allclose(probs, expected, atol=1e-5)
+  assert np.ptp(probs, axis=0).max() > 0.05  # images get different distributions
+  # Where greedy decoding starts with an emotion word, that emotion is the most likely one.
+  for t, p in zip(np.asarray(tokens)[:, 0], probs):
+    if t in first:
+      assert list(first).index(t) == int(np.argmax(p))
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def test_server_listens_on_loopback_only(server):
+  assert server.server_address[0] == "127.0.0.1"
+
+
+def test_page_is_served_self_contained(server):
+  status, page = request(server, "GET", "/")
+  assert status == 200 and "<title>" in page and 'id="drop"' in page and "/api/predict" in page
+  assert "http://" not in page and "https://" not in page and "<script src" not in page
+  assert str(serve.MAX_UPLOAD_BYTES) in page
+  status, health = request(server, "GET", "/api/health")
+  assert status == 200 and health == {"status": "ok", "emotions": list(emotions.EMOTIONS),
+                                      "max_upload_bytes": serve.MAX_UPLOAD_BYTES}
+
+
+def test_posted_image_gets_a_prediction(server, predictor, test_images):
+  image = test_images[5]
+  status, answer = request(server, "POST", "/api/predict", body=png_bytes(image),
+                           headers={"Content-Type": "image/png"})
+  assert status == 200, answer
+  assert answer["emotions"] == list(emotions.EMOTIONS)
+  probs = np.asarray(answer["probabilities"])
+  assert probs.shape == (9,) and np.all(probs >= 0) and abs(probs.sum() - 1) < 1e-5
+  assert isinstance(answer["emotion"], str) and isinstance(answer["explanation"], str)
+  assert answer["text"].startswith("the emotion is")
+  # The same as the Python API on the same picture.
+  expected = predictor.predict([image])[0]
+  assert {k: answer[k] for k in expected} == expected
+  np.testing.assert_allclose(probs, predictor.emotion_distribution([image])[0], atol=1e-6)
+  # Another format of another size works too.
+  big = np.asarray(Image.fromarray(image).resize((80, 60)))
+  status, answer = request(server, "POST", "/api/predict", body=png_bytes(big, "JPEG"))
+  assert status == 200 and len(answer["probabilities"]) == 9
+
+
+def test_garbage_gets_a_clear_400(server):
+  status, answer = request(server, "POST", "/api/predict", body=b"this is not a picture\x00\x01",
+                           headers={"Content-Type": "image/png"})
+  assert status == 400 and "not an image" in answer["error"]
+  truncated = png_bytes(np.zeros((40, 40, 3), np.uint8))[:60]
+  status, answer = request(server, "POST", "/api/predict", body=truncated)
+  assert status == 400 and answer["error"]
+  status, answer = request(server, "POST", "/api/predict", body=b"")
+  assert status == 400 and "empty upload" in answer["error"]
+  assert_still_answers(server)
+
+
+def test_oversize_upload_is_refused_unread_with_413(server):
+  """Only the headers are sent: the server must answer from Content-Length alone."""
+  conn = http.client.HTTPConnection(*server.server_address, timeout=30)
+  try:
+    conn.putrequest("POST", "/api/predict")
+    conn.putheader("Content-Type", "image/png")
+    conn.putheader("Content-Length", str(serve.MAX_UPLOAD_BYTES + 1))
+    conn.endheaders()
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+  finally:
+    conn.close()
+  assert resp.status == 413 and "too large" in answer["error"]
+  assert f"{serve.MAX_UPLOAD_BYTES:,}" in answer["error"]
+  assert_still_answers(server)
+
+
+def test_missing_length_and_unknown_paths(server):
+  conn = http.client.HTTPConnection(*server.server_address, timeout=30)
+  try:
+    conn.putrequest("POST", "/api/predict")
+    conn.endheaders()
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+  finally:
+    conn.close()
+  assert resp.status == 411 and "Content-Length" in answer["error"]
+  assert request(server, "GET", "/nothing")[0] == 404
+  status, answer = request(server, "POST", "/predict", body=b"x")
+  assert status == 404 and "/api/predict" in answer["error"]
+  assert_still_answers(server)
+
+
+def test_huge_picture_is_refused_before_decoding():
+  with pytest.raises(serve.RequestError, match="too large: 40 x 40 pixels") as e:
+    serve.decode_upload(png_bytes(np.zeros((40, 40, 3), np.uint8)), max_pixels=1000)
+  assert e.value.status == 413
+  image = serve.decode_upload(png_bytes(np.zeros((40, 30, 3), np.uint8)))
+  assert image.mode == "RGB" and image.size == (30, 40)
+
+
+def test_serve_command_answers_then_stops_on_ctrl_c(tiny_run, tmp_path_factory, tmp_path):
+  """python -m sevlm_jax.main --mode=serve: up on 127.0.0.1:--port, and a clean exit on SIGINT."""
+  with socket.socket() as s:  # a free port (the tiny race before the server binds it is harmless)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  args = ["--mode=serve", f"--workdir={tiny_run}", f"--port={port}"]
+  with open(tmp_path / "stderr", "w") as err:
+    proc = subprocess.Popen(main_command(args), cwd=REPO, env=subprocess_env(compile_cache(tmp_path_factory)),
+                            stdout=subprocess.PIPE, stderr=err, text=True)
+  try:
+    deadline, status = time.time() + 180, None
+    while status is None and proc.poll() is None and time.time() < deadline:
+      try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/api/health")
+        status = conn.getresponse().status
+        conn.close()
+      except OSError:
+        time.sleep(0.2)
+    assert status == 200, (tmp_path / "stderr").read_text()[-3000:]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 0, (tmp_path / "stderr").read_text()[-3000:]
+  assert f"http://127.0.0.1:{port}/" in out

@@ -50,11 +50,16 @@ def _select(logits_BxV, method, top_p, temperature, rng, step):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "model", "max_new_tokens", "method", "use_cache", "return_logits"))
+    "model", "max_new_tokens", "method", "use_cache", "return_logits", "steps_per_check"))
 def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, rng, top_p,
               temperature, because_id, stop_S, pad_id, output_ids, *, max_new_tokens, method,
-              use_cache, return_logits):
-  """The jitted loop; token ids are traced scalars (stop_S an array) so they cost no recompile."""
+              use_cache, return_logits, steps_per_check):
+  """The jitted loop; token ids are traced scalars (stop_S an array) so they cost no recompile.
+
+  Each loop iteration generates steps_per_check tokens before the "all ended?" test: on a
+  GPU that test is a device-to-host copy per iteration, which stalls the launch queue.
+  Tokens past max_new_tokens (at most steps_per_check - 1) are computed and dropped.
+  """
   c = model.config
   variables = {"params": params}
   if images_or_patches.ndim == 4:
@@ -62,7 +67,8 @@ def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, 
   else:
     patches_BxPxD = images_or_patches
   b, lp, n = patches_BxPxD.shape[0], prompt_L.shape[0], max_new_tokens
-  total = lp + n
+  n_buf = n + steps_per_check - 1  # room for the overshoot of the last iteration
+  total = lp + n_buf
   emo = jnp.int32(c.emotion_segment_id)
   expl = jnp.int32(c.explanation_segment_id)
   prompt_BxL = jnp.broadcast_to(prompt_L, (b, lp))
@@ -119,9 +125,10 @@ def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, 
     }
     return tok_B, book
 
-  book = {"tokens": jnp.full((b, n), pad_id, jnp.int32), "lengths": jnp.full((b,), n, jnp.int32),
+  book = {"tokens": jnp.full((b, n_buf), pad_id, jnp.int32),
+          "lengths": jnp.full((b,), n, jnp.int32),
           "done": jnp.zeros((b,), bool), "in_expl": jnp.zeros((b,), bool),
-          "logits": jnp.zeros((b, n, v) if return_logits else (), jnp.float32)}
+          "logits": jnp.zeros((b, n_buf, v) if return_logits else (), jnp.float32)}
   tok_B, book = record(book, first_logits_BxV, 0)
 
   def cond(carry):
@@ -130,13 +137,31 @@ def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, 
 
   def body(carry):
     i, tok_B, model_state, book = carry
-    seg_B = jnp.where(book["in_expl"], expl, emo)
-    logits_BxV, model_state = advance(model_state, tok_B, seg_B, i)
-    tok_B, book = record(book, logits_BxV, i)
-    return i + 1, tok_B, model_state, book
+    for _ in range(steps_per_check):
+      seg_B = jnp.where(book["in_expl"], expl, emo)
+      logits_BxV, model_state = advance(model_state, tok_B, seg_B, i)
+      tok_B, book = record(book, logits_BxV, i)
+      i = i + 1
+    return i, tok_B, model_state, book
 
   _, _, _, book = jax.lax.while_loop(cond, body, (jnp.int32(1), tok_B, model_state, book))
-  return book["tokens"], book["lengths"], book["logits"]
+  logits = book["logits"][:, :n] if return_logits else book["logits"]
+  return book["tokens"][:, :n], jnp.minimum(book["lengths"], n), logits
+
+
+def cast_for_decoding(params, model_config):
+  """The towers' weights in the compute dtype, cast once per call rather than once per token.
+
+  Inside the decoding loop every step would otherwise read the float32 weights and cast
+  them again. Only collections whose modules compute in the compute dtype are cast, so the
+  result is the same as casting at each use; the VAD encoder and head stay float32.
+  """
+  dtype = jnp.dtype(model_config.dtype)
+  if dtype == jnp.float32:
+    return params
+  cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
+  return {name: cast(tree) if name in ("vision", "decoder", "vad_fusion") else tree
+          for name, tree in params.items()}
 
 
 def _stop_ids(eos_id: int | Sequence[int]) -> tuple[int, ...]:
@@ -148,7 +173,8 @@ def _stop_ids(eos_id: int | Sequence[int]) -> tuple[int, ...]:
   return ids + ids[:1] * (-len(ids) % 4)
 
 
-def _check_inputs(model, images_or_patches, vad_table_Vx3, prompt_ids, max_new_tokens):
+def _check_inputs(model, images_or_patches, vad_table_Vx3, prompt_ids, max_new_tokens,
+                  steps_per_check=1):
   c = model.config
   prompt = jnp.asarray(prompt_ids, jnp.int32)  # may be traced when generate runs inside a jit
   if prompt.ndim != 1 or prompt.size == 0:
@@ -162,8 +188,11 @@ def _check_inputs(model, images_or_patches, vad_table_Vx3, prompt_ids, max_new_t
                      f" {np.shape(vad_table_Vx3)}")
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  if prompt.size + max_new_tokens > c.decoder.max_positions:
-    raise ValueError(f"prompt ({prompt.size}) + max_new_tokens ({max_new_tokens}) exceeds"
+  if steps_per_check < 1:
+    raise ValueError(f"steps_per_check must be >= 1, got {steps_per_check}")
+  if prompt.size + max_new_tokens + steps_per_check - 1 > c.decoder.max_positions:
+    raise ValueError(f"prompt ({prompt.size}) + max_new_tokens ({max_new_tokens}) + "
+                     f"steps_per_check - 1 ({steps_per_check - 1}) exceeds"
                      f" model.decoder.max_positions={c.decoder.max_positions}")
   return prompt
 
@@ -171,7 +200,8 @@ def _check_inputs(model, images_or_patches, vad_table_Vx3, prompt_ids, max_new_t
 def generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_ids, *,
              max_new_tokens: int = 25, because_id: int, eos_id: int | Sequence[int], pad_id: int,
              method: str = "greedy", top_p: float = 0.9, temperature: float = 1.0,
-             rng: jax.Array | None = None, return_logits: bool = False, output_ids=None):
+             rng: jax.Array | None = None, return_logits: bool = False, output_ids=None,
+             steps_per_check: int = 1):
   """Generates after the shared prompt for a batch of images (or precomputed patches).
 
   Returns (tokens BxN int32, lengths B int32): tokens[b, :lengths[b]] is the
@@ -179,12 +209,16 @@ def generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_ids,
   pad_id. With return_logits, also the BxNxV float32 logits each token was
   chosen from (zeros after the loop ended). output_ids: restrict the choice to these token
   ids (a model trained with a restricted output vocabulary); the logits are then over them.
+  steps_per_check: tokens generated between two tests for "every sequence has ended"; the
+  result does not depend on it (larger values trade a little wasted work at the end for
+  fewer device-to-host synchronisations).
   """
   if method not in ("greedy", "top_p"):
     raise ValueError(f"method must be 'greedy' or 'top_p', got {method!r}")
   if method == "top_p" and rng is None:
     raise ValueError("method='top_p' samples: pass rng=jax.random.key(...)")
-  prompt_L = _check_inputs(model, images_or_patches, vad_table_Vx3, prompt_ids, max_new_tokens)
+  prompt_L = _check_inputs(model, images_or_patches, vad_table_Vx3, prompt_ids, max_new_tokens,
+                           steps_per_check)
   use_cache = model.config.vad.causal or not model.config.use_vad_embedding
   tokens, lengths, logits = _generate(
       model, params, jnp.asarray(images_or_patches), jnp.asarray(vad_table_Vx3, jnp.float32),
@@ -192,7 +226,7 @@ def generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_ids,
       jnp.float32(temperature), jnp.int32(because_id), jnp.asarray(_stop_ids(eos_id), jnp.int32),
       jnp.int32(pad_id), None if output_ids is None else jnp.asarray(output_ids, jnp.int32),
       max_new_tokens=int(max_new_tokens), method=method, use_cache=use_cache,
-      return_logits=return_logits)
+      return_logits=return_logits, steps_per_check=int(steps_per_check))
   return (tokens, lengths, logits) if return_logits else (tokens, lengths)
 
 

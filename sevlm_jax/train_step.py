@@ -60,22 +60,31 @@ def restricted_labels(labels: jax.Array, output_ids: jax.Array, vocab_size: int)
 
 def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: jax.Array,
                loss_cfg: ml_collections.ConfigDict, rng: jax.Array, *, patches=None,
-               deterministic: bool = False, output_ids: jax.Array | None = None
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+               deterministic: bool = False, output_ids: jax.Array | None = None,
+               plain_port: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted SEVLM loss of one batch of pairs and its parts.
 
   output_ids: a restricted output vocabulary (token ids); the LM softmax is then over them.
+  plain_port: True switches off what makes the step fast, for benchmarks: each image's
+  patches are repeated for both sequences of its pair (so their cross-attention K/V are
+  projected twice), and the LM head runs over the odd-sized 50,261-token vocabulary.
   """
   dropout_rng, negative_rng = jax.random.split(rng)
   if patches is None:
     patches = model.apply({"params": params}, batch["image"], method=model.encode_image)
   num_images = patches.shape[0]
+  if plain_port:
+    patches = jnp.repeat(patches, 2, axis=0)
   seq = flatten_pairs(batch)
-  patches_NxPxD = jnp.repeat(patches, 2, axis=0)  # each image encoded once, used by both sequences
   token_vad_NxLx3 = vad_table[seq["input_ids"]]
-  out = model.apply({"params": params}, patches_NxPxD, seq["input_ids"], seq["segment_ids"],
+  # Rows 2i and 2i+1 read image i: each image is encoded, and its cross-attention K/V
+  # projected, once per pair. Logits stay in the compute dtype (bf16: half the bytes);
+  # the LM loss upcasts inside its reductions. The vocabulary is padded to a multiple of
+  # 128 columns (never chosen) so that the LM-head GEMMs run on aligned kernels.
+  out = model.apply({"params": params}, patches, seq["input_ids"], seq["segment_ids"],
                     token_vad_NxLx3, seq["token_mask"], deterministic=deterministic,
-                    output_ids=output_ids, rngs={"dropout": dropout_rng})
+                    output_ids=output_ids, logits_dtype=model.config.compute_dtype,
+                    pad_vocab_to=1 if plain_port else 128, rngs={"dropout": dropout_rng})
 
   terms, metrics = {}, {}
   labels = seq["labels"]
@@ -108,8 +117,11 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
 
 
 def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                    output_ids=None) -> Callable:
+                    output_ids=None, plain_port: bool = False) -> Callable:
   """Returns train_step(state, batch, vad_table, rng) -> (state, metrics), pure and jittable.
+
+  batch: 'image' Bx..., or 'patches' BxPxD (the frozen tower's cached output, any float
+  dtype), and the pair fields Bx2xL 'input_ids', 'segment_ids', 'token_mask', 'labels'.
 
   output_ids: the restricted output vocabulary of the run (None: the full vocabulary).
   """
@@ -120,13 +132,19 @@ def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.Gradient
   def train_step(state: TrainState, batch, vad_table, rng):
     trainable, frozen = optim_lib.split_params(state.params, train_vision)
     patches = None
-    if not train_vision:  # frozen tower: run forward only, outside the differentiated function
+    if "patches" in batch:  # the frozen tower's cached output (sevlm_jax.data.features)
+      if train_vision:
+        raise ValueError("cached patch features need a frozen vision tower "
+                         "(optim.train_vision=False)")
+      patches = jax.lax.stop_gradient(batch["patches"])
+    elif not train_vision:  # frozen tower: run forward only, outside the differentiated function
       patches = jax.lax.stop_gradient(model.apply({"params": frozen}, batch["image"],
                                                   method=model.encode_image))
 
     def loss_fn(p):
       return sevlm_loss(model, optim_lib.merge_params(p, frozen), batch, vad_table, config.loss,
-                        rng, patches=patches, output_ids=output_ids)
+                        rng, patches=patches, output_ids=output_ids,
+                        plain_port=plain_port)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, new_opt_state = tx.update(grads, state.opt_state, trainable)

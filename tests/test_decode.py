@@ -115,6 +115,23 @@ def test_greedy_generation_equals_reference(setup, causal):
   check_conventions(got[0], got[1], [eos, NEVER])
 
 
+@pytest.mark.parametrize("steps_per_check", [3, 4])
+def test_steps_per_check_do_not_change_results(setup, steps_per_check):
+  """Several tokens per loop test (N is not a multiple of 3 or 4): same tokens, lengths
+  and logits as one token per test, with and without stops inside the overshoot."""
+  config, params, images, vad_table = setup
+  for eos in (NEVER, None):
+    kw = dict(because_id=NEVER, eos_id=NEVER if eos else None)
+    got, _ = greedy_both(config, params, images, vad_table, because_id=NEVER, eos_id=NEVER)
+    if eos is None:  # stop on row 1's token at the last step: ends inside the last iteration
+      kw["eos_id"] = (int(got[0][1, N - 1]), NEVER)
+      got, _ = greedy_both(config, params, images, vad_table, **kw)
+    tokens, lengths, logits = generate(SEVLM(config), params, images, vad_table, PROMPT,
+                                       max_new_tokens=N, pad_id=vocab.PAD_ID, return_logits=True,
+                                       steps_per_check=steps_per_check, **kw)
+    check_same((np.asarray(tokens), np.asarray(lengths), np.asarray(logits)), got)
+
+
 def test_early_exit(setup):
   config, params, images, vad_table = setup
   got, ref = greedy_both(config, params, images, vad_table, because_id=NEVER, eos_id=NEVER)

@@ -241,6 +241,48 @@ def test_dropout_and_bfloat16(tiny, forward):
       jnp.abs(ref["logits"]).max())
 
 
+def test_images_shared_by_groups_of_sequences(tiny, forward):
+  """One image per pair of sequences (the train step's layout) equals repeating the image."""
+  config, params = tiny
+  _, ids, segs, token_vad, mask = batch(config, b=4, expl_start=(4, 6, 5, 3))
+  mask[1] = 1
+  mask[3, -2:] = 0
+  patches_2xPxD = np.random.default_rng(3).standard_normal(
+      (2, config.vision.num_patches, config.decoder.width)).astype(np.float32)
+  shared = forward(params, patches_2xPxD, ids, segs, token_vad, mask)
+  repeated = forward(params, np.repeat(patches_2xPxD, 2, axis=0), ids, segs, token_vad, mask)
+  for key in ("logits", "hidden", "vad_pred", "image_feat", "explanation_feat"):
+    np.testing.assert_allclose(shared[key], repeated[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  with pytest.raises(ValueError, match="patches must be"):
+    forward(params, patches_2xPxD[:1].repeat(3, 0), ids, segs, token_vad, mask)
+
+
+def test_bfloat16_logits_on_request(tiny):
+  config, params = tiny
+  patches, ids, segs, token_vad, mask = batch(config)
+  bf16 = dataclasses.replace(config, dtype="bfloat16")
+  out = jax.jit(lambda: SEVLM(bf16).apply({"params": params}, patches, ids, segs, token_vad, mask,
+                                          logits_dtype=jnp.bfloat16))()
+  assert out["logits"].dtype == jnp.bfloat16
+
+
+def test_padded_vocabulary(tiny, forward):
+  """Padded logits: the real columns unchanged, the padding never chosen, the same LM loss."""
+  from sevlm_jax import losses  # pylint: disable=import-outside-toplevel
+  config, params = tiny
+  patches, ids, segs, token_vad, mask = batch(config)
+  padded = jax.jit(lambda: SEVLM(config).apply({"params": params}, patches, ids, segs, token_vad,
+                                               mask, pad_vocab_to=128))()["logits"]
+  ref = forward(params, patches, ids, segs, token_vad, mask)["logits"]
+  v = config.decoder.vocab_size
+  assert padded.shape[-1] % 128 == 0 and padded.shape[-1] - v < 128
+  np.testing.assert_allclose(padded[..., :v], ref, rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(padded[..., v:]) == np.finfo(np.float32).min)
+  labels = np.where(mask > 0, ids, -1)
+  np.testing.assert_allclose(losses.lm_loss(padded, labels), losses.lm_loss(ref, labels),
+                             rtol=1e-5)
+
+
 def test_images(tiny):
   config, params = tiny
   rng = np.random.default_rng(4)

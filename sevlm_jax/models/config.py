@@ -16,6 +16,7 @@ from sevlm_jax import vocab
 
 IMAGE_NORMS = ("clip", "imagenet")
 DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLS = ("xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,9 @@ class ModelConfig:
   use_vad_embedding: bool = True
   image_norm: str = "clip"  # 'imagenet' reproduces the public code
   dtype: str = "float32"  # compute dtype; parameters stay float32
+  # The vision tower's attention: 'xla' (einsums, any device) or 'cudnn' (fused kernel;
+  # NVIDIA GPU with dtype bfloat16).
+  vision_attention: str = "xla"
   emotion_segment_id: int = vocab.EMOTION_SEGMENT_ID
   explanation_segment_id: int = vocab.EXPLANATION_SEGMENT_ID
 
@@ -129,6 +133,11 @@ def _validate(c: ModelConfig) -> None:
     fail(f"model.image_norm={c.image_norm!r}; expected one of {IMAGE_NORMS}")
   if c.dtype not in DTYPES:
     fail(f"model.dtype={c.dtype!r}; expected one of {DTYPES}")
+  if c.vision_attention not in ATTENTION_IMPLS:
+    fail(f"model.vision_attention={c.vision_attention!r}; expected one of {ATTENTION_IMPLS}")
+  if c.vision_attention == "cudnn" and c.dtype != "bfloat16":
+    fail("model.vision_attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention"
+         " has no float32 kernel)")
   if c.vision.image_size % c.vision.patch_size:
     fail(f"model.vision.image_size={c.vision.image_size} is not a multiple of"
          f" model.vision.patch_size={c.vision.patch_size}")

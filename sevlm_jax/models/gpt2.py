@@ -121,11 +121,21 @@ class CrossAttention(nn.Module):
     k_BxPxD, v_BxPxD = jnp.split(self.c_attn(patches_BxPxD.astype(self.dtype)), 2, axis=-1)
     return split_heads(k_BxPxD, self.config.heads), split_heads(v_BxPxD, self.config.heads)
 
-  def __call__(self, x_BxTxD, k_BxPxHxK, v_BxPxHxK, deterministic=True):
-    q = split_heads(self.q_attn(x_BxTxD), self.config.heads)
-    probs = self.attn_dropout(attention_probs(q, k_BxPxHxK, None), deterministic=deterministic)
-    out_BxTxD = self.c_proj(merge_heads(attend(probs, v_BxPxHxK)))
-    return self.resid_dropout(out_BxTxD, deterministic=deterministic)
+  def __call__(self, x_NxTxD, k_BxPxHxK, v_BxPxHxK, deterministic=True):
+    """N text sequences over B images, N = G * B: sequences G*b .. G*b+G-1 read image b.
+
+    With no mask, the G sequences of one image are one longer query block against
+    the same keys, so each image's K/V are projected and read once, not G times.
+    """
+    n, t, d = x_NxTxD.shape
+    b = k_BxPxHxK.shape[0]
+    if n % b:
+      raise ValueError(f"{n} text sequences cannot share {b} images evenly")
+    q_BxGTxHxK = split_heads(self.q_attn(x_NxTxD).reshape(b, (n // b) * t, d), self.config.heads)
+    probs = self.attn_dropout(attention_probs(q_BxGTxHxK, k_BxPxHxK, None),
+                              deterministic=deterministic)
+    out_BxGTxD = self.c_proj(merge_heads(attend(probs, v_BxPxHxK)))
+    return self.resid_dropout(out_BxGTxD.reshape(n, t, d), deterministic=deterministic)
 
 
 class MLP(nn.Module):
@@ -183,9 +193,17 @@ class GPT2Decoder(nn.Module):
     self.ln_f = layer_norm(dtype=self.dtype)
 
   def embed(self, input_ids_BxT, segment_ids_BxT, positions_T, deterministic=True):
-    """word + position + segment embeddings (segment ids share the word table), then dropout."""
-    x_BxTxD = self.wte(input_ids_BxT) + self.wpe(positions_T)[None]
-    x_BxTxD = x_BxTxD + self.wte(segment_ids_BxT)
+    """word + position + segment embeddings (segment ids share the word table), then dropout.
+
+    Rows are gathered from the float32 tables and cast afterwards. The gradient of a gather
+    is a scatter-add into the table; in bf16 that scatter is emulated with compare-and-swap
+    loops, and with every segment id landing on the same two rows it took 70% of a bf16
+    train step on an H200. In float32 it uses native atomic adds.
+    """
+    wte_VxD = self.wte.embedding
+    x_BxTxD = jnp.take(wte_VxD, input_ids_BxT, axis=0) + jnp.take(
+        self.wpe.embedding, positions_T, axis=0)[None]
+    x_BxTxD = (x_BxTxD + jnp.take(wte_VxD, segment_ids_BxT, axis=0)).astype(self.dtype)
     return self.drop(x_BxTxD, deterministic=deterministic)
 
   def transform(self, x_BxTxD, mask_BxTxS, patches_BxPxD=None, cache=None, index=None,
@@ -204,13 +222,29 @@ class GPT2Decoder(nn.Module):
       new_cache.append(layer_cache)
     return self.ln_f(x_BxTxD), (tuple(new_cache) if cache is not None else None)
 
-  def logits(self, hidden_BxTxD, output_ids_V=None):
-    """Tied LM head, float32 logits; over the rows output_ids_V only when given (a restricted
-    output vocabulary: the softmax then normalises over those tokens)."""
+  def logits(self, hidden_BxTxD, output_ids_V=None, dtype=jnp.float32, pad_vocab_to: int = 1):
+    """Tied LM head; over the rows output_ids_V only when given (a restricted output
+    vocabulary: the softmax then normalises over those tokens).
+
+    dtype: of the returned logits. The train step asks for the compute dtype, so that in
+    bf16 no float32 copy of the BxTxV logits is written; the loss upcasts inside its
+    reductions.
+    pad_vocab_to: > 1 pads the vocabulary (50,261) up to a multiple of it with columns
+    fixed at the lowest finite value, which no softmax, argmax or label ever picks. Rows
+    of an odd length force the matrix units onto slow unaligned kernels (seen on an H200:
+    a 50,261-wide bf16 GEMM ran on an 'align1' kernel at about 100 TFLOP/s).
+    """
     if output_ids_V is None:
-      return self.wte.attend(hidden_BxTxD).astype(jnp.float32)
+      if pad_vocab_to <= 1:
+        return self.wte.attend(hidden_BxTxD).astype(dtype)
+      v = self.config.vocab_size
+      table_VxD = jnp.pad(self.wte.embedding, ((0, -v % pad_vocab_to), (0, 0)))
+      logits_BxTxV = jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype),
+                                table_VxD.astype(self.dtype)).astype(dtype)
+      real_V = jnp.arange(table_VxD.shape[0]) < v
+      return jnp.where(real_V, logits_BxTxV, jnp.finfo(dtype).min)
     table_VxD = self.wte.embedding[output_ids_V].astype(self.dtype)
-    return jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype), table_VxD).astype(jnp.float32)
+    return jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype), table_VxD).astype(dtype)
 
   def init_cache(self, patches_BxPxD, max_length: int):
     """Empty self-attention buffers of max_length slots plus the image's cross-attention K/V."""

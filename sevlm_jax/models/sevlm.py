@@ -43,7 +43,7 @@ class SEVLM(nn.Module):
     c = self.config
     dtype = c.compute_dtype
     init = nn.initializers.normal(0.02)  # the public code's new layers get GPT-2's init
-    self.vision = VisionTower(c.vision, c.image_norm, dtype)
+    self.vision = VisionTower(c.vision, c.image_norm, dtype, c.vision_attention)
     self.decoder = gpt2.GPT2Decoder(c.decoder, dtype)
     if c.use_vad_embedding:
       self.vad_encoder = VADEncoder(c.vad)
@@ -75,9 +75,12 @@ class SEVLM(nn.Module):
       raise ValueError(f"{l} new tokens do not fit a cache of {cache_length} slots")
 
   def _check_patches(self, patches_BxPxD, batch):
+    """Patches of `batch` images, or of batch / G images shared by G consecutive sequences."""
     d = self.config.decoder.width
-    if patches_BxPxD.ndim != 3 or patches_BxPxD.shape[-1] != d or patches_BxPxD.shape[0] != batch:
-      raise ValueError(f"patches must be {batch}xPx{d}, got shape {tuple(patches_BxPxD.shape)}")
+    b = patches_BxPxD.shape[0] if patches_BxPxD.ndim == 3 else 0
+    if patches_BxPxD.ndim != 3 or patches_BxPxD.shape[-1] != d or b == 0 or batch % b:
+      raise ValueError(f"patches must be {batch}xPx{d} (or one image per group of consecutive"
+                       f" sequences), got shape {tuple(patches_BxPxD.shape)}")
 
   def embed_inputs(self, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3, token_mask_BxL,
                    deterministic=True):
@@ -91,11 +94,16 @@ class SEVLM(nn.Module):
     return x_BxLxD
 
   def __call__(self, patches_BxPxD, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3,
-               token_mask_BxL, deterministic=True, output_ids=None):
+               token_mask_BxL, deterministic=True, output_ids=None, logits_dtype=jnp.float32,
+               pad_vocab_to: int = 1):
     """Teacher-forced pass. token_mask: 1 for real tokens, 0 for right padding.
 
+    patches: one image per sequence, or one per group of G consecutive sequences (the
+    pairs of the train step): each image's cross-attention K/V are then computed once.
     output_ids: optional token ids the logits are restricted to (BxLx|output_ids|).
-    Returns a dict: logits BxLxV (float32), hidden BxLxD, vad_pred BxLx3 (at t,
+    pad_vocab_to: pads the logits' last axis to a multiple of it with never-chosen columns
+    (see GPT2Decoder.logits).
+    Returns a dict: logits BxLxV (logits_dtype), hidden BxLxD, vad_pred BxLx3 (at t,
     for token t+1), image_feat BxD (mean of patches), emotion_feat and
     explanation_feat BxD (masked means of hidden over each segment, no padding).
     """
@@ -107,11 +115,13 @@ class SEVLM(nn.Module):
                                              patches_BxPxD, deterministic=deterministic)
     real_BxL = token_mask_BxL.astype(bool)
     c = self.config
+    per_image = input_ids_BxL.shape[0] // patches_BxPxD.shape[0]
     return {
-        "logits": self.decoder.logits(hidden_BxLxD, output_ids),
+        "logits": self.decoder.logits(hidden_BxLxD, output_ids, logits_dtype, pad_vocab_to),
         "hidden": hidden_BxLxD,
         "vad_pred": self.vad_head(hidden_BxLxD.astype(jnp.float32)),
-        "image_feat": jnp.mean(patches_BxPxD.astype(jnp.float32), axis=1),
+        "image_feat": jnp.repeat(jnp.mean(patches_BxPxD.astype(jnp.float32), axis=1), per_image,
+                                 axis=0),
         "emotion_feat": masked_mean(hidden_BxLxD,
                                     real_BxL & (segment_ids_BxL == c.emotion_segment_id)),
         "explanation_feat": masked_mean(hidden_BxLxD,

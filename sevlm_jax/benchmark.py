@@ -1,0 +1,354 @@
+"""Speed and memory of the train step, decoding and the input pipeline: one JSON line per figure.
+
+  python -m sevlm_jax.benchmark --config=configs/sevlm.py:artemis_v1          # full size, GPU
+  python -m sevlm_jax.benchmark --config=configs/sevlm.py:demo --pairs=8      # tiny, CPU
+
+Figures (random weights and inputs: only speed is measured; the public recipe's shapes by
+default, 32 pairs = 64 sequences of 30 tokens, vision tower frozen, 50,261-token softmax):
+  train_cached   train step reading cached bf16 patch features (sevlm_jax.data.features)
+  train_tower    train step running the frozen vision tower on the images
+  decode         greedy decoding of 25 tokens for 2*pairs images, vision tower included,
+                 never stopping early (as the PyTorch peer does)
+  pipeline       batches/s of the grain training pipeline on the host (demo data at the
+                 model's image size), with and without the feature-cache lookup
+  memory         peak device memory of the process (after the variant's figures) and of
+                 each compiled program (arguments + outputs + temporaries - donated)
+Variants:
+  optimized      bf16 matmuls with float32 master weights, bf16 logits into the loss over a
+                 vocabulary padded to a multiple of 128, cross-attention K/V once per
+                 image, decoding weights cast once and config.eval.steps_per_check tokens
+                 between "all ended?" tests
+  baseline       the same design with those switched off: float32 compute, float32
+                 logits over the 50,261-token vocabulary, each image's patches repeated for
+                 both sequences of its pair, one token per loop test
+Every time is the median of --iters runs after --warmup runs, each run ending in
+jax.block_until_ready. --profile_dir traces a few optimized train steps and decodes and
+prints where the device time goes (the trace is kept there for Perfetto / TensorBoard).
+"""
+
+import collections
+import gzip
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from sevlm_jax import decode as decode_lib
+from sevlm_jax import optim as optim_lib
+from sevlm_jax import train_step as step_lib
+from sevlm_jax import vocab
+from sevlm_jax.data import tokenizer as tokenizer_lib
+from sevlm_jax.models import sevlm as sevlm_lib
+from sevlm_jax.models.config import ModelConfig
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/sevlm.py", "Model and optimiser config.")
+_VARIANTS = flags.DEFINE_list("variants", ["optimized", "baseline"], "optimized and/or baseline.")
+_FIGURES = flags.DEFINE_list("figures", ["train_cached", "train_tower", "decode", "memory"],
+                             "train_cached, train_tower, decode, pipeline, memory.")
+_PAIRS = flags.DEFINE_integer("pairs", 32, "Images per train batch (2 sequences each); decoding "
+                              "takes 2 * pairs images.")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 30, "Tokens per training sequence.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 25, "Tokens to decode.")
+_ITERS = flags.DEFINE_integer("iters", 30, "Timed runs per figure (the median is reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed runs first (compilation included).")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Trace the optimized variant here.")
+_PIPELINE_IMAGES = flags.DEFINE_integer("pipeline_images", 256, "Demo images for `pipeline`.")
+_STEPS_PER_CHECK = flags.DEFINE_list("steps_per_check", [], "decode, optimized variant: values of "
+                                     "eval.steps_per_check to compare (default: the config's).")
+
+VARIANTS = ("optimized", "baseline")
+FIGURES = ("train_cached", "train_tower", "decode", "pipeline", "memory")
+
+
+def emit(record: dict) -> dict:
+  print(json.dumps(record), flush=True)
+  return record
+
+
+def device_fields() -> dict:
+  d = jax.local_devices()[0]
+  return {"device": getattr(d, "device_kind", d.platform), "platform": d.platform,
+          "jax": jax.__version__}
+
+
+def median_seconds(run: Callable[[], Any], iters: int, warmup: int) -> float:
+  """Median wall time of run() over iters calls, each waited for, after warmup calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(run())
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def program_bytes(compiled) -> int | None:
+  """Device bytes one compiled program needs: arguments + outputs + temporaries - aliased."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except  # not every backend reports it
+    return None
+
+
+def peak_device_bytes() -> int | None:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+# --- set-up ------------------------------------------------------------------------------------
+
+
+def variant_config(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  if variant not in VARIANTS:
+    raise app.UsageError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.optim.train_vision = False  # the recipe's frozen tower
+  c.model.dtype = "bfloat16" if variant == "optimized" else "float32"
+  if variant == "baseline":
+    c.eval.steps_per_check = 1
+  return c
+
+
+def synthetic_batch(model_cfg: ModelConfig, pairs: int, seq_len: int, seed: int = 0) -> dict:
+  """A host batch of `pairs` images and 2 sequences each: emotion part then explanation."""
+  rng = np.random.default_rng(seed)
+  s, p, d = model_cfg.vision.image_size, model_cfg.vision.num_patches, model_cfg.decoder.width
+  ids = rng.integers(0, vocab.GPT2_VOCAB_SIZE, (pairs, 2, seq_len)).astype(np.int32)
+  segs = np.full_like(ids, model_cfg.emotion_segment_id)
+  segs[..., 6:] = model_cfg.explanation_segment_id
+  labels = ids.copy()
+  labels[..., 0] = -1
+  return {
+      "image": rng.integers(0, 256, (pairs, s, s, 3), dtype=np.uint8),
+      "patches": rng.standard_normal((pairs, p, d)).astype(jnp.bfloat16),
+      "input_ids": ids, "segment_ids": segs, "labels": labels,
+      "token_mask": np.ones_like(ids),
+  }
+
+
+class Setup:
+  """Model, random parameters, optimiser and VAD table of one variant, on the device."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.model = sevlm_lib.SEVLM(ModelConfig.from_dict(config.model.to_dict()))
+    self._init = jax.jit(sevlm_lib.init_params, static_argnums=0)
+    abstract = jax.eval_shape(self._init, self.model.config, jax.random.key(0))
+    self.num_params = sum(x.size for x in jax.tree.leaves(abstract))
+    trainable, _ = optim_lib.split_params(abstract, False)
+    self.tx = optim_lib.create_optimizer(config.optim, trainable, total_steps=10_000)
+    rng = np.random.default_rng(1)
+    self.vad_table = jnp.asarray(rng.uniform(-1, 1, (self.model.config.decoder.vocab_size, 3)),
+                                 jnp.float32)
+
+  def fresh_params(self):
+    """New random parameters on the device (one copy alive per figure: honest peak memory)."""
+    return self._init(self.model.config, jax.random.key(self.config.seed))
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def bench_train(setup: Setup, variant: str, cached: bool) -> tuple[dict, Any]:
+  batch = synthetic_batch(setup.model.config, _PAIRS.value, _SEQ_LEN.value)
+  batch.pop("image" if cached else "patches")
+  batch = jax.device_put(batch)
+  step = jax.jit(step_lib.make_train_step(setup.model, setup.config, setup.tx,
+                                          plain_port=variant == "baseline"),
+                 donate_argnums=0)
+  state = step_lib.init_train_state(setup.fresh_params(), setup.tx, False)
+  rng = jax.random.key(0)
+  compiled = step.lower(state, batch, setup.vad_table, rng).compile()
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = compiled(holder["state"], batch, setup.vad_table, rng)
+    return metrics
+
+  seconds = median_seconds(run, _ITERS.value, _WARMUP.value)
+  loss = float(run()["loss"])
+  seqs = 2 * _PAIRS.value
+  record = {"what": "train_cached" if cached else "train_tower", "variant": variant,
+            "batch_seqs": seqs, "seq_len": _SEQ_LEN.value, "ms": round(seconds * 1e3, 3),
+            "seqs_per_s": round(seqs / seconds, 1), "loss_finite": bool(np.isfinite(loss)),
+            "program_GiB": _gib(program_bytes(compiled))}
+  return record, (compiled, holder, batch, rng)
+
+
+def make_decode(setup: Setup, variant: str, steps: int):
+  params = setup.fresh_params()
+  tokenizer = tokenizer_lib.load_tokenizer()
+  prompt = jnp.asarray(tokenizer.prompt_ids, jnp.int32)
+
+  @jax.jit
+  def decode(params, images):
+    if variant == "optimized":
+      params = decode_lib.cast_for_decoding(params, setup.model.config)
+    tokens, _ = decode_lib.generate(
+        setup.model, params, images, setup.vad_table, prompt, max_new_tokens=_NEW_TOKENS.value,
+        because_id=tokenizer.because_id, eos_id=-1, pad_id=vocab.PAD_ID,
+        steps_per_check=steps)
+    return tokens
+
+  return decode, params
+
+
+def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Any]:
+  n = 2 * _PAIRS.value
+  s = setup.model.config.vision.image_size
+  images = jax.device_put(np.random.default_rng(2).integers(0, 256, (n, s, s, 3), dtype=np.uint8))
+  decode, params = make_decode(setup, variant, steps)
+  compiled = decode.lower(params, images).compile()
+  seconds = median_seconds(lambda: compiled(params, images), max(_ITERS.value // 3, 3),
+                           _WARMUP.value)
+  tokens = np.asarray(compiled(params, images))
+  record = {"what": "decode", "variant": variant, "steps_per_check": steps, "images": n,
+            "new_tokens": _NEW_TOKENS.value,
+            "tokens_generated": int(tokens.shape[1]), "ms": round(seconds * 1e3, 3),
+            "images_per_s": round(n / seconds, 1),
+            "program_GiB": _gib(program_bytes(compiled))}
+  return record, (compiled, params, images)
+
+
+def bench_pipeline(config: ml_collections.ConfigDict) -> list[dict]:
+  """Host-side batches/s of the training pipeline, the step rate it has to keep up with."""
+  from sevlm_jax.data import demo  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import features  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  size = config.model.vision.image_size
+  root = tempfile.mkdtemp(prefix="sevlm_bench_pipeline_")
+  ready = demo.ensure_demo_dataset(root, num_images=_PIPELINE_IMAGES.value, image_size=size)
+  model_cfg = ModelConfig.from_dict(config.model.to_dict())
+  n_train = len(pipeline.training_images(ready))
+  pairs = min(_PAIRS.value, n_train)
+  records = []
+  for with_cache in (False, True):
+    cache = None
+    if with_cache:  # random rows of the real shape: the lookup cost, not the tower's
+      p, d = model_cfg.vision.num_patches, model_cfg.decoder.width
+      path = os.path.join(root, "patches.npy")
+      from sevlm_jax.data import records as records_lib  # pylint: disable=import-outside-toplevel
+      n = len(records_lib.load_split(ready, "train"))
+      bits = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(n, p, d))
+      bits[:] = np.random.default_rng(0).integers(0, 2**14, bits.shape, dtype=np.uint16)
+      bits.flush()
+      del bits
+      cache = features.PatchCache(path)
+    loader = pipeline.train_loader(ready, tokenizer_lib.load_tokenizer(), batch_size=pairs,
+                                   max_len=_SEQ_LEN.value, seed=0, shard_index=0, shard_count=1)
+    it = iter(loader)
+    for _ in range(2):
+      next(it)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 5.0:
+      batch = next(it)
+      if cache is not None:
+        batch["patches"] = cache[batch["image_index"]]
+      count += 1
+    rate = count / (time.perf_counter() - start)
+    records.append(emit({"what": "pipeline", "feature_cache": with_cache, "batch_pairs": pairs,
+                         "image_size": size, "batches_per_s": round(rate, 1),
+                         "host_cpus": os.cpu_count(), **device_fields()}))
+  return records
+
+
+# --- profile ---------------------------------------------------------------------------------
+
+
+def summarize_trace(trace_dir: str, steps: int, top: int = 15) -> list[dict]:
+  """Device time per kernel name from the Perfetto trace jax.profiler wrote, per step."""
+  paths = [os.path.join(r, f) for r, _, fs in os.walk(trace_dir) for f in fs
+           if f.endswith(".trace.json.gz")]
+  if not paths:
+    return []
+  with gzip.open(max(paths, key=os.path.getmtime)) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  process_names = {e["pid"]: str(e.get("args", {}).get("name", "")) for e in events
+                   if e.get("ph") == "M" and e.get("name") == "process_name"}
+  device_pids = {pid for pid, name in process_names.items() if "/device:" in name}
+  if not device_pids:  # the CPU backend records no device streams
+    return [{"device_ms_per_step": None, "processes": sorted(process_names.values())}]
+  per_name, total = collections.Counter(), 0.0
+  for e in events:
+    if e.get("ph") == "X" and e.get("pid") in device_pids and "dur" in e:
+      per_name[e["name"]] += float(e["dur"])
+      total += float(e["dur"])
+  rows = [{"kernel": name[:120], "ms_per_step": round(us / 1e3 / steps, 4),
+           "share": round(us / total, 4)} for name, us in per_name.most_common(top)]
+  return [{"device_ms_per_step": round(total / 1e3 / steps, 4), "kernels": len(per_name)}] + rows
+
+
+def profile(kind: str, run: Callable[[], Any], steps: int) -> None:
+  trace_dir = os.path.join(_PROFILE_DIR.value, kind)
+  jax.block_until_ready(run())
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(steps):
+      jax.block_until_ready(run())
+  for row in summarize_trace(trace_dir, steps):
+    emit({"what": "profile", "of": kind, **row})
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def _gib(n: int | None) -> float | None:
+  return None if n is None else round(n / 2**30, 3)
+
+
+def run_variant(config: ml_collections.ConfigDict, variant: str, figures: list[str]) -> None:
+  setup = Setup(variant_config(config, variant))
+  base = {**device_fields(), "params_M": round(setup.num_params / 1e6, 1)}
+  for cached in (True, False):
+    if ("train_cached" if cached else "train_tower") in figures:
+      record, (compiled, holder, batch, rng) = bench_train(setup, variant, cached)
+      emit({**record, **base})
+      if _PROFILE_DIR.value and variant == "optimized":
+        def run(compiled=compiled, holder=holder, batch=batch, rng=rng):
+          holder["state"], metrics = compiled(holder["state"], batch, setup.vad_table, rng)
+          return metrics
+        profile("train_cached" if cached else "train_tower", run, 5)
+      holder.clear()  # free this figure's train state before the next one
+  if "decode" in figures:
+    sweep = [int(v) for v in _STEPS_PER_CHECK.value] if variant == "optimized" else []
+    default = int(setup.config.eval.steps_per_check)
+    for steps in sweep or [default]:
+      record, (compiled, params, images) = bench_decode(setup, variant, steps)
+      emit({**record, **base})
+      if _PROFILE_DIR.value and variant == "optimized" and steps == default:
+        profile("decode", lambda: compiled(params, images), 3)
+      del params
+  if "memory" in figures:
+    emit({"what": "peak_memory", "variant": variant,
+          "GiB": _gib(peak_device_bytes()), **base})
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  unknown = sorted(set(_FIGURES.value) - set(FIGURES))
+  if unknown:
+    raise app.UsageError(f"unknown figure {unknown[0]!r}; choose from {', '.join(FIGURES)}")
+  config = _CONFIG.value
+  for variant in _VARIANTS.value:
+    run_variant(config, variant, _FIGURES.value)
+  if "pipeline" in _FIGURES.value:
+    bench_pipeline(config)
+
+
+if __name__ == "__main__":
+  app.run(main)

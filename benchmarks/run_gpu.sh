@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# All GPU checks in one call (device time is scarce): correctness of the optimized paths on
-# the GPU, our benchmark (optimized, then baseline, in separate processes so that each peak
-# memory is its own), and the PyTorch peer when its script is at .peer/torch_peer.py.
-# Results: $OUT/*.jsonl, the Perfetto traces of the optimized step, and bench.log.
+# GPU checks in as few calls as possible (device time is scarce). Stages, in the order given
+# by STAGES (default: opt,peer):
+#   opt    our benchmark, optimized variant, with a profile of each figure (~4 min on an H200,
+#          most of it compilation and autotuning)
+#   peer   the PyTorch peer, when its script is at .peer/torch_peer.py (~3 min)
+#   cudnn  optimized with the vision tower's attention through cuDNN (~2.5 min)
+#   base   the baseline variant (optimizations off; ~4 min)
+# Each stage is its own process, so each peak memory is its own. Results: $OUT/<stage>.jsonl,
+# the Perfetto traces of the optimized figures, and bench.log (stderr of everything).
 set -uo pipefail
 OUT=${OUT:-/tmp/sevlm_gpu}
 mkdir -p "$OUT"
@@ -11,25 +16,40 @@ log="$OUT/bench.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee -a "$log"
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())" 2>>"$log" | tee -a "$log"
-args=(--config=configs/sevlm.py --iters="${ITERS:-30}" --warmup=3)
-timeout "${OPT_TIMEOUT:-260}" python3 -m sevlm_jax.benchmark "${args[@]}" --variants=optimized \
-  --steps_per_check="${STEPS_SWEEP:-1,4,25}" --profile_dir=/tmp/sevlm_profile \
-  2>>"$log" | tee "$OUT/optimized.jsonl"
-timeout "${BASE_TIMEOUT:-150}" python3 -m sevlm_jax.benchmark "${args[@]}" --variants=baseline \
-  2>>"$log" | tee "$OUT/baseline.jsonl"
-for kind in train_cached train_tower decode; do
-  f=$(find /tmp/sevlm_profile/$kind -name '*.trace.json.gz' 2>/dev/null | head -1)
-  [ -n "$f" ] && cp "$f" "$OUT/trace_$kind.json.gz"
+args=(--config="${CONFIG:-configs/sevlm.py}" --iters="${ITERS:-20}" --warmup=3 ${EXTRA:-})
+bench=(python3 -m sevlm_jax.benchmark "${args[@]}")
+
+STAGES=${STAGES:-opt,peer}
+for stage in ${STAGES//,/ }; do
+  case "$stage" in
+    opt)
+      timeout 300 "${bench[@]}" --variants=optimized --steps_per_check="${STEPS_SWEEP:-1,4}" \
+        --profile_dir=/tmp/sevlm_profile 2>>"$log" | tee "$OUT/opt.jsonl"
+      for kind in train_cached train_tower decode; do
+        f=$(find /tmp/sevlm_profile/$kind -name '*.trace.json.gz' 2>/dev/null | head -1)
+        [ -n "$f" ] && cp "$f" "$OUT/trace_$kind.json.gz"
+      done ;;
+    peer)
+      [ -f .peer/torch_peer.py ] && timeout 240 python3 .peer/torch_peer.py 2>>"$log" \
+        | tee "$OUT/peer.jsonl" ;;
+    cudnn)
+      timeout 200 "${bench[@]}" --variants=optimized --config.model.vision_attention=cudnn \
+        --figures=train_tower,decode,memory 2>>"$log" \
+        | sed 's/"variant": "optimized"/"variant": "optimized-cudnn-vision"/' \
+        | tee "$OUT/cudnn.jsonl" ;;
+    base)
+      timeout 280 "${bench[@]}" --variants=baseline 2>>"$log" | tee "$OUT/base.jsonl" ;;
+    *) echo "unknown stage $stage" >&2 ;;
+  esac
 done
-if [ -f .peer/torch_peer.py ]; then
-  timeout "${PEER_TIMEOUT:-240}" python3 .peer/torch_peer.py 2>>"$log" | tee "$OUT/torch_peer.jsonl"
-fi
-echo "--- summary"; cat "$OUT"/*.jsonl | python3 -c "
+
+echo "--- summary"; cat "$OUT"/*.jsonl 2>/dev/null | python3 -c "
 import json, sys
 for line in sys.stdin:
   try: r = json.loads(line)
   except ValueError: continue
   if r.get('what') == 'profile' and 'kernel' in r: continue
-  keys = ('what', 'variant', 'of', 'steps_per_check', 'ms', 'seqs_per_s', 'images_per_s', 'GiB', 'value', 'program_GiB', 'device_ms_per_step', 'error')
+  keys = ('what', 'variant', 'of', 'steps_per_check', 'ms', 'seqs_per_s', 'images_per_s', 'GiB',
+          'value', 'program_GiB', 'device_ms_per_step', 'error')
   print({k: r[k] for k in keys if k in r})
 "

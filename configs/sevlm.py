@@ -83,6 +83,10 @@ def _base() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000
   c.train.patience = 10  # evaluations without improvement before stopping; 0 = never stop early
   c.train.eval_max_images = 0  # periodic validation on at most this many images; 0 = whole split
+  # auto: with a frozen vision tower, its patch features are computed once into
+  # <workdir>/features and read by the train step instead of running the tower (one
+  # process only); off: run the tower every step.
+  c.train.feature_cache = "auto"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

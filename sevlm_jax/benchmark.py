@@ -2,6 +2,7 @@
 
   python -m sevlm_jax.benchmark --config=configs/sevlm.py:artemis_v1          # full size, GPU
   python -m sevlm_jax.benchmark --config=configs/sevlm.py:demo --pairs=8      # tiny, CPU
+  python -m sevlm_jax.benchmark --config.model.vision_attention=cudnn --variants=optimized
 
 Figures (random weights and inputs: only speed is measured; the public recipe's shapes by
 default, 32 pairs = 64 sequences of 30 tokens, vision tower frozen, 50,261-token softmax):
@@ -120,6 +121,7 @@ def variant_config(config: ml_collections.ConfigDict, variant: str) -> ml_collec
   c.model.dtype = "bfloat16" if variant == "optimized" else "float32"
   if variant == "baseline":
     c.eval.steps_per_check = 1
+    c.model.vision_attention = "xla"
   return c
 
 

@@ -150,16 +150,25 @@ def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, 
 
 
 def cast_for_decoding(params, model_config):
-  """The towers' weights in the compute dtype, cast once per call rather than once per token.
+  """Dense and convolution weights in the compute dtype, cast once per call, not per token.
 
-  Inside the decoding loop every step would otherwise read the float32 weights and cast
-  them again. Only collections whose modules compute in the compute dtype are cast, so the
-  result is the same as casting at each use; the VAD encoder and head stay float32.
+  Inside the decoding loop every step would otherwise read the float32 kernels and cast
+  them again. Only modules that cast their kernel and bias to the compute dtype at use
+  (those of the towers and the VAD fusion) are cast, so the result equals casting at each
+  use; embeddings and LayerNorms stay float32 (they are used in float32 first), and so do
+  the VAD encoder and head.
   """
   dtype = jnp.dtype(model_config.dtype)
   if dtype == jnp.float32:
     return params
-  cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
+
+  def cast(tree):
+    if not isinstance(tree, dict):
+      return tree
+    if "kernel" in tree:  # a Dense or Conv layer
+      return {k: v.astype(dtype) for k, v in tree.items()}
+    return {k: cast(v) for k, v in tree.items()}
+
   return {name: cast(tree) if name in ("vision", "decoder", "vad_fusion") else tree
           for name, tree in params.items()}
 

@@ -33,14 +33,17 @@ def make_generate_fn(model, eval_cfg: ml_collections.ConfigDict, tokenizer, outp
   prompt_ids = jnp.asarray(tokenizer.prompt_ids, jnp.int32)
   output_ids = None if output_ids is None else jnp.asarray(output_ids, jnp.int32)
 
+  steps_per_check = int(eval_cfg.get("steps_per_check", 1))  # absent from older runs' configs
+
   @jax.jit
   def generate(params, images, vad_table, rng):
+    params = decode_lib.cast_for_decoding(params, model.config)  # once, not once per token
     patches = model.apply({"params": params}, images, method=model.encode_image)
     tokens, _ = decode_lib.generate(
         model, params, patches, vad_table, prompt_ids, max_new_tokens=eval_cfg.max_new_tokens,
         because_id=tokenizer.because_id, eos_id=vocab.EOS_ID, pad_id=vocab.PAD_ID,
         method=eval_cfg.decoding, top_p=eval_cfg.top_p, temperature=eval_cfg.temperature, rng=rng,
-        output_ids=output_ids)
+        output_ids=output_ids, steps_per_check=steps_per_check)
     return tokens
 
   return generate

@@ -18,6 +18,7 @@ from typing import Any
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -29,6 +30,7 @@ from sevlm_jax import optim as optim_lib
 from sevlm_jax import parallel
 from sevlm_jax import train_step as step_lib
 from sevlm_jax.data import artemis
+from sevlm_jax.data import features
 from sevlm_jax.data import pipeline
 from sevlm_jax.metrics_writer import MetricsWriter
 
@@ -68,12 +70,56 @@ def total_train_steps(config: ml_collections.ConfigDict, num_pair_images: int) -
   return int(config.train.num_epochs * steps_per_epoch)
 
 
-def _host_batch(batch: dict[str, np.ndarray], blank_images: bool) -> dict[str, np.ndarray]:
-  batch = {k: v for k, v in batch.items() if k in
-           ("image", "input_ids", "segment_ids", "token_mask", "labels")}
-  if blank_images:
-    batch["image"] = inputs.blank(batch["image"])
-  return batch
+def _host_batch(batch: dict[str, np.ndarray], blank_images: bool,
+                patch_cache: features.PatchCache | None = None) -> dict[str, np.ndarray]:
+  """The fields the step reads; with a feature cache, cached patches replace the images."""
+  keys = ("input_ids", "segment_ids", "token_mask", "labels")
+  out = {k: batch[k] for k in keys}
+  if patch_cache is not None:
+    out["patches"] = patch_cache[batch["image_index"]]
+  else:
+    out["image"] = inputs.blank(batch["image"]) if blank_images else batch["image"]
+  return out
+
+
+def patch_feature_cache(config: ml_collections.ConfigDict, run: inputs.Run, params, workdir: str
+                        ) -> features.PatchCache | None:
+  """The frozen tower's patches of the training split, cached (built on first use); or None.
+
+  Used when train.feature_cache='auto', the tower is frozen (its output never changes) and a
+  single process trains. The pipeline has no image augmentation, so one encoding per image
+  is exact up to the bf16 storage.
+  """
+  mode = config.train.feature_cache
+  if mode not in ("auto", "off"):
+    raise inputs.ConfigError(f"train.feature_cache={mode!r}; choose 'auto' or 'off'")
+  if mode == "off" or config.optim.train_vision:
+    return None
+  if jax.process_count() > 1:
+    logging.info("feature cache off: %d processes (each would need the whole split)",
+                 jax.process_count())
+    return None
+  model, blank_images = run.model, config.data.blank_images
+  vision = jax.device_get(params["vision"])
+
+  @jax.jit
+  def encode(vision_params, images):
+    if blank_images:
+      images = jnp.full_like(images, 128)  # as inputs.blank
+    return model.apply({"params": {"vision": vision_params}}, images, method=model.encode_image)
+
+  def progress(done, total):
+    logging.info("patch feature cache: %d / %d images", done, total)
+
+  on_device = jax.device_put(vision)
+  started = time.time()
+  cache = features.load_or_build(
+      os.path.join(workdir, "features"), run.ready_dir, "train", vision, model.config.vision,
+      model.config.image_norm, lambda images: encode(on_device, images),
+      batch_size=config.eval.batch_size, blank_images=blank_images, progress=progress)
+  logging.info("patch feature cache %s (%d images, %.1f s)", cache.path, len(cache),
+               time.time() - started)
+  return cache
 
 
 def _improved(history: dict, name: str, value: float) -> bool:
@@ -150,6 +196,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
                                       config.optim.train_vision)
     state = parallel.put(state, state_shardings)
 
+  patch_cache = patch_feature_cache(config, run, state.params, workdir)
   train_step = sharded_train_step(step_lib.make_train_step(model, config, tx, run.output_ids),
                                   mesh, state_shardings, config.seed)
   vad_table = parallel.put(run.vad_table, parallel.replicated(mesh))
@@ -159,7 +206,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
   try:
     with _StopRequest() as stop:
       while step < total_steps and not stop.requested:
-        batch = _host_batch(next(data_iter), config.data.blank_images)
+        batch = _host_batch(next(data_iter), config.data.blank_images, patch_cache)
         state, metrics = train_step(state, parallel.shard_host_batch(batch, mesh), vad_table)
         step += 1
         if multi_process:  # a signal may reach the processes at different steps: stop together

@@ -147,16 +147,22 @@ def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.Gradient
                         plain_port=plain_port)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    updates, new_opt_state = tx.update(grads, state.opt_state, trainable)
-    new_trainable = optax.apply_updates(trainable, updates)
-    # NaN/inf guard: a non-finite loss or gradient leaves the state untouched.
+    # NaN/inf guard: a non-finite loss or gradient leaves the state untouched. A branch, not
+    # a select per leaf: selecting between old and new params and Adam moments was 224
+    # kernels and 1.2 ms of an H200 step.
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+    def update(_):
+      updates, new_opt_state = tx.update(grads, state.opt_state, trainable)
+      return optax.apply_updates(trainable, updates), new_opt_state
+
+    new_trainable, new_opt_state = jax.lax.cond(ok, update, lambda _: (trainable, state.opt_state),
+                                                None)
     new_state = state.replace(
         step=state.step + 1,
-        params=optim_lib.merge_params(keep(new_trainable, trainable), frozen),
-        opt_state=keep(new_opt_state, state.opt_state),
+        params=optim_lib.merge_params(new_trainable, frozen),
+        opt_state=new_opt_state,
         skipped_steps=state.skipped_steps + (~ok).astype(jnp.int32))
     metrics = dict(metrics, grad_norm=grad_norm, finite=ok.astype(jnp.float32))
     return new_state, metrics

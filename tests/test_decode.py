@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sevlm_jax import vocab
-from sevlm_jax.decode import (full_pass, generate, generate_reference, parse_generation,
-                              top_p_filter)
+from sevlm_jax.decode import (cast_for_decoding, full_pass, generate, generate_reference,
+                              parse_generation, top_p_filter)
 from sevlm_jax.models import SEVLM, ModelConfig, model_config_dict
 
 PROMPT = [vocab.BOS_ID, 262, 9942, 318]  # "<bos> the emotion is"
@@ -198,3 +198,23 @@ def test_generate_input_errors(setup):
 ])
 def test_parse_generation(text, expected):
   assert parse_generation(text) == expected
+
+
+def test_weights_cast_once_for_bfloat16_decoding(setup):
+  """Casting the towers' weights before the loop gives what casting at each use gives."""
+  config, params, images, vad_table = setup
+  bf16 = dataclasses.replace(config, dtype="bfloat16")
+  cast = cast_for_decoding(params, bf16)
+  block = cast["decoder"]["h_0"]
+  assert block["mlp"]["c_fc"]["kernel"].dtype == jnp.bfloat16
+  assert block["mlp"]["c_fc"]["bias"].dtype == jnp.bfloat16
+  assert block["ln_1"]["scale"].dtype == jnp.float32  # LayerNorms and embeddings: float32
+  assert cast["decoder"]["wte"]["embedding"].dtype == jnp.float32
+  assert cast["vad_head"]["kernel"].dtype == jnp.float32  # computes in float32: left alone
+  assert cast_for_decoding(params, config) is params
+  kw = dict(max_new_tokens=N, because_id=NEVER, eos_id=NEVER, pad_id=vocab.PAD_ID,
+            return_logits=True)
+  per_use = generate(SEVLM(bf16), params, images, vad_table, PROMPT, **kw)
+  once = generate(SEVLM(bf16), cast, images, vad_table, PROMPT, **kw)
+  np.testing.assert_array_equal(once[0], per_use[0])
+  np.testing.assert_array_equal(once[2], per_use[2])

@@ -1,0 +1,73 @@
+"""The benchmark: its optimisations change no result, and its command prints every figure."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sevlm_jax import benchmark
+from sevlm_jax import train_step as step_lib
+from test_train import REPO, TINY, Stepper, data, demo_root  # noqa: F401  (fixtures)
+
+
+def test_plain_port_step_equals_the_optimized_step_in_float32(data, make_random_params):  # noqa: F811
+  """Shared cross-attention K/V and the padded vocabulary are exact rewrites."""
+  _, batch, vad_table = data
+  stepper = Stepper(data[0], make_random_params, **{"optim.train_vision": False})
+  plain = jax.jit(step_lib.make_train_step(stepper.model, stepper.config, stepper.tx,
+                                           plain_port=True))
+  rng = jax.random.PRNGKey(1)
+  _, fast = stepper.step(stepper.state, batch, vad_table, rng)
+  _, slow = plain(stepper.state, batch, vad_table, rng)
+  for key in ("loss", "loss_lm", "loss_vad", "loss_contrastive", "grad_norm"):
+    np.testing.assert_allclose(fast[key], slow[key], rtol=1e-5, err_msg=key)
+
+
+def test_summarize_trace_counts_device_kernels_per_step(tmp_path):
+  events = [
+      {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+      {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+      {"ph": "X", "pid": 1, "name": "python", "ts": 0, "dur": 5000.0},
+  ] + [{"ph": "X", "pid": 2, "name": name, "ts": 0, "dur": dur}
+       for name, dur in [("gemm", 300.0), ("gemm", 300.0), ("softmax", 200.0), ("copy", 200.0)]]
+  (tmp_path / "x").mkdir()
+  with gzip.open(tmp_path / "x" / "host.trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  head, *rows = benchmark.summarize_trace(str(tmp_path), steps=2)
+  assert head == {"device_ms_per_step": 0.5, "kernels": 3}
+  assert rows[0] == {"kernel": "gemm", "ms_per_step": 0.3, "share": 0.6}
+  assert {r["kernel"] for r in rows} == {"gemm", "softmax", "copy"}
+
+
+def test_benchmark_command_prints_every_figure(tmp_path):
+  model = {k: v for k, v in TINY.items() if k.startswith("model.")}
+  args = [sys.executable, "-m", "sevlm_jax.benchmark", "--config=configs/sevlm.py:demo",
+          *(f"--config.{k}={v}" for k, v in model.items()),
+          "--pairs=2", "--iters=2", "--warmup=1", "--new_tokens=3", "--variants=optimized,baseline",
+          "--figures=train_cached,train_tower,decode,memory"]
+  env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  seen = {(r["what"], r["variant"]) for r in rows}
+  assert seen == {(w, v) for w in ("train_cached", "train_tower", "decode", "peak_memory")
+                  for v in ("optimized", "baseline")}
+  for r in rows:
+    assert r["device"] == "cpu"
+    if r["what"].startswith("train"):
+      assert r["batch_seqs"] == 4 and r["seqs_per_s"] > 0 and r["loss_finite"]
+      assert r["ms"] == pytest.approx(1e3 * 4 / r["seqs_per_s"], rel=1e-2)
+    if r["what"] == "decode":
+      assert r["images"] == 4 and r["tokens_generated"] == 3 and r["images_per_s"] > 0
+      assert r["steps_per_check"] == (1 if r["variant"] == "baseline" else 4)
+
+
+def test_unknown_figure_is_a_usage_error():
+  out = subprocess.run([sys.executable, "-m", "sevlm_jax.benchmark", "--figures=train,decode"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "unknown figure 'train'" in out.stderr

@@ -93,8 +93,9 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64  # global; rounded up to a multiple of the device count
   c.eval.max_new_tokens = 25
   # Tokens generated between two "has every sequence ended?" tests; results do not depend
-  # on it (a GPU pays a device-to-host copy per test).
-  c.eval.steps_per_check = 4
+  # on it. On an H200, 4 was 6% slower than 1 (25.2 vs 23.7 ms for 64 images): the loop
+  # test is not a bottleneck there.
+  c.eval.steps_per_check = 1
   c.eval.decoding = "greedy"  # greedy | top_p
   c.eval.top_p = 0.9
   c.eval.temperature = 1.0

@@ -194,6 +194,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: inputs.Ru
   results = score_predictions(preds, run.ready_dir, split, config, judge)
   results["checkpoint"] = {"kind": meta.get("checkpoint"), "step": meta.get("step")}
   results["generation_seconds"] = gen_s
+  if jax.process_index() != 0:  # every process holds the same results; one writes them
+    return results
   io_utils.write_json_atomic(os.path.join(workdir, f"predictions_{split}.json"), preds)
   io_utils.write_json_atomic(os.path.join(workdir, f"metrics_{split}.json"), results)
   logging.info("%s: %s", split, scalar_metrics(results))

@@ -285,14 +285,16 @@ def summarize_trace(trace_dir: str, steps: int, top: int = 15) -> list[dict]:
   device_pids = {pid for pid, name in process_names.items() if "/device:" in name}
   if not device_pids:  # the CPU backend records no device streams
     return [{"device_ms_per_step": None, "processes": sorted(process_names.values())}]
-  per_name, total = collections.Counter(), 0.0
+  per_name, total, launches = collections.Counter(), 0.0, 0
   for e in events:
     if e.get("ph") == "X" and e.get("pid") in device_pids and "dur" in e:
       per_name[e["name"]] += float(e["dur"])
       total += float(e["dur"])
+      launches += 1
   rows = [{"kernel": name[:120], "ms_per_step": round(us / 1e3 / steps, 4),
            "share": round(us / total, 4)} for name, us in per_name.most_common(top)]
-  return [{"device_ms_per_step": round(total / 1e3 / steps, 4), "kernels": len(per_name)}] + rows
+  return [{"device_ms_per_step": round(total / 1e3 / steps, 4), "distinct_kernels": len(per_name),
+           "launches_per_step": round(launches / steps, 1)}] + rows
 
 
 def profile(kind: str, run: Callable[[], Any], steps: int) -> None:

@@ -38,7 +38,7 @@ def test_summarize_trace_counts_device_kernels_per_step(tmp_path):
   with gzip.open(tmp_path / "x" / "host.trace.json.gz", "wt") as f:
     json.dump({"traceEvents": events}, f)
   head, *rows = benchmark.summarize_trace(str(tmp_path), steps=2)
-  assert head == {"device_ms_per_step": 0.5, "kernels": 3}
+  assert head == {"device_ms_per_step": 0.5, "distinct_kernels": 3, "launches_per_step": 2.0}
   assert rows[0] == {"kernel": "gemm", "ms_per_step": 0.3, "share": 0.6}
   assert {r["kernel"] for r in rows} == {"gemm", "softmax", "copy"}
 

@@ -185,7 +185,12 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: inputs.Ru
                  judge: judge_lib.Judge | None = None) -> dict[str, Any]:
   """Evaluates the checkpoint config.eval.checkpoint of a run on config.eval.split."""
   run = run or inputs.prepare_run(config, workdir)
-  params, meta = ckpt_lib.restore_params(workdir, config.eval.checkpoint)
+  # Restored straight into the shardings evaluation uses: with fsdp, no device ever holds a
+  # full copy.
+  mesh = parallel.make_mesh(config.parallel)
+  target = parallel.with_shardings(
+      run.abstract_params, parallel.tree_shardings(run.abstract_params, mesh, config.parallel))
+  params, meta = ckpt_lib.restore_params(workdir, config.eval.checkpoint, abstract_params=target)
   split = config.eval.split
   t0 = time.time()
   preds = predict_split(run, params, split, config)

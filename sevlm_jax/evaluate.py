@@ -184,7 +184,7 @@ def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run | None = None,
                  judge: judge_lib.Judge | None = None) -> dict[str, Any]:
   """Evaluates the checkpoint config.eval.checkpoint of a run on config.eval.split."""
-  run = run or inputs.prepare_run(config, workdir)
+  run = run or inputs.prepare_run(config, workdir, write_config=False)
   # Restored straight into the shardings evaluation uses: with fsdp, no device ever holds a
   # full copy.
   mesh = parallel.make_mesh(config.parallel)

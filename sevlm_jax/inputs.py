@@ -6,6 +6,8 @@ saying exactly what to download and which flag to set.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Any
 
@@ -104,17 +106,50 @@ def lexicon_path(config: ml_collections.ConfigDict) -> str:
   raise ConfigError("data.lexicon is not set; " + LEXICON_HELP)
 
 
+def _file_sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
 def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> np.ndarray:
-  """The (vocab x 3) token VAD table; saved in the workdir so inference needs no lexicon."""
+  """The (vocab x 3) token VAD table; saved in the workdir so inference needs no lexicon.
+
+  A run keeps the table it started with. vad_table.json records the lexicon it came from, so
+  that pointing the same workdir at another lexicon is an error rather than silently ignored.
+  """
   path = os.path.join(workdir, "vad_table.npy")
+  provenance_path = os.path.join(workdir, "vad_table.json")
   if os.path.exists(path):
+    _check_same_lexicon(config, provenance_path)
     return np.load(path)
-  lexicon = vad_lib.load_lexicon(lexicon_path(config), fmt=config.data.lexicon_format)
-  table = vad_lib.token_vad_table(tokenizer, lexicon).astype(np.float32)
+  lexicon = lexicon_path(config)
+  table = vad_lib.token_vad_table(
+      tokenizer, vad_lib.load_lexicon(lexicon, fmt=config.data.lexicon_format)).astype(np.float32)
   tmp = path + ".tmp.npy"
   np.save(tmp, table)
   os.replace(tmp, path)
+  io_utils.write_json_atomic(provenance_path, {
+      "lexicon": os.path.abspath(lexicon), "lexicon_sha256": _file_sha256(lexicon),
+      "lexicon_format": config.data.lexicon_format})
   return table
+
+
+def _check_same_lexicon(config: ml_collections.ConfigDict, provenance_path: str) -> None:
+  """Raises if the config names a lexicon other than the one the workdir's table came from."""
+  if not os.path.exists(provenance_path):  # a run from before the record existed
+    return
+  try:
+    lexicon = lexicon_path(config)
+  except ConfigError:  # no lexicon given (e.g. evaluating elsewhere): the saved table is the truth
+    return
+  with open(provenance_path, encoding="utf-8") as f:
+    recorded = json.load(f)
+  if _file_sha256(lexicon) != recorded["lexicon_sha256"]:
+    raise ConfigError(
+        f"data.lexicon={lexicon} differs from the lexicon this workdir's VAD table was built from "
+        f"({recorded['lexicon']}); use a new --workdir, or delete "
+        f"{os.path.join(os.path.dirname(provenance_path), 'vad_table.npy')} to rebuild the table "
+        "(a run resumed with another table is no longer the same run)")
 
 
 def output_vocabulary(config: ml_collections.ConfigDict, tokenizer, ready_dir: str, workdir: str
@@ -167,10 +202,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"eval.decoding={config.eval.decoding!r}; choose 'greedy' or 'top_p'")
 
 
-def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def prepare_run(config: ml_collections.ConfigDict, workdir: str, write_config: bool = True) -> Run:
+  """Data, tokenizer, VAD table, model and output vocabulary of a run in `workdir`.
+
+  write_config: record the config as <workdir>/config.json (training does; evaluation leaves
+  the training config in place unless there is none).
+  """
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  io_utils.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+  config_path = os.path.join(workdir, "config.json")
+  if write_config or not os.path.exists(config_path):
+    io_utils.write_json_atomic(config_path, config.to_dict())
   ready_dir = resolve_ready_dir(config, workdir)
   tokenizer = tokenizer_lib.load_tokenizer()
   vad_table = load_vad_table(config, tokenizer, workdir)

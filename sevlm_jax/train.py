@@ -247,7 +247,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run | 
              ) -> dict[str, Any]:
   """evaluate.evaluate_run on every process; process 0 first prepares the files they share."""
   if run is None:
-    run = parallel.primary_first(lambda: inputs.prepare_run(config, workdir), "prepare_run")
+    run = parallel.primary_first(lambda: inputs.prepare_run(config, workdir, write_config=False),
+                                 "prepare_run")
   judge = parallel.primary_first(lambda: eval_lib.get_judge(run, workdir), "judge")
   return eval_lib.evaluate_run(config, workdir, run=run, judge=judge)
 

@@ -1,0 +1,44 @@
+"""A run's saved inputs: the VAD table keeps to its lexicon; evaluation keeps the training config."""
+
+import json
+
+import pytest
+
+from sevlm_jax import inputs
+from sevlm_jax.data import tokenizer as tokenizer_lib
+from sevlm_jax.data import vad as vad_lib
+from test_train import demo_root, tiny_config  # noqa: F401  (demo_root: the shared demo data)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  return demo_root(tmp_path_factory)
+
+
+def test_vad_table_records_its_lexicon_and_refuses_another(tmp_path, root):
+  tokenizer = tokenizer_lib.load_tokenizer()
+  config = tiny_config(root)
+  table = inputs.load_vad_table(config, tokenizer, str(tmp_path))
+  recorded = json.loads((tmp_path / "vad_table.json").read_text())
+  assert recorded["lexicon"] == str(vad_lib.DEMO_LEXICON_PATH.resolve())
+  assert (inputs.load_vad_table(config, tokenizer, str(tmp_path)) == table).all()  # reused
+
+  other = tmp_path / "other_lexicon.txt"
+  lines = open(vad_lib.DEMO_LEXICON_PATH, encoding="utf-8").read().splitlines()
+  other.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # one word fewer
+  config.data.lexicon = str(other)
+  with pytest.raises(inputs.ConfigError, match="use a new --workdir"):
+    inputs.load_vad_table(config, tokenizer, str(tmp_path))
+  (tmp_path / "vad_table.npy").unlink()  # the way out the message names
+  assert inputs.load_vad_table(config, tokenizer, str(tmp_path)).shape == table.shape
+
+
+def test_evaluation_keeps_the_training_config(tmp_path, root):
+  config = tiny_config(root)
+  inputs.prepare_run(config, str(tmp_path))
+  config.eval.max_new_tokens = 3
+  inputs.prepare_run(config, str(tmp_path), write_config=False)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["eval"]["max_new_tokens"] == tiny_config(root).eval.max_new_tokens
+  inputs.prepare_run(config, str(tmp_path))
+  assert json.loads((tmp_path / "config.json").read_text())["eval"]["max_new_tokens"] == 3

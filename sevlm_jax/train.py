@@ -59,6 +59,9 @@ class _StopRequest:
     return False
 
 
+_STOP_POLL_EVERY = 10  # steps between the processes' checks for a stop request
+
+
 def total_train_steps(config: ml_collections.ConfigDict, num_pair_images: int) -> int:
   if config.train.num_steps > 0:
     return int(config.train.num_steps)
@@ -205,12 +208,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
   t_start, step_start = time.time(), step
   try:
     with _StopRequest() as stop:
-      while step < total_steps and not stop.requested:
+      stopping = False  # the stop all processes agreed on
+      while step < total_steps and not stopping:
         batch = _host_batch(next(data_iter), config.data.blank_images, patch_cache)
         state, metrics = train_step(state, parallel.shard_host_batch(batch, mesh), vad_table)
         step += 1
-        if multi_process:  # a signal may reach the processes at different steps: stop together
-          stop.requested = parallel.any_process(stop.requested)
+        # A signal may reach the processes at different steps: they agree, every few steps (the
+        # all-gather waits for the step, so polling every step would stall the input pipeline).
+        if not multi_process:
+          stopping = stop.requested
+        elif step % _STOP_POLL_EVERY == 0:
+          stopping = parallel.any_process(stop.requested)
         if step % config.train.log_every == 0 or step == total_steps:
           metrics = jax.tree.map(parallel.to_host, metrics)
           rate = (step - step_start) / max(time.time() - t_start, 1e-9)

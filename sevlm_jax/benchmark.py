@@ -32,7 +32,6 @@ import gzip
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -165,7 +164,8 @@ class Setup:
 # --- figures -------------------------------------------------------------------------------------
 
 
-def bench_train(setup: Setup, variant: str, cached: bool) -> tuple[dict, Any]:
+def bench_train(setup: Setup, variant: str, cached: bool) -> tuple[dict, Callable, dict]:
+  """(figure, one more step as a callable, the dict holding its state: clear it to free)."""
   batch = synthetic_batch(setup.model.config, _PAIRS.value, _SEQ_LEN.value)
   batch.pop("image" if cached else "patches")
   batch = jax.device_put(batch)
@@ -188,7 +188,7 @@ def bench_train(setup: Setup, variant: str, cached: bool) -> tuple[dict, Any]:
             "batch_seqs": seqs, "seq_len": _SEQ_LEN.value, "ms": round(seconds * 1e3, 3),
             "seqs_per_s": round(seqs / seconds, 1), "loss_finite": bool(np.isfinite(loss)),
             "program_GiB": _gib(program_bytes(compiled))}
-  return record, (compiled, holder, batch, rng)
+  return record, run, holder
 
 
 def make_decode(setup: Setup, variant: str, steps: int):
@@ -209,7 +209,8 @@ def make_decode(setup: Setup, variant: str, steps: int):
   return decode, params
 
 
-def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Any]:
+def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Callable]:
+  """(figure, one more decode as a callable)."""
   n = 2 * _PAIRS.value
   s = setup.model.config.vision.image_size
   images = jax.device_put(np.random.default_rng(2).integers(0, 256, (n, s, s, 3), dtype=np.uint8))
@@ -223,7 +224,7 @@ def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Any]:
             "tokens_generated": int(tokens.shape[1]), "ms": round(seconds * 1e3, 3),
             "images_per_s": round(n / seconds, 1),
             "program_GiB": _gib(program_bytes(compiled))}
-  return record, (compiled, params, images)
+  return record, lambda: compiled(params, images)
 
 
 def bench_pipeline(config: ml_collections.ConfigDict) -> list[dict]:
@@ -237,19 +238,15 @@ def bench_pipeline(config: ml_collections.ConfigDict) -> list[dict]:
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   n_train = len(pipeline.training_images(ready))
   pairs = min(_PAIRS.value, n_train)
+  shape = (model_cfg.vision.num_patches, model_cfg.decoder.width)
+  rng = np.random.default_rng(0)
   records = []
   for with_cache in (False, True):
     cache = None
     if with_cache:  # random rows of the real shape: the lookup cost, not the tower's
-      p, d = model_cfg.vision.num_patches, model_cfg.decoder.width
-      path = os.path.join(root, "patches.npy")
-      from sevlm_jax.data import records as records_lib  # pylint: disable=import-outside-toplevel
-      n = len(records_lib.load_split(ready, "train"))
-      bits = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(n, p, d))
-      bits[:] = np.random.default_rng(0).integers(0, 2**14, bits.shape, dtype=np.uint16)
-      bits.flush()
-      del bits
-      cache = features.PatchCache(path)
+      random_patches = lambda images: rng.standard_normal((len(images),) + shape, np.float32)
+      cache = features.PatchCache(features.build(os.path.join(root, "patches.npy"), ready,
+                                                 "train", random_patches))
     loader = pipeline.train_loader(ready, tokenizer_lib.load_tokenizer(), batch_size=pairs,
                                    max_len=_SEQ_LEN.value, seed=0, shard_index=0, shard_count=1)
     it = iter(loader)
@@ -319,23 +316,20 @@ def run_variant(config: ml_collections.ConfigDict, variant: str, figures: list[s
   base = {**device_fields(), "params_M": round(setup.num_params / 1e6, 1)}
   for cached in (True, False):
     if ("train_cached" if cached else "train_tower") in figures:
-      record, (compiled, holder, batch, rng) = bench_train(setup, variant, cached)
+      record, run, holder = bench_train(setup, variant, cached)
       emit({**record, **base})
       if _PROFILE_DIR.value and variant == "optimized":
-        def run(compiled=compiled, holder=holder, batch=batch, rng=rng):
-          holder["state"], metrics = compiled(holder["state"], batch, setup.vad_table, rng)
-          return metrics
         profile("train_cached" if cached else "train_tower", run, 5)
       holder.clear()  # free this figure's train state before the next one
   if "decode" in figures:
     sweep = [int(v) for v in _STEPS_PER_CHECK.value] if variant == "optimized" else []
     default = int(setup.config.eval.steps_per_check)
     for steps in sweep or [default]:
-      record, (compiled, params, images) = bench_decode(setup, variant, steps)
+      record, run = bench_decode(setup, variant, steps)
       emit({**record, **base})
       if _PROFILE_DIR.value and variant == "optimized" and steps == default:
-        profile("decode", lambda: compiled(params, images), 3)
-      del params
+        profile("decode", run, 3)
+      del run  # and with it the figure's parameters
   if "memory" in figures:
     emit({"what": "peak_memory", "variant": variant,
           "GiB": _gib(peak_device_bytes()), **base})

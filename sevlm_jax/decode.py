@@ -56,8 +56,7 @@ def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, 
               use_cache, return_logits, steps_per_check):
   """The jitted loop; token ids are traced scalars (stop_S an array) so they cost no recompile.
 
-  Each loop iteration generates steps_per_check tokens before the "all ended?" test: on a
-  GPU that test is a device-to-host copy per iteration, which stalls the launch queue.
+  Each loop iteration generates steps_per_check tokens before the "all ended?" test.
   Tokens past max_new_tokens (at most steps_per_check - 1) are computed and dropped.
   """
   c = model.config
@@ -220,7 +219,7 @@ def generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_ids,
   ids (a model trained with a restricted output vocabulary); the logits are then over them.
   steps_per_check: tokens generated between two tests for "every sequence has ended"; the
   result does not depend on it (larger values trade a little wasted work at the end for
-  fewer device-to-host synchronisations).
+  fewer loop tests; on an H200, 4 was 6% slower than 1).
   """
   if method not in ("greedy", "top_p"):
     raise ValueError(f"method must be 'greedy' or 'top_p', got {method!r}")

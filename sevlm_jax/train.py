@@ -18,7 +18,6 @@ from typing import Any
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -103,23 +102,21 @@ def patch_feature_cache(config: ml_collections.ConfigDict, run: inputs.Run, para
                  jax.process_count())
     return None
   model, blank_images = run.model, config.data.blank_images
-  vision = jax.device_get(params["vision"])
+  encode = jax.jit(lambda vision, images: model.apply(
+      {"params": {"vision": vision}}, images, method=model.encode_image))
 
-  @jax.jit
-  def encode(vision_params, images):
-    if blank_images:
-      images = jnp.full_like(images, 128)  # as inputs.blank
-    return model.apply({"params": {"vision": vision_params}}, images, method=model.encode_image)
+  def encode_stored(images):  # what the step would see: blanked in an image-blind run
+    return encode(params["vision"], inputs.blank(images) if blank_images else images)
 
   def progress(done, total):
     logging.info("patch feature cache: %d / %d images", done, total)
 
-  on_device = jax.device_put(vision)
   started = time.time()
   cache = features.load_or_build(
-      os.path.join(workdir, "features"), run.ready_dir, "train", vision, model.config.vision,
-      model.config.image_norm, lambda images: encode(on_device, images),
-      batch_size=config.eval.batch_size, blank_images=blank_images, progress=progress)
+      os.path.join(workdir, "features"), run.ready_dir, "train",
+      params["vision"], model.config.vision, model.config.image_norm,
+      encode_stored, batch_size=config.eval.batch_size, blank_images=blank_images,
+      progress=progress)
   logging.info("patch feature cache %s (%d images, %.1f s)", cache.path, len(cache),
                time.time() - started)
   return cache
@@ -199,7 +196,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
                                       config.optim.train_vision)
     state = parallel.put(state, state_shardings)
 
-  patch_cache = patch_feature_cache(config, run, state.params, workdir)
+  patch_cache = None  # a finished run started again needs no cache
+  if int(state.step) < total_steps:
+    patch_cache = patch_feature_cache(config, run, state.params, workdir)
   train_step = sharded_train_step(step_lib.make_train_step(model, config, tx, run.output_ids),
                                   mesh, state_shardings, config.seed)
   vad_table = parallel.put(run.vad_table, parallel.replicated(mesh))

@@ -7,7 +7,6 @@ directory; the tests below read them.
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys

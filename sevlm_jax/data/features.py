@@ -115,16 +115,14 @@ class PatchCache:
 
 def load_or_build(cache_dir: str, ready_dir, split: str, vision_params: Any, vision_config: Any,
                   image_norm: str, encode: Callable[[np.ndarray], Any], *, batch_size: int = 64,
-                  blank_images: bool = False, build_here: bool = True,
+                  blank_images: bool = False,
                   progress: Callable[[int, int], None] | None = None) -> PatchCache:
-  """The split's cache for this tower, built first if missing (only where build_here).
+  """The split's cache for this tower, built first if missing.
 
   blank_images only enters the fingerprint: `encode` does the blanking.
   """
   digest = fingerprint(vision_params, vision_config, image_norm, ready_dir, split, blank_images)
   path = cache_path(cache_dir, split, digest)
   if not os.path.exists(path):
-    if not build_here:
-      raise FileNotFoundError(f"patch feature cache {path} is missing")
     build(path, ready_dir, split, encode, batch_size=batch_size, progress=progress)
   return PatchCache(path)

@@ -234,17 +234,17 @@ class GPT2Decoder(nn.Module):
     of an odd length force the matrix units onto slow unaligned kernels (seen on an H200:
     a 50,261-wide bf16 GEMM ran on an 'align1' kernel at about 100 TFLOP/s).
     """
-    if output_ids_V is None:
-      if pad_vocab_to <= 1:
-        return self.wte.attend(hidden_BxTxD).astype(dtype)
-      v = self.config.vocab_size
-      table_VxD = jnp.pad(self.wte.embedding, ((0, -v % pad_vocab_to), (0, 0)))
-      logits_BxTxV = jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype),
-                                table_VxD.astype(self.dtype)).astype(dtype)
-      real_V = jnp.arange(table_VxD.shape[0]) < v
-      return jnp.where(real_V, logits_BxTxV, jnp.finfo(dtype).min)
-    table_VxD = self.wte.embedding[output_ids_V].astype(self.dtype)
-    return jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype), table_VxD).astype(dtype)
+    v = self.config.vocab_size
+    if output_ids_V is not None:
+      table_VxD = self.wte.embedding[output_ids_V]
+    else:
+      table_VxD = jnp.pad(self.wte.embedding, ((0, -v % max(pad_vocab_to, 1)), (0, 0)))
+    logits_BxTxV = jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype),
+                              table_VxD.astype(self.dtype)).astype(dtype)
+    if output_ids_V is None and table_VxD.shape[0] > v:  # the padding columns
+      logits_BxTxV = jnp.where(jnp.arange(table_VxD.shape[0]) < v, logits_BxTxV,
+                               jnp.finfo(dtype).min)
+    return logits_BxTxV
 
   def init_cache(self, patches_BxPxD, max_length: int):
     """Empty self-attention buffers of max_length slots plus the image's cross-attention K/V."""

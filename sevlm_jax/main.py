@@ -41,10 +41,10 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
   # Imported here so that --help stays fast.
-  from sevlm_jax import inference
-  from sevlm_jax import inputs
+  from sevlm_jax.inference import predictor as inference
+  from sevlm_jax import run as inputs
   from sevlm_jax import parallel
-  from sevlm_jax import train
+  from sevlm_jax.training import loop as train
   from sevlm_jax import checkpoints
 
   config = _CONFIG.value
@@ -57,7 +57,7 @@ def main(argv):
         print(json.dumps({"image": path, **pred}, ensure_ascii=False))
       return
     if _MODE.value == "serve":
-      from sevlm_jax import serve
+      from sevlm_jax.inference import serve
       serve.serve(_WORKDIR.value, port=_PORT.value, checkpoint=_CHECKPOINT.value or "best_acc")
       return
     if config is None:

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from sevlm_jax import benchmark
-from sevlm_jax import train_step as step_lib
+from sevlm_jax.benchmark import speed as benchmark
+from sevlm_jax.training import step as step_lib
 from test_train import REPO, TINY, Stepper, data, demo_root  # noqa: F401  (fixtures)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sevlm_jax import vocab
-from sevlm_jax.decode import (cast_for_decoding, full_pass, generate, generate_reference,
+from sevlm_jax.inference.decode import (cast_for_decoding, full_pass, generate, generate_reference,
                               parse_generation, top_p_filter)
 from sevlm_jax.models import SEVLM, ModelConfig, model_config_dict
 

@@ -8,8 +8,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from sevlm_jax import inputs
-from sevlm_jax import train as train_lib
+from sevlm_jax import run as inputs
+from sevlm_jax.training import loop as train_lib
 from sevlm_jax.data import features
 from sevlm_jax.data import records
 from test_train import Stepper, data, demo_root, tiny_config  # noqa: F401  (fixtures)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sevlm_jax import inputs
+from sevlm_jax import run as inputs
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.data import vad as vad_lib
 from test_train import demo_root, tiny_config  # noqa: F401  (demo_root: the shared demo data)

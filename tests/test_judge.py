@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from sevlm_jax import judge as judge_lib
+from sevlm_jax.evaluation import judge as judge_lib
 from sevlm_jax.emotions import NUM_EMOTIONS
 from sevlm_jax.models import emotion_classifier
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sevlm_jax import losses
+from sevlm_jax.training import losses
 
 B, L, V, K = 3, 7, 11, 2
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sevlm_jax import metrics
+from sevlm_jax.evaluation import metrics
 from sevlm_jax.emotions import EMOTIONS
 
 # --- emotion metrics -------------------------------------------------------

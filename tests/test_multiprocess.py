@@ -154,12 +154,12 @@ def _worker(mode: str, pid: int, port: int, out: pathlib.Path, root: pathlib.Pat
   import jax  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
   from sevlm_jax import checkpoints as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from sevlm_jax import inputs  # pylint: disable=import-outside-toplevel
-  from sevlm_jax import optim as optim_lib  # pylint: disable=import-outside-toplevel
-  from sevlm_jax import train  # pylint: disable=import-outside-toplevel
-  from sevlm_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax import run as inputs  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.training import optim as optim_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.training import loop as train  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.training import step as step_lib  # pylint: disable=import-outside-toplevel
   from sevlm_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from sevlm_jax.metrics_writer import MetricsWriter  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.training.metrics_writer import MetricsWriter  # pylint: disable=import-outside-toplevel
   flags.FLAGS.mark_as_parsed()
 
   workdir = str(out / "run")

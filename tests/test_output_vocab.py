@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from sevlm_jax import vocab
-from sevlm_jax.decode import generate
+from sevlm_jax.inference.decode import generate
 from sevlm_jax.models import SEVLM, ModelConfig, model_config_dict
-from sevlm_jax.train_step import restricted_labels
+from sevlm_jax.training.step import restricted_labels
 
 PROMPT = [vocab.BOS_ID, 262, 9942, 318]  # "<bos> the emotion is"
 

@@ -17,9 +17,9 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from sevlm_jax import inputs
+from sevlm_jax import run as inputs
 from sevlm_jax import parallel
-from sevlm_jax import train
+from sevlm_jax.training import loop as train
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
 from sevlm_jax.data import tokenizer as tokenizer_lib
@@ -200,8 +200,8 @@ def _train_steps(config, run, params, batches, num_devices, mode):
   """STEPS sharded train steps over num_devices; (losses, host params, sharding summary)."""
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from sevlm_jax import optim as optim_lib  # pylint: disable=import-outside-toplevel
-  from sevlm_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.training import optim as optim_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.training import step as step_lib  # pylint: disable=import-outside-toplevel
   config.parallel.num_devices = num_devices
   config.parallel.param_sharding = mode
   config.parallel.fsdp_min_size = 1024
@@ -240,7 +240,7 @@ def _script(out: pathlib.Path, root: pathlib.Path) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
   from conftest import random_params  # pylint: disable=import-outside-toplevel
-  from sevlm_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.evaluation import evaluate  # pylint: disable=import-outside-toplevel
   flags.FLAGS.mark_as_parsed()
   assert jax.device_count() == NUM_DEVICES, jax.devices()
   results = {"devices": jax.device_count()}

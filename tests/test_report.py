@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sevlm_jax import report
+from sevlm_jax.evaluation import report
 from sevlm_jax.data import records
 from sevlm_jax.emotions import EMOTIONS
 from test_train import demo_root, load_config, trained_run  # the tiny run shared by the test modules

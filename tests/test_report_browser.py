@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sevlm_jax import inference
-from sevlm_jax import report
-from sevlm_jax import serve
+from sevlm_jax.inference import predictor as inference
+from sevlm_jax.evaluation import report
+from sevlm_jax.inference import serve
 from sevlm_jax.data import records
 from test_report import EVIL, edited_predictions  # predictions with every outcome, hostile text
 from test_train import demo_root, trained_run

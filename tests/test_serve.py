@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sevlm_jax import decode as decode_lib
+from sevlm_jax.inference import decode as decode_lib
 from sevlm_jax import emotions
-from sevlm_jax import inference
-from sevlm_jax import serve
+from sevlm_jax.inference import predictor as inference
+from sevlm_jax.inference import serve
 from sevlm_jax import vocab
 from sevlm_jax.data import records
 from test_train import REPO, compile_cache, demo_root, main_command, subprocess_env, trained_run

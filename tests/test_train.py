@@ -30,9 +30,9 @@ import pytest
 from absl import flags
 
 from sevlm_jax import checkpoints as ckpt_lib
-from sevlm_jax import inputs
-from sevlm_jax import optim as optim_lib
-from sevlm_jax import train_step as step_lib
+from sevlm_jax import run as inputs
+from sevlm_jax.training import optim as optim_lib
+from sevlm_jax.training import step as step_lib
 from sevlm_jax.data import demo
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import tokenizer as tokenizer_lib

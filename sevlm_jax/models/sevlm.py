@@ -13,7 +13,7 @@ Usage:
   scores = model.apply({'params': params}, out['image_feat'], out['emotion_feat'],
                        out['explanation_feat'], method=SEVLM.score)
 
-Decoding with the KV cache (see sevlm_jax.decode):
+Decoding with the KV cache (see sevlm_jax.inference.decode):
   cache = model.apply(v, patches, max_length, method=SEVLM.init_cache)
   out, cache = model.apply(v, cache, ids_BxT, segs_BxT, vad_BxTx3, method=SEVLM.decode_step)
 """

@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image
 
 from sevlm_jax import checkpoints as ckpt_lib
-from sevlm_jax import decode as decode_lib
+from sevlm_jax.inference import decode as decode_lib
 from sevlm_jax import emotions
-from sevlm_jax import evaluate as eval_lib
-from sevlm_jax import inputs
+from sevlm_jax.evaluation import evaluate as eval_lib
+from sevlm_jax import run as inputs
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import tokenizer as tokenizer_lib
 

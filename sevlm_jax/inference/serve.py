@@ -26,7 +26,7 @@ from absl import logging
 from PIL import Image
 
 from sevlm_jax import emotions
-from sevlm_jax import inference
+from sevlm_jax.inference import predictor as inference
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765

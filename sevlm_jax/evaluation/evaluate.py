@@ -15,14 +15,14 @@ import ml_collections
 import numpy as np
 
 from sevlm_jax import checkpoints as ckpt_lib
-from sevlm_jax import decode as decode_lib
+from sevlm_jax.inference import decode as decode_lib
 from sevlm_jax import emotions
-from sevlm_jax import inputs
+from sevlm_jax import run as inputs
 from sevlm_jax import io_utils
-from sevlm_jax import judge as judge_lib
-from sevlm_jax import metrics as metrics_lib
+from sevlm_jax.evaluation import judge as judge_lib
+from sevlm_jax.evaluation import metrics as metrics_lib
 from sevlm_jax import parallel
-from sevlm_jax import report as report_lib
+from sevlm_jax.evaluation import report as report_lib
 from sevlm_jax import vocab
 from sevlm_jax.data import artemis
 from sevlm_jax.data import pipeline

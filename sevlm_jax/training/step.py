@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sevlm_jax import losses
-from sevlm_jax import optim as optim_lib
+from sevlm_jax.training import losses
+from sevlm_jax.training import optim as optim_lib
 from sevlm_jax import vocab
 
 Params = Any

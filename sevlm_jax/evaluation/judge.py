@@ -175,7 +175,7 @@ class Judge:
     config_path, params_path = directory / CONFIG_FILE, directory / PARAMS_FILE
     if not config_path.is_file() or not params_path.is_file():
       raise FileNotFoundError(f"no EA judge in {directory}: expected {CONFIG_FILE} and {PARAMS_FILE} there; "
-                              "train one with sevlm_jax.judge.train_judge and Judge.save")
+                              "train one with sevlm_jax.evaluation.judge.train_judge and Judge.save")
     try:
       meta = json.loads(config_path.read_text())
       version = meta["format_version"]

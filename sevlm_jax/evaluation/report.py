@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from sevlm_jax import emotions
-from sevlm_jax import metrics as metrics_lib
+from sevlm_jax.evaluation import metrics as metrics_lib
 from sevlm_jax.data import records
 
 MAX_GALLERY = 600  # items in the gallery (a full ArtEmis test split has ~8,000); worst cases always show

@@ -44,9 +44,9 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from sevlm_jax import decode as decode_lib
-from sevlm_jax import optim as optim_lib
-from sevlm_jax import train_step as step_lib
+from sevlm_jax.inference import decode as decode_lib
+from sevlm_jax.training import optim as optim_lib
+from sevlm_jax.training import step as step_lib
 from sevlm_jax import vocab
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.models import sevlm as sevlm_lib

@@ -22,16 +22,16 @@ import ml_collections
 import numpy as np
 
 from sevlm_jax import checkpoints as ckpt_lib
-from sevlm_jax import evaluate as eval_lib
-from sevlm_jax import inputs
+from sevlm_jax.evaluation import evaluate as eval_lib
+from sevlm_jax import run as inputs
 from sevlm_jax import io_utils
-from sevlm_jax import optim as optim_lib
+from sevlm_jax.training import optim as optim_lib
 from sevlm_jax import parallel
-from sevlm_jax import train_step as step_lib
+from sevlm_jax.training import step as step_lib
 from sevlm_jax.data import artemis
 from sevlm_jax.data import features
 from sevlm_jax.data import pipeline
-from sevlm_jax.metrics_writer import MetricsWriter
+from sevlm_jax.training.metrics_writer import MetricsWriter
 
 
 class _StopRequest:

@@ -1,0 +1,1 @@
+"""Speed and memory figures: `python -m sevlm_jax.benchmark` (speed.py: wall clock on a device)."""

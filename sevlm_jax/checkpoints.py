@@ -23,13 +23,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sevlm_jax import parallel
+from sevlm_jax.errors import CheckpointNotFoundError
 
 BEST_KINDS = ("best_acc", "best_bleu")
 ALL_KINDS = ("latest",) + BEST_KINDS
-
-
-class CheckpointNotFoundError(FileNotFoundError):
-  pass
 
 
 def _options(max_to_keep: int) -> ocp.CheckpointManagerOptions:

@@ -15,6 +15,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from sevlm_jax import errors
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sevlm.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "serve"],
@@ -41,18 +43,16 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
   # Imported here so that --help stays fast.
-  from sevlm_jax.inference import predictor as inference
-  from sevlm_jax import run as inputs
   from sevlm_jax import parallel
+  from sevlm_jax.inference import predictor as predictor_lib
   from sevlm_jax.training import loop as train
-  from sevlm_jax import checkpoints
 
   config = _CONFIG.value
   try:
     if _MODE.value == "predict":
       if not _IMAGES.value:
         raise app.UsageError("--mode=predict needs --images=path1,path2,...")
-      predictor = inference.Predictor.from_workdir(_WORKDIR.value, _CHECKPOINT.value or "best_acc")
+      predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value, _CHECKPOINT.value or "best_acc")
       for path, pred in zip(_IMAGES.value, predictor.predict(_IMAGES.value)):
         print(json.dumps({"image": path, **pred}, ensure_ascii=False))
       return
@@ -72,7 +72,7 @@ def main(argv):
         train.train_and_evaluate(config, _WORKDIR.value)
     else:
       train.evaluate(config, _WORKDIR.value)
-  except (inputs.ConfigError, checkpoints.CheckpointNotFoundError, inference.InputError) as e:
+  except errors.UserError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

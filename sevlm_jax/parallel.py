@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from sevlm_jax.run import ConfigError
+from sevlm_jax.errors import ConfigError
 
 DATA_AXIS = "data"
 PARAM_SHARDINGS = ("replicated", "fsdp")

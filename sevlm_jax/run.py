@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from sevlm_jax import emotions
+from sevlm_jax.errors import ConfigError
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.data import artemis
@@ -39,10 +40,6 @@ LEXICON_HELP = (
     "https://saifmohammad.com/WebPages/nrc-vad.html and pass --config.data.lexicon=PATH to "
     "NRC-VAD-Lexicon.txt (v1, either scale) or NRC-VAD-Lexicon-v2.1.txt; Warriner-style CSV norms "
     "also work (--config.data.lexicon_format=warriner)")
-
-
-class ConfigError(ValueError):
-  """A config that cannot run, with a message saying which field to set."""
 
 
 @dataclasses.dataclass

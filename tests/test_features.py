@@ -8,6 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from sevlm_jax import errors
 from sevlm_jax import run as inputs
 from sevlm_jax.training import loop as train_lib
 from sevlm_jax.data import features
@@ -139,5 +140,5 @@ def test_training_uses_the_cache_only_when_the_tower_is_frozen(tmp_path, data,  
   config.optim.train_vision = True
   assert train_lib.patch_feature_cache(config, run, params, str(tmp_path)) is None
   config.train.feature_cache = "sometimes"
-  with pytest.raises(inputs.ConfigError, match="train.feature_cache"):
+  with pytest.raises(errors.ConfigError, match="train.feature_cache"):
     train_lib.patch_feature_cache(config, run, params, str(tmp_path))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sevlm_jax import errors
 from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax.inference import predictor as inference
 from sevlm_jax.data import records
@@ -88,7 +89,7 @@ def test_each_image_gets_its_own_prediction_in_any_batch(varied_predictor, tmp_p
 
 def test_missing_image_file_names_it(predictor, tmp_path):
   missing = tmp_path / "no_such_painting.jpg"
-  with pytest.raises(inference.InputError, match="no_such_painting.jpg") as e:
+  with pytest.raises(errors.InputError, match="no_such_painting.jpg") as e:
     predictor.predict([missing])
   assert "does not exist" in str(e.value)
 
@@ -96,27 +97,27 @@ def test_missing_image_file_names_it(predictor, tmp_path):
 def test_non_image_file_names_it(predictor, tmp_path, picture):
   notes = tmp_path / "notes.jpg"
   notes.write_text("not a picture")
-  with pytest.raises(inference.InputError, match="notes.jpg") as e:
+  with pytest.raises(errors.InputError, match="notes.jpg") as e:
     predictor.predict([picture[0], notes])
   assert "image 1" in str(e.value) and "not a readable image" in str(e.value)
 
 
 def test_array_of_the_wrong_shape_is_refused(predictor):
-  with pytest.raises(inference.InputError, match=r"image 0: expected an RGB array.*\(32, 32\)"):
+  with pytest.raises(errors.InputError, match=r"image 0: expected an RGB array.*\(32, 32\)"):
     predictor.predict([np.zeros((32, 32), np.uint8)])
-  with pytest.raises(inference.InputError, match=r"\(32, 32, 4\)"):
+  with pytest.raises(errors.InputError, match=r"\(32, 32, 4\)"):
     predictor.predict([np.zeros((32, 32, 4), np.uint8)])
 
 
 def test_workdir_that_is_not_a_run(tmp_path):
-  with pytest.raises(ckpt_lib.CheckpointNotFoundError, match=str(tmp_path / "config.json")):
+  with pytest.raises(errors.CheckpointNotFoundError, match=str(tmp_path / "config.json")):
     inference.Predictor.from_workdir(str(tmp_path))
-  with pytest.raises(ckpt_lib.CheckpointNotFoundError):
+  with pytest.raises(errors.CheckpointNotFoundError):
     inference.Predictor.from_workdir(str(tmp_path / "does_not_exist"))
 
 
 def test_run_without_checkpoints_names_the_directory(tiny_run, tmp_path):
   for name in ("config.json", "vad_table.npy"):
     shutil.copy(tiny_run / name, tmp_path / name)
-  with pytest.raises(ckpt_lib.CheckpointNotFoundError, match=str(tmp_path / "checkpoints")):
+  with pytest.raises(errors.CheckpointNotFoundError, match=str(tmp_path / "checkpoints")):
     inference.Predictor.from_workdir(str(tmp_path))

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from sevlm_jax import errors
 from sevlm_jax import run as inputs
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.data import vad as vad_lib
@@ -27,7 +28,7 @@ def test_vad_table_records_its_lexicon_and_refuses_another(tmp_path, root):
   lines = open(vad_lib.DEMO_LEXICON_PATH, encoding="utf-8").read().splitlines()
   other.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # one word fewer
   config.data.lexicon = str(other)
-  with pytest.raises(inputs.ConfigError, match="use a new --workdir"):
+  with pytest.raises(errors.ConfigError, match="use a new --workdir"):
     inputs.load_vad_table(config, tokenizer, str(tmp_path))
   (tmp_path / "vad_table.npy").unlink()  # the way out the message names
   assert inputs.load_vad_table(config, tokenizer, str(tmp_path)).shape == table.shape

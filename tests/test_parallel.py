@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
+from sevlm_jax import errors
 from sevlm_jax import run as inputs
 from sevlm_jax import parallel
 from sevlm_jax.training import loop as train
@@ -54,16 +55,16 @@ def test_mesh_devices_take_as_many_from_each_process_in_process_order():
   assert [d.id for d in chosen] == list(range(8))
   chosen = parallel.mesh_devices(4, _devices(4, 2), 2)
   assert [(d.process_index, d.id) for d in chosen] == [(0, 0), (0, 1), (1, 4), (1, 5)]
-  with pytest.raises(inputs.ConfigError, match=r"parallel.num_devices=16, but only 8 gpu"):
+  with pytest.raises(errors.ConfigError, match=r"parallel.num_devices=16, but only 8 gpu"):
     parallel.mesh_devices(16, _devices(4, 2), 2)
-  with pytest.raises(inputs.ConfigError, match="split evenly over 2 processes"):
+  with pytest.raises(errors.ConfigError, match="split evenly over 2 processes"):
     parallel.mesh_devices(3, _devices(4, 2), 2)
 
 
 def test_batch_not_divisible_by_the_devices_names_the_field_and_a_fix():
   mesh = types.SimpleNamespace(shape={"data": 4})
   parallel.check_batch_size("train.batch_size", 8, mesh)
-  with pytest.raises(inputs.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     parallel.check_batch_size("train.batch_size", 6, mesh)
   assert "train.batch_size=6" in str(e.value) and "--config.train.batch_size=8" in str(e.value)
   assert parallel.padded_batch_size(6, mesh) == 8 and parallel.padded_batch_size(8, mesh) == 8
@@ -88,18 +89,18 @@ def test_distributed_init_only_when_the_launch_asks_for_it():
   config.num_processes = 1
   assert parallel.distributed_args(config, {}) is None
   config.distributed = "sometimes"
-  with pytest.raises(inputs.ConfigError, match="parallel.distributed"):
+  with pytest.raises(errors.ConfigError, match="parallel.distributed"):
     parallel.distributed_args(config, {})
 
 
 def test_mesh_larger_than_the_devices_fails_before_any_work(tmp_path, tmp_path_factory):
   config = tiny_config(demo_root(tmp_path_factory), **{"parallel.num_devices": 2})
   workdir = tmp_path / "run"
-  with pytest.raises(inputs.ConfigError, match="parallel.num_devices=2, but only 1"):
+  with pytest.raises(errors.ConfigError, match="parallel.num_devices=2, but only 1"):
     train.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()  # nothing prepared, nothing compiled
   config = tiny_config(demo_root(tmp_path_factory), **{"parallel.param_sharding": "zero3"})
-  with pytest.raises(inputs.ConfigError, match="parallel.param_sharding"):
+  with pytest.raises(errors.ConfigError, match="parallel.param_sharding"):
     train.train_and_evaluate(config, str(workdir))
 
 
@@ -272,7 +273,7 @@ def _script(out: pathlib.Path, root: pathlib.Path) -> None:
   try:
     train.train_and_evaluate(config, str(workdir))
     results["indivisible_batch_error"] = ""
-  except inputs.ConfigError as e:
+  except errors.ConfigError as e:
     results["indivisible_batch_error"] = str(e)
   results["indivisible_batch_workdir_exists"] = workdir.exists()
   (out / "results.json").write_text(json.dumps(results))

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from sevlm_jax import errors
 from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax import run as inputs
 from sevlm_jax.training import optim as optim_lib
@@ -469,7 +470,7 @@ def test_best_checkpoints_and_restore_params(tmp_path):
 
 
 def test_restore_params_without_checkpoints_names_the_directory(tmp_path):
-  with pytest.raises(ckpt_lib.CheckpointNotFoundError, match=str(tmp_path / "checkpoints")):
+  with pytest.raises(errors.CheckpointNotFoundError, match=str(tmp_path / "checkpoints")):
     ckpt_lib.restore_params(str(tmp_path))
 
 

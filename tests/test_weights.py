@@ -9,7 +9,8 @@ from safetensors.numpy import load_file, save_file
 
 from sevlm_jax import vocab
 from sevlm_jax.models import SEVLM, ModelConfig, model_config_dict
-from sevlm_jax.weights import CheckpointError, load_pretrained
+from sevlm_jax.errors import CheckpointError
+from sevlm_jax.weights import load_pretrained
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

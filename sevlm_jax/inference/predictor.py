@@ -26,14 +26,11 @@ from PIL import Image
 from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax.inference import decode as decode_lib
 from sevlm_jax import emotions
+from sevlm_jax.errors import CheckpointNotFoundError, InputError
 from sevlm_jax.evaluation import evaluate as eval_lib
 from sevlm_jax import run as inputs
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import tokenizer as tokenizer_lib
-
-
-class InputError(ValueError):
-  """An image (or workdir) the predictor cannot use, with the reason."""
 
 
 def _to_array(image: Any, size: int, where: str) -> np.ndarray:
@@ -130,7 +127,7 @@ class Predictor:
     table_path = os.path.join(workdir, "vad_table.npy")
     for path in (config_path, table_path):
       if not os.path.exists(path):
-        raise ckpt_lib.CheckpointNotFoundError(
+        raise CheckpointNotFoundError(
             f"{path} is missing: {workdir} is not a trained SEVLM run (train one with "
             "python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=DIR)")
     with open(config_path, encoding="utf-8") as f:

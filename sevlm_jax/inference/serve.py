@@ -26,6 +26,7 @@ from absl import logging
 from PIL import Image
 
 from sevlm_jax import emotions
+from sevlm_jax import errors
 from sevlm_jax.inference import predictor as inference
 
 HOST = "127.0.0.1"
@@ -112,7 +113,7 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
       except RequestError as e:
         self._json(e.status, {"error": str(e)})
         return
-      except inference.InputError as e:
+      except errors.InputError as e:
         self._json(400, {"error": str(e)})
         return
       except Exception as e:  # pylint: disable=broad-except

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from sevlm_jax import checkpoints as ckpt_lib
+from sevlm_jax.errors import ConfigError
 from sevlm_jax.evaluation import evaluate as eval_lib
 from sevlm_jax import run as inputs
 from sevlm_jax import io_utils
@@ -94,7 +95,7 @@ def patch_feature_cache(config: ml_collections.ConfigDict, run: inputs.Run, para
   """
   mode = config.train.feature_cache
   if mode not in ("auto", "off"):
-    raise inputs.ConfigError(f"train.feature_cache={mode!r}; choose 'auto' or 'off'")
+    raise ConfigError(f"train.feature_cache={mode!r}; choose 'auto' or 'off'")
   if mode == "off" or config.optim.train_vision:
     return None
   if jax.process_count() > 1:

@@ -19,7 +19,8 @@ from sevlm_jax.models.config import ModelConfig
 from sevlm_jax.weights import clip as clip_map
 from sevlm_jax.weights import gpt2 as gpt2_map
 from sevlm_jax.weights.io import read_tensors, resolve
-from sevlm_jax.weights.mapping import CheckpointError, apply_key_map, flatten, unflatten
+from sevlm_jax.errors import CheckpointError
+from sevlm_jax.weights.mapping import apply_key_map, flatten, unflatten
 
 __all__ = ["CheckpointError", "NEW_IN_SEVLM", "load_pretrained", "load_gpt2", "load_clip",
            "read_tensors", "resolve"]

@@ -13,7 +13,8 @@ Two layouts are read:
 import numpy as np
 
 from sevlm_jax.models.config import VisionConfig
-from sevlm_jax.weights.mapping import CheckpointError, KeyMap, Rule, chunk, conv_to_hwio, transpose
+from sevlm_jax.errors import CheckpointError
+from sevlm_jax.weights.mapping import KeyMap, Rule, chunk, conv_to_hwio, transpose
 
 HF = "huggingface"
 OPENAI = "openai"

@@ -18,7 +18,8 @@ import numpy as np
 
 from sevlm_jax import vocab
 from sevlm_jax.models.config import DecoderConfig
-from sevlm_jax.weights.mapping import CheckpointError, KeyMap, Rule
+from sevlm_jax.errors import CheckpointError
+from sevlm_jax.weights.mapping import KeyMap, Rule
 
 CROSS_ATTENTION = "cross-attention"
 

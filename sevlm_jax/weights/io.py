@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from sevlm_jax.weights.mapping import CheckpointError
+from sevlm_jax.errors import CheckpointError
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 

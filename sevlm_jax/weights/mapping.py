@@ -14,11 +14,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from sevlm_jax.errors import CheckpointError
+
 Path = tuple[str, ...]
-
-
-class CheckpointError(ValueError):
-  """A pretrained checkpoint cannot be imported; the message names the file and key."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,6 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-
-from sevlm_jax import emotions
 from sevlm_jax.errors import ConfigError
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
@@ -122,9 +120,7 @@ def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str) -
   lexicon = lexicon_path(config)
   table = vad_lib.token_vad_table(
       tokenizer, vad_lib.load_lexicon(lexicon, fmt=config.data.lexicon_format)).astype(np.float32)
-  tmp = path + ".tmp.npy"
-  np.save(tmp, table)
-  os.replace(tmp, path)
+  io_utils.save_npy_atomic(path, table)
   io_utils.write_json_atomic(provenance_path, {
       "lexicon": os.path.abspath(lexicon), "lexicon_sha256": _file_sha256(lexicon),
       "lexicon_format": config.data.lexicon_format})
@@ -167,15 +163,13 @@ def output_vocabulary(config: ml_collections.ConfigDict, tokenizer, ready_dir: s
     return np.load(path)
   texts, labels = artemis.split_utterances(ready_dir, "train")
   ids = set(tokenizer.prompt_ids) | {tokenizer.because_id, vocab.EOS_ID}
-  for name in emotions.EMOTIONS:
+  for name in vocab.EMOTIONS:
     ids.update(tokenizer.encode(" " + name))
   for text, label in zip(texts, labels):
     seq = tokenizer.build_sequence(int(label), text, config.data.max_len)
     ids.update(int(t) for t in seq["input_ids"][seq["token_mask"] > 0])
   table = np.asarray(sorted(ids), np.int32)
-  tmp = path + ".tmp.npy"
-  np.save(tmp, table)
-  os.replace(tmp, path)
+  io_utils.save_npy_atomic(path, table)
   return table
 
 

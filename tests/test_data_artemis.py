@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sevlm_jax.emotions import EMOTIONS
+from sevlm_jax.vocab import EMOTIONS
 from sevlm_jax.data import artemis
+from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
 
 SIZE = 16
@@ -312,7 +313,7 @@ def test_reader_helpers(prepared):
   from sevlm_jax.data import images as images_lib
   assert artemis.is_ready(out) and not artemis.is_ready(out.parent)
   train = artemis.load_annotations(out, "train")
-  assert artemis.num_pair_images(out) == sum(len(set(r["emotions"])) >= 2 for r in train)
+  assert len(pipeline.training_images(out)) == sum(len(set(r["emotions"])) >= 2 for r in train)
   texts, labels = artemis.split_utterances(out, "train")
   assert texts == [u for r in train for u in r["utterances"]]
   assert labels == [e for r in train for e in r["emotions"]]

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from sevlm_jax import emotions
+from sevlm_jax import vocab
 from sevlm_jax.data import demo
 from sevlm_jax.data import records
 from sevlm_jax.data import tokenizer as tokenizer_lib
@@ -62,7 +62,7 @@ def test_balance_agreement_and_length(full):
   dominant = np.array([r["dominant_artemis"] for r in anns])
   assert (dominant >= 0).mean() > 0.8, "most images have a dominant emotion"
   assert np.mean([len(set(r["emotions"])) >= 2 for r in anns]) > 0.8, "most images give training pairs"
-  counts = np.bincount(dominant[dominant >= 0], minlength=emotions.NUM_EMOTIONS)
+  counts = np.bincount(dominant[dominant >= 0], minlength=vocab.NUM_EMOTIONS)
   assert counts.min() > 0.8 * counts.mean() and counts.max() < 1.2 * counts.mean(), counts
   train = records.load_annotations(ready, "train")
   assert np.bincount([r["dominant_artemis"] for r in train if r["dominant_artemis"] >= 0]).max() / len(train) < 0.15
@@ -73,7 +73,7 @@ def test_balance_agreement_and_length(full):
 
 def test_explanations_name_what_is_in_the_image():
   rng = np.random.default_rng(0)
-  for emotion in emotions.EMOTIONS:
+  for emotion in vocab.EMOTIONS:
     attrs = demo.sample_attributes(emotion, rng)
     for chosen, text in demo.annotate(emotion, attrs, rng, annotators=5):
       assert f"{attrs['colour']} {attrs['shape']}" in text

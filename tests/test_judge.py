@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sevlm_jax.evaluation import judge as judge_lib
-from sevlm_jax.emotions import NUM_EMOTIONS
+from sevlm_jax.vocab import NUM_EMOTIONS
 from sevlm_jax.models import emotion_classifier
 
 _CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "emotion_classifier.py"

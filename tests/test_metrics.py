@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sevlm_jax.evaluation import metrics
-from sevlm_jax.emotions import EMOTIONS
+from sevlm_jax.vocab import EMOTIONS
 
 # --- emotion metrics -------------------------------------------------------
 

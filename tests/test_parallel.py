@@ -24,6 +24,7 @@ from sevlm_jax.training import loop as train
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
 from sevlm_jax.data import tokenizer as tokenizer_lib
+import oracles
 from test_train import compile_cache, demo_root, subprocess_env, tiny_config
 
 NUM_DEVICES = 4
@@ -127,7 +128,7 @@ def test_process_blocks_of_the_training_batches_make_the_global_batches(tmp_path
 def test_eval_batch_parts_together_are_the_eval_batches(tmp_path_factory):
   ready = demo_root(tmp_path_factory) / "ready"
   n = len(records.load_split(ready, "test"))
-  whole = list(pipeline.eval_batches(ready, "test", batch_size=8))
+  whole = list(oracles.eval_batches(ready, "test", batch_size=8))
   parts = [list(pipeline.eval_batch_parts(ready, "test", batch_size=8, part_index=i, part_count=4))
            for i in range(4)]
   assert len(whole) == -(-n // 8) and all(len(p) == len(whole) for p in parts)

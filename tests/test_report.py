@@ -18,7 +18,7 @@ from PIL import Image
 
 from sevlm_jax.evaluation import report
 from sevlm_jax.data import records
-from sevlm_jax.emotions import EMOTIONS
+from sevlm_jax.vocab import EMOTIONS
 from test_train import demo_root, load_config, trained_run  # the tiny run shared by the test modules
 
 EVIL = '<script>alert("x")</script> & <img src=x onerror="alert(1)">'

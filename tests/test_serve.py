@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 
 from sevlm_jax.inference import decode as decode_lib
-from sevlm_jax import emotions
 from sevlm_jax.inference import predictor as inference
 from sevlm_jax.inference import serve
 from sevlm_jax import vocab
@@ -86,8 +85,8 @@ def assert_still_answers(srv):
 
 def test_emotion_words_have_distinct_first_tokens(predictor):
   first = inference.emotion_first_tokens(predictor.tokenizer)
-  assert len(set(first.tolist())) == emotions.NUM_EMOTIONS
-  for token, name in zip(first, emotions.EMOTIONS):
+  assert len(set(first.tolist())) == vocab.NUM_EMOTIONS
+  for token, name in zip(first, vocab.EMOTIONS):
     piece = predictor.tokenizer.token_text(int(token))
     assert len(piece) > 3 and (" " + name).startswith(piece), (name, piece)
 
@@ -95,13 +94,13 @@ def test_emotion_words_have_distinct_first_tokens(predictor):
 def test_emotion_distribution_is_a_distribution_per_image(predictor, test_images):
   assert len(test_images) > predictor.batch_size  # a full batch and a padded one
   probs = predictor.emotion_distribution(test_images)
-  assert probs.shape == (len(test_images), emotions.NUM_EMOTIONS) and probs.dtype == np.float32
+  assert probs.shape == (len(test_images), vocab.NUM_EMOTIONS) and probs.dtype == np.float32
   assert np.all(probs >= 0) and np.all(probs <= 1)
   np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
   # Each image's row is its own: the same alone and in another order.
   np.testing.assert_allclose(predictor.emotion_distribution([test_images[3]])[0], probs[3], atol=1e-6)
   np.testing.assert_allclose(predictor.emotion_distribution(test_images[::-1])[::-1], probs, atol=1e-6)
-  assert predictor.emotion_distribution([]).shape == (0, emotions.NUM_EMOTIONS)
+  assert predictor.emotion_distribution([]).shape == (0, vocab.NUM_EMOTIONS)
 
 
 def test_distribution_is_generations_first_step_renormalised(predictor, test_images, tiny_run,
@@ -141,7 +140,7 @@ def test_page_is_served_self_contained(server):
   assert "http://" not in page and "https://" not in page and "<script src" not in page
   assert str(serve.MAX_UPLOAD_BYTES) in page
   status, health = request(server, "GET", "/api/health")
-  assert status == 200 and health == {"status": "ok", "emotions": list(emotions.EMOTIONS),
+  assert status == 200 and health == {"status": "ok", "emotions": list(vocab.EMOTIONS),
                                       "max_upload_bytes": serve.MAX_UPLOAD_BYTES}
 
 
@@ -150,7 +149,7 @@ def test_posted_image_gets_a_prediction(server, predictor, test_images):
   status, answer = request(server, "POST", "/api/predict", body=png_bytes(image),
                            headers={"Content-Type": "image/png"})
   assert status == 200, answer
-  assert answer["emotions"] == list(emotions.EMOTIONS)
+  assert answer["emotions"] == list(vocab.EMOTIONS)
   probs = np.asarray(answer["probabilities"])
   assert probs.shape == (9,) and np.all(probs >= 0) and abs(probs.sum() - 1) < 1e-5
   assert isinstance(answer["emotion"], str) and isinstance(answer["explanation"], str)

@@ -53,7 +53,7 @@ import unicodedata
 
 import numpy as np
 
-from sevlm_jax import emotions as emotions_lib
+from sevlm_jax import vocab
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import records
 # The reader API, re-exported: artemis.load_split(...) etc.
@@ -97,11 +97,6 @@ def dominant_artemis(histogram) -> int:
 def is_ready(ready_dir) -> bool:
   """True when `ready_dir` is a complete ready data set."""
   return records.is_complete(ready_dir)
-
-
-def num_pair_images(ready_dir, split: str = "train") -> int:
-  """Images of a split with at least two distinct emotions (those that form SEVLM pairs)."""
-  return sum(len(set(r["emotions"])) >= 2 for r in load_annotations(ready_dir, split))
 
 
 def split_utterances(ready_dir, split: str, limit: int | None = None, seed: int = 0):
@@ -271,7 +266,7 @@ def _read_one_csv(path, paintings: dict, report: Report) -> None:
                         fix="value ignored; the painting's other rows or its row count decide")
       emotion_text = _clean(row.get("emotion"))
       try:
-        emotion = emotions_lib.emotion_index(emotion_text)
+        emotion = vocab.emotion_index(emotion_text)
       except ValueError:
         report.skip("unknown_emotion", file=str(path), line=line, image_id=image_id, value=emotion_text)
         continue
@@ -316,8 +311,8 @@ def read_sevlm_json(path, report: Report, split: str | None = None) -> dict:
                  split_key=style + name, rows=len(emotions), split=split)
     for pos, (emotion, text) in enumerate(zip(emotions, explanations)):
       try:
-        index = int(emotion) if isinstance(emotion, (int, np.integer)) else emotions_lib.emotion_index(str(emotion))
-        if not 0 <= index < emotions_lib.NUM_EMOTIONS:
+        index = int(emotion) if isinstance(emotion, (int, np.integer)) else vocab.emotion_index(str(emotion))
+        if not 0 <= index < vocab.NUM_EMOTIONS:
           raise ValueError
       except ValueError:
         report.skip("unknown_emotion", file=str(path), key=str(key), position=pos, value=str(emotion))
@@ -331,7 +326,7 @@ def read_sevlm_json(path, report: Report, split: str | None = None) -> dict:
     dist = entry.get("origin_emotion_distribution")
     if dist is not None:
       h = np.asarray(dist, np.float64) if isinstance(dist, list) else np.zeros(0)
-      if h.shape == (emotions_lib.NUM_EMOTIONS,) and np.all(h >= 0) and h.sum() > 0:
+      if h.shape == (vocab.NUM_EMOTIONS,) and np.all(h >= 0) and h.sum() > 0:
         p.histogram = (h / h.sum()).astype(np.float32)
       else:
         report.repair("bad_origin_emotion_distribution", file=str(path), key=str(key), value=str(dist)[:200],
@@ -494,7 +489,7 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
       if form is not None:
         report.repair("unicode_normal_form", image_id=image_id, found_as=form,
                       fix="image file found under another Unicode normal form of its name")
-      counts = np.bincount(p.emotions, minlength=emotions_lib.NUM_EMOTIONS)
+      counts = np.bincount(p.emotions, minlength=vocab.NUM_EMOTIONS)
       hist = p.histogram if p.histogram is not None else histogram_from_counts(counts)
       rec = {"image_id": image_id, "art_style": p.art_style, "painting": p.painting, "image": image,
              "emotions": list(p.emotions), "utterances": list(p.utterances), "counts": counts,
@@ -520,7 +515,7 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
         "split_loads": list(split_loads),
         "too_high_repetition": too_high_repetition,
         "splits": {s: {k: int(stats[s][k]) for k in _SPLIT_STATS} for s in records.SPLITS},
-        "emotions": list(emotions_lib.EMOTIONS),
+        "emotions": list(vocab.EMOTIONS),
         "dominant_rules": {"dominant_half": "histogram > 0.5 (public SEVLM code)",
                            "dominant_artemis": "histogram >= 0.5 (ArtEmis); tie -> lower EMOTIONS index"},
         "resize": "whole image, bicubic, to image_size x image_size (no crop)",

@@ -45,7 +45,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sevlm_jax import emotions as emotions_lib
+from sevlm_jax import vocab
 from sevlm_jax.data import artemis
 from sevlm_jax.data import records
 
@@ -120,7 +120,7 @@ def prototype_match(attrs: dict, emotion: str) -> int:
 
 def annotate(emotion: str, attrs: dict, rng: np.random.Generator, annotators: int) -> list[tuple[str, str]]:
   """(emotion, explanation) of each annotator of one image."""
-  others = [e for e in emotions_lib.EMOTIONS if e != emotion]
+  others = [e for e in vocab.EMOTIONS if e != emotion]
   scores = np.array([prototype_match(attrs, e) for e in others])
   best = [e for e, s in zip(others, scores) if s == scores.max()]
   secondary = str(rng.choice(best))
@@ -203,7 +203,7 @@ def render(attrs: dict, rng: np.random.Generator, size: int = RAW_SIZE) -> np.nd
 def intended_emotions(num_images: int, seed: int) -> list[str]:
   """Balanced intended emotions: each class num_images // 9 or one more, in shuffled order."""
   order = np.random.default_rng([seed, 0]).permutation(num_images)
-  return [emotions_lib.EMOTIONS[int(k) % emotions_lib.NUM_EMOTIONS] for k in order]
+  return [vocab.EMOTIONS[int(k) % vocab.NUM_EMOTIONS] for k in order]
 
 
 def write_raw(raw_dir, *, seed: int, num_images: int, annotators: int) -> pathlib.Path:
@@ -255,7 +255,7 @@ def ensure_demo_dataset(root, *, seed: int = 0, num_images: int = DEFAULT_NUM_IM
 
   if matches():
     return ready
-  if num_images < emotions_lib.NUM_EMOTIONS or annotators < 2:
+  if num_images < vocab.NUM_EMOTIONS or annotators < 2:
     raise ValueError(f"demo needs num_images >= 9 and annotators >= 2, got {num_images}, {annotators}")
   t0 = time.time()
   if _read_json(raw / "demo.json") != raw_params:

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
+from sevlm_jax import io_utils
+from sevlm_jax.data import batching
 from sevlm_jax.data import records
 
 STORAGE_DTYPE = ml_dtypes.bfloat16
@@ -62,14 +64,12 @@ def build(path: str, ready_dir, split: str, encode: Callable[[np.ndarray], Any],
   if n == 0:
     raise ValueError(f"{ready_dir} split {split!r} has no records to encode")
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
+  with io_utils.atomic_path(path) as tmp:
     out = None
-    for start in range(0, n, batch_size):
-      stop = min(start + batch_size, n)
+    for start, stop in batching.batch_bounds(n, batch_size):
       images = np.stack([source[i]["image"] for i in range(start, stop)])
-      padded = np.concatenate([images, np.repeat(images[-1:], batch_size - len(images), 0)])
-      patches = np.asarray(encode(padded)).astype(STORAGE_DTYPE)[:stop - start]
+      patches = np.asarray(encode(batching.pad_rows(images, batch_size))).astype(STORAGE_DTYPE)
+      patches = patches[:stop - start]
       if out is None:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16,
                                         shape=(n,) + patches.shape[1:])
@@ -78,10 +78,6 @@ def build(path: str, ready_dir, split: str, encode: Callable[[np.ndarray], Any],
         progress(stop, n)
     out.flush()
     del out
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path
 
 

@@ -28,11 +28,11 @@ Batches are dicts of numpy arrays (B images = B pairs = 2B sequences):
   annotation_index int32[B, 2]    which of the image's annotations
 """
 
-import math
 
 import grain
 import numpy as np
 
+from sevlm_jax.data import batching
 from sevlm_jax.data import records
 
 _TAG_ORDER, _TAG_CYCLE, _TAG_PARTNER = 0, 1, 2  # keep the three random streams apart
@@ -170,30 +170,8 @@ def eval_batch_parts(ready_dir, split: str, *, batch_size: int, part_index: int 
   source = records.load_split(ready_dir, split)
   size = int(records.load_meta(ready_dir)["image_size"])
   rows = batch_size // part_count
-  for start in range(0, len(source), batch_size):
-    image_index = np.arange(start, start + batch_size, dtype=np.int32)
-    image_index[image_index >= len(source)] = -1
+  for start, stop in batching.batch_bounds(len(source), batch_size):
+    image_index = batching.pad_rows(np.arange(start, stop, dtype=np.int32), batch_size, fill=-1)
     part = image_index[part_index * rows:(part_index + 1) * rows]
     yield {"image": _read_images(source, part, size), "image_index": image_index,
-           "valid": image_index >= 0}
-
-
-def eval_batches(ready_dir, split: str, *, batch_size: int, shard_index: int = 0, shard_count: int = 1):
-  """Images of a split in order, in fixed-size batches; the last one padded.
-
-  Yields {'image': uint8[B,H,W,3], 'image_index': int32[B] (-1 on padding),
-  'valid': bool[B]}. With shard_count > 1, shard i takes records i, i+n, ...
-  and every shard yields the same number of batches.
-  """
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
-  source = records.load_split(ready_dir, split)
-  size = int(records.load_meta(ready_dir)["image_size"])
-  indices = np.arange(shard_index, len(source), shard_count)
-  num_batches = math.ceil(math.ceil(len(source) / shard_count) / batch_size)
-  for b in range(num_batches):
-    chunk = indices[b * batch_size:(b + 1) * batch_size]
-    image_index = np.full((batch_size,), -1, np.int32)
-    image_index[:len(chunk)] = chunk
-    yield {"image": _read_images(source, image_index, size), "image_index": image_index,
            "valid": image_index >= 0}

@@ -34,8 +34,6 @@ import re
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
-
-from sevlm_jax import emotions as emotions_lib
 from sevlm_jax import vocab
 
 # Vendored files and their sha256 (as pinned by OpenAI's own tooling).
@@ -151,7 +149,7 @@ class Tokenizer:
     `emotion` is a name ("awe") or an index into EMOTIONS.
     """
     if isinstance(emotion, (int, np.integer)):
-      emotion = emotions_lib.EMOTIONS[int(emotion)]
+      emotion = vocab.EMOTIONS[int(emotion)]
     emo = list(self.emotion_part(emotion))
     exp = self.explanation_part(explanation)
     ids = (emo + exp)[:max_len]

@@ -33,11 +33,11 @@ import hashlib
 import io
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 import simplemma
 
+from sevlm_jax import io_utils
 from sevlm_jax import vocab
 
 FORMATS = ("auto", "nrc_v1", "nrc_v1_bipolar", "nrc_v2", "warriner")
@@ -195,11 +195,6 @@ def load_lexicon(path, fmt: str = "auto") -> VadLexicon:
                        sha256=hashlib.sha256(raw).hexdigest())
 
 
-def load_demo_lexicon() -> VadLexicon:
-  """The project's own small lexicon (not derived from any published lexicon)."""
-  return load_lexicon(DEMO_LEXICON_PATH, fmt="nrc_v2")
-
-
 def token_words(tokenizer) -> list[str]:
   """Per GPT-2 token: its text without the BPE space marker, stripped, lowercased."""
   return [tokenizer.token_text(i).strip().lower() for i in range(vocab.GPT2_VOCAB_SIZE)]
@@ -238,10 +233,7 @@ def token_vad_table(tokenizer, lexicon: VadLexicon, *, cache_dir=None) -> np.nda
   table = compute_token_vad_table(tokenizer, lexicon)
   try:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, table)
-    os.replace(tmp, path)  # atomic: readers see the old file or the complete new one
+    io_utils.save_npy_atomic(path, table)  # readers see the old file or the complete new one
   except OSError:
     pass  # read-only cache location: the table is still correct, just not cached
   return table

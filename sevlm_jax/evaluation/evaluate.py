@@ -16,7 +16,6 @@ import numpy as np
 
 from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax.inference import decode as decode_lib
-from sevlm_jax import emotions
 from sevlm_jax import run as inputs
 from sevlm_jax import io_utils
 from sevlm_jax.evaluation import judge as judge_lib
@@ -162,12 +161,12 @@ def score_predictions(preds, ready_dir: str, split: str, config, judge) -> dict[
       "captions_filtered": metrics_lib.filtered_caption_scores(hyp, refs, correct),
       "per_emotion_accuracy": metrics_lib.per_emotion_accuracy(pred_emotions, dominant),
       "confusion_matrix": metrics_lib.confusion_matrix(pred_emotions, dominant).tolist(),
-      "emotions": list(emotions.EMOTIONS),
+      "emotions": list(vocab.EMOTIONS),
   }
   for p, d, image_id, j in zip(preds, dominant, image_ids, judge_pred):
     p["image_id"] = image_id
-    p["dominant_emotion"] = emotions.EMOTIONS[d] if d >= 0 else None
-    p["judge_emotion"] = emotions.EMOTIONS[int(j)]
+    p["dominant_emotion"] = vocab.EMOTIONS[d] if d >= 0 else None
+    p["judge_emotion"] = vocab.EMOTIONS[int(j)]
     p["references"] = refs[p["image_index"]]
   return results
 

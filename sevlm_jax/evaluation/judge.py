@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from sevlm_jax.emotions import EMOTIONS, NUM_EMOTIONS
+from sevlm_jax import io_utils
+from sevlm_jax.data import batching
+from sevlm_jax.vocab import EMOTIONS, NUM_EMOTIONS
 from sevlm_jax.models import emotion_classifier
 
 EncodeFn = Callable[[str], Sequence[int]]
@@ -122,11 +123,9 @@ def _train_step_fn(model_key: tuple, grad_clip_norm: float, weight_decay: float)
 def _batched_logits(predict_logits, params, ids: np.ndarray, mask: np.ndarray, batch_size: int) -> np.ndarray:
   """Logits float32[N, 9], in fixed-size batches (the last one padded) so one compilation serves all."""
   out = np.zeros((ids.shape[0], NUM_EMOTIONS), np.float32)
-  for start in range(0, ids.shape[0], batch_size):
-    stop = min(start + batch_size, ids.shape[0])
-    pad = batch_size - (stop - start)
-    ids_b = np.pad(ids[start:stop], ((0, pad), (0, 0)))
-    mask_b = np.pad(mask[start:stop], ((0, pad), (0, 0)))
+  for start, stop in batching.batch_bounds(ids.shape[0], batch_size):
+    ids_b = batching.pad_rows(ids[start:stop], batch_size)
+    mask_b = batching.pad_rows(mask[start:stop], batch_size)
     out[start:stop] = np.asarray(predict_logits(params, ids_b, mask_b))[:stop - start]
   return out
 
@@ -165,8 +164,8 @@ class Judge:
     meta = {"format_version": FORMAT_VERSION, "emotions": list(EMOTIONS), "config": self.config.to_dict(),
             "heldout_accuracy": self.heldout_accuracy, "info": self.info}
     # Params first: a judge.json on disk then always has its params next to it.
-    _atomic_write(directory / PARAMS_FILE, flax.serialization.to_bytes(jax.device_get(self.params)))
-    _atomic_write(directory / CONFIG_FILE, json.dumps(meta, indent=2).encode())
+    io_utils.write_bytes_atomic(directory / PARAMS_FILE, flax.serialization.to_bytes(jax.device_get(self.params)))
+    io_utils.write_bytes_atomic(directory / CONFIG_FILE, json.dumps(meta, indent=2).encode())
 
   @classmethod
   def load(cls, directory: str | os.PathLike, encode_fn: EncodeFn | None = None) -> "Judge":
@@ -190,21 +189,6 @@ class Judge:
     params = _read_params(params_path, config)
     return cls(params=params, config=config, heldout_accuracy=heldout_accuracy, encode_fn=encode_fn,
                info=meta.get("info", {}))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-  """Writes to a temporary file in the same directory, then renames it over path."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def _init_params(config, rng):

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence, Hashable
 
 import numpy as np
 
-from sevlm_jax.emotions import EMOTIONS, NUM_EMOTIONS, emotion_index
+from sevlm_jax.vocab import EMOTIONS, NUM_EMOTIONS, emotion_index
 
 UNPARSEABLE = NUM_EMOTIONS  # column of confusion_matrix for predictions that name no emotion
 

@@ -32,7 +32,8 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from sevlm_jax import emotions
+from sevlm_jax import vocab
+from sevlm_jax import io_utils
 from sevlm_jax.evaluation import metrics as metrics_lib
 from sevlm_jax.data import records
 
@@ -56,18 +57,6 @@ def fmt(value: Any, digits: int = 3) -> str:
   if isinstance(value, float):
     return f"{value:.{digits}f}" if math.isfinite(value) else esc(value)
   return esc(value)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-  """Writes to a temporary file beside `path`, then renames it into place (whole or not at all)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 # ----------------------------------------------------------------------------- data
@@ -133,13 +122,13 @@ def gallery_items(preds: Sequence[dict], annotations: Sequence[dict]) -> list[di
     if dominant is None:
       outcome = "none"
     else:
-      outcome = "right" if predicted == emotions.emotion_index(dominant) else "wrong"
-    humans = [(emotions.EMOTIONS[e], u) for e, u in zip(rec["emotions"], rec["utterances"])]
+      outcome = "right" if predicted == vocab.emotion_index(dominant) else "wrong"
+    humans = [(vocab.EMOTIONS[e], u) for e, u in zip(rec["emotions"], rec["utterances"])]
     items.append({
         "index": int(p["image_index"]),
         "image_id": p.get("image_id", rec.get("image_id", "")),
         "emotion_text": p.get("emotion", ""),
-        "predicted": emotions.EMOTIONS[predicted] if predicted >= 0 else NO_EMOTION,
+        "predicted": vocab.EMOTIONS[predicted] if predicted >= 0 else NO_EMOTION,
         "dominant": dominant,
         "judge": p.get("judge_emotion"),
         "outcome": outcome,
@@ -170,7 +159,7 @@ def write_thumbnails(ready_dir: str, split: str, indices: Iterable[int], out_dir
   os.makedirs(out_dir, exist_ok=True)
   source = records.load_split(ready_dir, split)
   for i in indices:
-    write_atomic(os.path.join(out_dir, f"{i}.png"), thumbnail_png(source[i]["image"]))
+    io_utils.write_bytes_atomic(os.path.join(out_dir, f"{i}.png"), thumbnail_png(source[i]["image"]))
 
 
 # ----------------------------------------------------------------------------- charts and tables
@@ -275,7 +264,7 @@ def confusion_html(results: dict) -> str:
 
   A cell's shade is its share of the row, so rare emotions read as clearly as frequent ones.
   """
-  names = list(results.get("emotions", emotions.EMOTIONS))
+  names = list(results.get("emotions", vocab.EMOTIONS))
   matrix = results.get("confusion_matrix", [])
   out = ['<table class="confusion"><tr><th>dominant \\ predicted</th>']
   out += [f"<th>{esc(n)}</th>" for n in names + ["(none)"]]
@@ -322,7 +311,7 @@ def card_html(item: dict, thumbs: str, eager: bool) -> str:
 
 def filters_html() -> str:
   """The gallery's filter controls; the inline script reads data-filter and the items' data-*."""
-  options = "".join(f'<option value="{esc(n)}">{esc(n)}</option>' for n in emotions.EMOTIONS)
+  options = "".join(f'<option value="{esc(n)}">{esc(n)}</option>' for n in vocab.EMOTIONS)
   return (
       '<div class="filters">'
       '<label>annotators\' emotion <select data-filter="true" id="f-true">'
@@ -440,7 +429,7 @@ def write_report(workdir: str, split: str, results: dict, preds: Sequence[dict],
   page = render_report(results, gallery, worst, load_curves(os.path.join(workdir, "metrics.jsonl")),
                        thumbs=thumbs, total=len(items), images_blanked=images_blanked)
   path = os.path.join(workdir, f"report_{split}.html")
-  write_atomic(path, page.encode("utf-8"))  # last, so that its thumbnails exist when it does
+  io_utils.write_bytes_atomic(path, page.encode("utf-8"))  # last, so that its thumbnails exist when it does
   return path
 
 

@@ -6,7 +6,7 @@
   # -> [{"emotion": "awe", "explanation": "...", "text": "..."}, ...]
 
   predictor.emotion_distribution(["painting.jpg"])
-  # -> float32 [1, 9]: probabilities of the nine emotions (emotions.EMOTIONS order)
+  # -> float32 [1, 9]: probabilities of the nine emotions (vocab.EMOTIONS order)
 
 Everything the predictor needs is in the workdir (config.json, vad_table.npy, checkpoints),
 so no data set or lexicon is read. Images are resized as the data set's were, padded to a
@@ -25,10 +25,11 @@ from PIL import Image
 
 from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax.inference import decode as decode_lib
-from sevlm_jax import emotions
+from sevlm_jax import vocab
 from sevlm_jax.errors import CheckpointNotFoundError, InputError
 from sevlm_jax.evaluation import evaluate as eval_lib
 from sevlm_jax import run as inputs
+from sevlm_jax.data import batching
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import tokenizer as tokenizer_lib
 
@@ -62,9 +63,9 @@ def emotion_first_tokens(tokenizer) -> np.ndarray:
   The model writes an emotion word right after the prompt; multi-token words ("content" "ment",
   "something" "else") are told apart by their first token, so the nine must differ.
   """
-  ids = [tokenizer.encode(" " + name)[0] for name in emotions.EMOTIONS]
+  ids = [tokenizer.encode(" " + name)[0] for name in vocab.EMOTIONS]
   if len(set(ids)) != len(ids):
-    raise ValueError(f"the emotions' first tokens are not distinct: {dict(zip(emotions.EMOTIONS, ids))}")
+    raise ValueError(f"the emotions' first tokens are not distinct: {dict(zip(vocab.EMOTIONS, ids))}")
   return np.asarray(ids, np.int32)
 
 
@@ -147,11 +148,8 @@ class Predictor:
     if len(images) == 0:
       return
     pixels = self.preprocess(images)
-    for start in range(0, len(pixels), self.batch_size):
-      chunk = pixels[start:start + self.batch_size]
-      padded = np.zeros((self.batch_size,) + chunk.shape[1:], np.uint8)
-      padded[:len(chunk)] = chunk
-      yield padded, len(chunk)
+    for start, stop in batching.batch_bounds(len(pixels), self.batch_size):
+      yield batching.pad_rows(pixels[start:stop], self.batch_size), stop - start
 
   def emotion_distribution(self, images: Sequence[Any]) -> np.ndarray:
     """float32 [N, 9]: each image's probabilities of the nine emotions (EMOTIONS order).
@@ -162,7 +160,7 @@ class Predictor:
     """
     rows = [np.asarray(self._emotion_probs(self.params, padded, self.vad_table))[:n]
             for padded, n in self._batches(images)]
-    return np.concatenate(rows) if rows else np.zeros((0, emotions.NUM_EMOTIONS), np.float32)
+    return np.concatenate(rows) if rows else np.zeros((0, vocab.NUM_EMOTIONS), np.float32)
 
   def predict(self, images: Sequence[Any]) -> list[dict[str, str]]:
     """Emotion and explanation for each image (file paths, PIL images or uint8/float arrays)."""

@@ -25,7 +25,7 @@ from typing import Any
 from absl import logging
 from PIL import Image
 
-from sevlm_jax import emotions
+from sevlm_jax import vocab
 from sevlm_jax import errors
 from sevlm_jax.inference import predictor as inference
 
@@ -66,7 +66,7 @@ def prediction_json(predictor, image: Image.Image) -> dict[str, Any]:
   """The answer to /api/predict for one image."""
   pred = predictor.predict([image])[0]
   probs = predictor.emotion_distribution([image])[0]
-  return {**pred, "emotions": list(emotions.EMOTIONS),
+  return {**pred, "emotions": list(vocab.EMOTIONS),
           "probabilities": [float(p) for p in probs]}
 
 
@@ -96,7 +96,7 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
       if self.path in ("/", "/index.html"):
         self._send(200, page, "text/html; charset=utf-8")
       elif self.path == "/api/health":
-        self._json(200, {"status": "ok", "emotions": list(emotions.EMOTIONS),
+        self._json(200, {"status": "ok", "emotions": list(vocab.EMOTIONS),
                          "max_upload_bytes": max_upload_bytes})
       else:
         self._json(404, {"error": f"no such page: {self.path}"})

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from sevlm_jax.models.config import VisionConfig
-from sevlm_jax.models.gpt2 import layer_norm
+from sevlm_jax.models.layers import layer_norm
 
 NORM_CONSTANTS = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),

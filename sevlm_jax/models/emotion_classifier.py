@@ -8,7 +8,7 @@ over GPT-2 token ids and trained from scratch on the training utterances.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sevlm_jax.emotions import NUM_EMOTIONS
+from sevlm_jax.vocab import NUM_EMOTIONS
 
 
 class EmotionClassifier(nn.Module):

@@ -23,17 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from sevlm_jax.models import gpt2
+from sevlm_jax.models import layers
 from sevlm_jax.models.clip_vit import VisionTower
 from sevlm_jax.models.config import ModelConfig
 from sevlm_jax.models.heads import ContrastiveHead
 from sevlm_jax.models.vad import VADEncoder, fuse_explanation_vad
-
-
-def masked_mean(x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
-  """Mean over the positions where mask is true (float32); zeros where none is."""
-  m_BxLx1 = mask_BxL.astype(jnp.float32)[..., None]
-  total_BxD = jnp.sum(x_BxLxD.astype(jnp.float32) * m_BxLx1, axis=1)
-  return total_BxD / jnp.maximum(jnp.sum(m_BxLx1, axis=1), 1.0)
+# The pure masked mean of the losses module: the contrastive head reads the same reduction.
+from sevlm_jax.training.losses import masked_mean
 
 
 class SEVLM(nn.Module):
@@ -111,7 +107,7 @@ class SEVLM(nn.Module):
     self._check_patches(patches_BxPxD, input_ids_BxL.shape[0])
     x_BxLxD = self.embed_inputs(input_ids_BxL, segment_ids_BxL, token_vad_BxLx3, token_mask_BxL,
                                 deterministic)
-    hidden_BxLxD, _ = self.decoder.transform(x_BxLxD, gpt2.causal_mask(token_mask_BxL),
+    hidden_BxLxD, _ = self.decoder.transform(x_BxLxD, layers.causal_mask(token_mask_BxL),
                                              patches_BxPxD, deterministic=deterministic)
     real_BxL = token_mask_BxL.astype(bool)
     c = self.config
@@ -166,7 +162,7 @@ class SEVLM(nn.Module):
       vad_BxTx3, new_cache["vad"] = self.vad_encoder.step(token_vad_BxTx3, cache["vad"], index)
       x_BxTxD = fuse_explanation_vad(x_BxTxD, vad_BxTx3, segment_ids_BxT,
                                      c.explanation_segment_id, self.vad_fusion)
-    mask_1xTxS = gpt2.cached_causal_mask(index, t, max_length)
+    mask_1xTxS = layers.cached_causal_mask(index, t, max_length)
     hidden_BxTxD, new_cache["decoder"] = self.decoder.transform(
         x_BxTxD, mask_1xTxS, cache=cache["decoder"], index=index)
     out = {"logits": self.decoder.logits(hidden_BxTxD, output_ids), "hidden": hidden_BxTxD,

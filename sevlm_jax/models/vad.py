@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from sevlm_jax.models.config import VADConfig
-from sevlm_jax.models import gpt2
+from sevlm_jax.models import layers
 
 
 class VADLayer(nn.Module):
@@ -33,25 +33,25 @@ class VADLayer(nn.Module):
     self.query = nn.Dense(c.width)
     self.key = nn.Dense(c.width)
     self.value = nn.Dense(c.width)
-    self.norm1 = gpt2.layer_norm()
+    self.norm1 = layers.layer_norm()
     self.fc1 = nn.Dense(c.mlp_dim)
     self.fc2 = nn.Dense(c.width)
-    self.norm2 = gpt2.layer_norm()
+    self.norm2 = layers.layer_norm()
     self.attn_dropout = nn.Dropout(c.dropout)
     self.dropout1 = nn.Dropout(c.dropout)
     self.dropout2 = nn.Dropout(c.dropout)
 
   def __call__(self, x_BxTx3, mask_BxTxS, cache=None, index=None, deterministic=True):
     h = self.config.heads
-    q = gpt2.split_heads(self.query(x_BxTx3), h)
-    k = gpt2.split_heads(self.key(x_BxTx3), h)
-    v = gpt2.split_heads(self.value(x_BxTx3), h)
+    q = layers.split_heads(self.query(x_BxTx3), h)
+    k = layers.split_heads(self.key(x_BxTx3), h)
+    v = layers.split_heads(self.value(x_BxTx3), h)
     if cache is not None:
-      k = gpt2.update_cache(cache["k"], k, index)
-      v = gpt2.update_cache(cache["v"], v, index)
+      k = layers.update_cache(cache["k"], k, index)
+      v = layers.update_cache(cache["v"], v, index)
       cache = {"k": k, "v": v}
-    probs = self.attn_dropout(gpt2.attention_probs(q, k, mask_BxTxS), deterministic=deterministic)
-    a_BxTx3 = gpt2.merge_heads(gpt2.attend(probs, v))
+    probs = self.attn_dropout(layers.attention_probs(q, k, mask_BxTxS), deterministic=deterministic)
+    a_BxTx3 = layers.merge_heads(layers.attend(probs, v))
     y = self.norm1(x_BxTx3 + self.dropout1(a_BxTx3, deterministic=deterministic))
     f = self.fc2(jax.nn.relu(self.fc1(y)))
     y = self.norm2(y + self.dropout2(f, deterministic=deterministic))
@@ -66,7 +66,7 @@ class VADEncoder(nn.Module):
     # nn.Embedding's default N(0, 1) init, as in the public code.
     self.position_embedding = self.param("position_embedding", nn.initializers.normal(1.0),
                                          (c.max_positions, c.width))
-    self.norm = gpt2.layer_norm()
+    self.norm = layers.layer_norm()
     self.layers = [VADLayer(c) for _ in range(c.layers)]
 
   def _check_length(self, length: int):
@@ -93,7 +93,7 @@ class VADEncoder(nn.Module):
     l = vad_BxLx3.shape[1]
     self._check_length(l)
     if self.config.causal:
-      mask_BxLxL = gpt2.causal_mask(token_mask_BxL)
+      mask_BxLxL = layers.causal_mask(token_mask_BxL)
     else:
       mask_BxLxL = jnp.broadcast_to(token_mask_BxL.astype(bool)[:, None, :],
                                     (token_mask_BxL.shape[0], l, l))
@@ -112,7 +112,7 @@ class VADEncoder(nn.Module):
     """Encodes T new tokens at positions index..index+T-1 against the cache."""
     t = vad_BxTx3.shape[1]
     max_length = cache[0]["k"].shape[1]
-    mask_1xTxS = gpt2.cached_causal_mask(index, t, max_length)
+    mask_1xTxS = layers.cached_causal_mask(index, t, max_length)
     return self._run(vad_BxTx3, index + jnp.arange(t), mask_1xTxS, cache, index, True)
 
 

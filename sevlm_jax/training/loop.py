@@ -29,7 +29,6 @@ from sevlm_jax import io_utils
 from sevlm_jax.training import optim as optim_lib
 from sevlm_jax import parallel
 from sevlm_jax.training import step as step_lib
-from sevlm_jax.data import artemis
 from sevlm_jax.data import features
 from sevlm_jax.data import pipeline
 from sevlm_jax.training.metrics_writer import MetricsWriter
@@ -62,11 +61,13 @@ class _StopRequest:
 _STOP_POLL_EVERY = 10  # steps between the processes' checks for a stop request
 
 
-def total_train_steps(config: ml_collections.ConfigDict, num_pair_images: int) -> int:
+def total_train_steps(config: ml_collections.ConfigDict, ready_dir: str) -> int:
   if config.train.num_steps > 0:
     return int(config.train.num_steps)
-  steps_per_epoch = num_pair_images // config.train.batch_size  # the global batch
+  # An epoch visits each pair image once in whole global batches (pipeline.train_loader).
+  steps_per_epoch = pipeline.steps_per_epoch(ready_dir, batch_size=config.train.batch_size)
   if steps_per_epoch == 0:
+    num_pair_images = len(pipeline.training_images(ready_dir))
     raise ValueError(
         f"train.batch_size={config.train.batch_size} is larger than the {num_pair_images} training "
         "images with at least two distinct emotions; lower --config.train.batch_size")
@@ -178,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
                                  max_len=config.data.max_len, seed=config.seed,
                                  worker_count=config.data.worker_count, shard_index=part,
                                  shard_count=parts)
-  total_steps = total_train_steps(config, artemis.num_pair_images(run.ready_dir))
+  total_steps = total_train_steps(config, run.ready_dir)
   trainable, _ = optim_lib.split_params(run.abstract_params, config.optim.train_vision)
   tx = optim_lib.create_optimizer(config.optim, trainable, total_steps)
   abstract_state = jax.eval_shape(

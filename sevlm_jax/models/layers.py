@@ -1,0 +1,56 @@
+"""Building blocks shared by the towers: LayerNorm as GPT-2 and CLIP define it, multi-head
+attention in pieces (heads, weights, masks) and the fixed-size KV cache update."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LN_EPSILON = 1e-5  # GPT-2's and CLIP's LayerNorm epsilon (flax defaults to 1e-6)
+
+
+def layer_norm(name: str | None = None, dtype=jnp.float32) -> nn.LayerNorm:
+  # use_fast_variance=False: E[(x-mean)^2], as PyTorch computes it.
+  return nn.LayerNorm(epsilon=LN_EPSILON, use_fast_variance=False, dtype=dtype, name=name)
+
+
+def split_heads(x_BxLxD: jax.Array, heads: int) -> jax.Array:
+  b, l, d = x_BxLxD.shape
+  return x_BxLxD.reshape(b, l, heads, d // heads)
+
+
+def merge_heads(x_BxLxHxK: jax.Array) -> jax.Array:
+  b, l, h, k = x_BxLxHxK.shape
+  return x_BxLxHxK.reshape(b, l, h * k)
+
+
+def attention_probs(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,
+                    mask_BxTxS: jax.Array | None) -> jax.Array:
+  """Softmax attention weights BxHxTxS, computed in float32, scaled by 1/sqrt(K)."""
+  scale = q_BxTxHxK.shape[-1] ** -0.5
+  logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) * scale
+  if mask_BxTxS is not None:
+    logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits_BxHxTxS, axis=-1)
+
+
+def attend(probs_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
+  return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+
+
+def causal_mask(token_mask_BxL: jax.Array) -> jax.Array:
+  """BxLxL: query t sees keys s <= t that are real tokens."""
+  l = token_mask_BxL.shape[1]
+  causal_LxL = jnp.tril(jnp.ones((l, l), dtype=bool))
+  return causal_LxL[None] & token_mask_BxL.astype(bool)[:, None, :]
+
+
+def cached_causal_mask(index: jax.Array, num_new: int, max_length: int) -> jax.Array:
+  """1xTxS for queries at positions index..index+T-1 over a cache of S slots."""
+  query_T = index + jnp.arange(num_new)
+  key_S = jnp.arange(max_length)
+  return (key_S[None, :] <= query_T[:, None])[None]
+
+
+def update_cache(buf_BxSxHxK: jax.Array, new_BxTxHxK: jax.Array, index: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_update_slice(buf_BxSxHxK, new_BxTxHxK.astype(buf_BxSxHxK.dtype),
+                                      (0, index, 0, 0))

@@ -87,6 +87,11 @@ def _base() -> ml_collections.ConfigDict:
   # <workdir>/features and read by the train step instead of running the tower (one
   # process only); off: run the tower every step.
   c.train.feature_cache = "auto"
+  # Exact rewrites that make the step faster (off in the benchmark's baseline): the LM head's
+  # vocabulary padded to a multiple of this (1 = none), and one cross-attention K/V projection
+  # per image shared by the two sequences of its pair.
+  c.train.pad_vocab_to = 128
+  c.train.pair_kv_once = True
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

@@ -1,4 +1,4 @@
-"""Command-line entry: train, evaluate, predict or serve.
+"""Command-line entry: train, evaluate, predict or serve; what each mode composes.
 
   python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=/tmp/sevlm_demo
   python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=/tmp/sevlm_demo --mode=evaluate
@@ -8,14 +8,28 @@
 
 import json
 import logging as logging_std
+import os
+import shutil
 import sys
+from typing import Any
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
+import ml_collections
 from ml_collections import config_flags
 
 from sevlm_jax import errors
+from sevlm_jax import io_utils
+from sevlm_jax import parallel
+from sevlm_jax import run as run_lib
+from sevlm_jax.evaluation import evaluate as eval_lib
+from sevlm_jax.evaluation import report as report_lib
+from sevlm_jax.inference import predictor as predictor_lib
+from sevlm_jax.inference import serve as serve_lib
+from sevlm_jax.training import loop
+from sevlm_jax.training.metrics_writer import MetricsWriter
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sevlm.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
@@ -36,17 +50,92 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or not noisy
 
 
+# ----------------------------------------------------------------------------- the modes
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) a run in `workdir`, then evaluates its best checkpoint on config.eval.split."""
+  mesh = loop.check_parallel(config)
+  os.makedirs(workdir, exist_ok=True)
+  run = parallel.primary_first(lambda: run_lib.prepare_run(config, workdir), "prepare_run")
+  writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  try:
+    step, finished = loop.train(config, workdir, run, mesh, writer,
+                                eval_lib.validator(run, config))
+    if not finished:
+      return {"step": step, "finished": False}
+    results = evaluate(config, workdir, run)
+    writer.write(step, config.eval.split, eval_lib.scalar_metrics(results))
+  finally:
+    writer.close()
+  return results
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run | None = None
+             ) -> dict[str, Any]:
+  """evaluate.evaluate_run on every process (process 0 first prepares the files they share), then
+  the HTML report."""
+  if run is None:
+    run = parallel.primary_first(lambda: run_lib.prepare_run(config, workdir, write_config=False),
+                                 "prepare_run")
+  judge = parallel.primary_first(lambda: eval_lib.get_judge(run, workdir), "judge")
+  results = eval_lib.evaluate_run(config, workdir, run=run, judge=judge)
+  # The HTML report, from the files evaluate_run wrote; older configs lack the switch.
+  if jax.process_index() == 0 and config.eval.get("report", True):
+    path = report_lib.write_report_from_files(workdir, config.eval.split, run.ready_dir,
+                                              images_blanked=bool(config.data.blank_images))
+    logging.info("report: %s", path)
+  return results
+
+
+def train_with_blind_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains the model and the same model with every image blanked, and compares them.
+
+  The image-blind model can only learn the emotion prior and generic explanations, so the
+  gap between the two is what the model learns from the pictures.
+  """
+  results = train_and_evaluate(config, workdir)
+  if "ACC" not in results:  # interrupted: the comparison waits for a finished run
+    return results
+  blind = ml_collections.ConfigDict(config.to_dict())
+  blind.data.blank_images = True
+  blind.demo_blind_baseline = False
+  blind.data.ready_dir = run_lib.default_ready_dir(config, workdir)  # reuse the prepared data
+  blind_dir = os.path.join(workdir, "image_blind")
+  os.makedirs(blind_dir, exist_ok=True)
+  _share_judge(workdir, blind_dir)
+  blind_results = train_and_evaluate(blind, blind_dir)
+  if "ACC" not in blind_results:
+    return results
+  rows = {}
+  for name, res in (("model", results), ("image_blind", blind_results)):
+    rows[name] = eval_lib.scalar_metrics(res)
+    rows[name]["EA_judge_heldout_accuracy"] = res["EA_judge_heldout_accuracy"]
+  rows["gain"] = {k: rows["model"][k] - rows["image_blind"].get(k, 0.0) for k in rows["model"]
+                  if k in rows["image_blind"]}
+  io_utils.write_json_atomic(os.path.join(workdir, "comparison.json"), rows)
+  keys = ["ACC", "EA", "Unique", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
+  print(f"\n{'':14s}" + "".join(f"{k:>9s}" for k in keys))
+  for name in ("model", "image_blind", "gain"):
+    print(f"{name:14s}" + "".join(f"{rows[name].get(k, float('nan')):9.4f}" for k in keys))
+  print(f"(EA judge held-out accuracy {results['EA_judge_heldout_accuracy']:.4f}; "
+        f"written to {os.path.join(workdir, 'comparison.json')})")
+  return rows
+
+
+def _share_judge(src_workdir: str, dst_workdir: str) -> None:
+  src, dst = os.path.join(src_workdir, "judge"), os.path.join(dst_workdir, "judge")
+  if os.path.isdir(src) and not os.path.exists(dst):
+    shutil.copytree(src, dst)
+
+
+# ----------------------------------------------------------------------------- the command
+
 def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  # Imported here so that --help stays fast.
-  from sevlm_jax import parallel
-  from sevlm_jax.inference import predictor as predictor_lib
-  from sevlm_jax.training import loop as train
-
   config = _CONFIG.value
   try:
     if _MODE.value == "predict":
@@ -57,8 +146,9 @@ def main(argv):
         print(json.dumps({"image": path, **pred}, ensure_ascii=False))
       return
     if _MODE.value == "serve":
-      from sevlm_jax.inference import serve
-      serve.serve(_WORKDIR.value, port=_PORT.value, checkpoint=_CHECKPOINT.value or "best_acc")
+      checkpoint = _CHECKPOINT.value or "best_acc"
+      predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value, checkpoint, batch_size=1)
+      serve_lib.serve(predictor, port=_PORT.value, name=f"{_WORKDIR.value} (checkpoint {checkpoint})")
       return
     if config is None:
       raise app.UsageError("--config is required for train and evaluate, e.g. --config=configs/sevlm.py:demo")
@@ -67,11 +157,11 @@ def main(argv):
     parallel.maybe_initialize_distributed(config.parallel)  # before anything touches a device
     if _MODE.value == "train":
       if config.demo_blind_baseline:
-        train.train_with_blind_baseline(config, _WORKDIR.value)
+        train_with_blind_baseline(config, _WORKDIR.value)
       else:
-        train.train_and_evaluate(config, _WORKDIR.value)
+        train_and_evaluate(config, _WORKDIR.value)
     else:
-      train.evaluate(config, _WORKDIR.value)
+      evaluate(config, _WORKDIR.value)
   except errors.UserError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

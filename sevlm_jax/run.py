@@ -18,14 +18,14 @@ import numpy as np
 from sevlm_jax.errors import ConfigError
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
-from sevlm_jax.data import artemis
+from sevlm_jax.data import records
 from sevlm_jax.data import demo
 from sevlm_jax.data import prepare
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.data import vad as vad_lib
 from sevlm_jax.models import config as model_config_lib
 from sevlm_jax.models import sevlm as sevlm_lib
-from sevlm_jax import weights
+from sevlm_jax.weights import load as weights
 
 ARTEMIS_HELP = (
     "ArtEmis is not downloadable from here: get artemis_dataset_release_v0.csv (v1.0) or the v2.0 "
@@ -49,8 +49,6 @@ class Run:
   model: sevlm_lib.SEVLM
   abstract_params: Any
   output_ids: np.ndarray | None = None  # restricted output vocabulary (token ids), or None
-  _generate_fn: Any = None  # jitted generation, built on first use (evaluate.py)
-
 
 def default_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   return config.data.ready_dir or os.path.join(workdir, "data")
@@ -63,7 +61,7 @@ def resolve_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   if data.source == "demo":
     # For the demo, ready_dir is the root the demo generator owns (raw files + ready data).
     return demo.ensure_demo_dataset(ready_dir, **_demo_kwargs(config))
-  if artemis.is_ready(ready_dir):
+  if records.is_complete(ready_dir):
     return ready_dir
   if data.source == "ready":
     raise ConfigError(f"data.ready_dir={ready_dir!r} holds no complete prepared data set. " + ARTEMIS_HELP)
@@ -161,7 +159,7 @@ def output_vocabulary(config: ml_collections.ConfigDict, tokenizer, ready_dir: s
   path = os.path.join(workdir, "output_vocab.npy")
   if os.path.exists(path):
     return np.load(path)
-  texts, labels = artemis.split_utterances(ready_dir, "train")
+  texts, labels = records.split_utterances(ready_dir, "train")
   ids = set(tokenizer.prompt_ids) | {tokenizer.because_id, vocab.EOS_ID}
   for name in vocab.EMOTIONS:
     ids.update(tokenizer.encode(" " + name))
@@ -174,7 +172,12 @@ def output_vocabulary(config: ml_collections.ConfigDict, tokenizer, ready_dir: s
 
 
 def build_model(config: ml_collections.ConfigDict) -> sevlm_lib.SEVLM:
-  return sevlm_lib.SEVLM(model_config_lib.ModelConfig.from_dict(config.model.to_dict()))
+  """The run's network; data.blank_images (the image-blind control) makes its vision input grey,
+  so training, the feature cache, evaluation and prediction all see what the model was
+  trained on."""
+  model = config.model.to_dict()
+  model["blank_images"] = bool(config.data.get("blank_images", False))
+  return sevlm_lib.SEVLM(model_config_lib.ModelConfig.from_dict(model))
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -222,8 +225,3 @@ def initial_params(config: ml_collections.ConfigDict, run: Run) -> Any:
     logging.info("loaded pretrained weights: gpt2=%s clip=%s", config.pretrained.gpt2,
                  config.pretrained.clip)
   return params
-
-
-def blank(images: np.ndarray) -> np.ndarray:
-  """The image-blind control: every image a constant mid grey."""
-  return np.full_like(images, 128)

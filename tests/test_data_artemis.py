@@ -14,8 +14,11 @@ from PIL import Image
 
 from sevlm_jax.vocab import EMOTIONS
 from sevlm_jax.data import artemis
+from sevlm_jax.data import dominant
+from sevlm_jax.data import prepare
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
+from sevlm_jax.data import splits
 
 SIZE = 16
 CAFE_NFC = unicodedata.normalize("NFC", "café-terrace")
@@ -113,7 +116,7 @@ def build_raw(tmp_path, n_plain=40):
 def prepared(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("artemis")
   csv_path, images, expected, bad_lines = build_raw(tmp)
-  out, report = artemis.prepare_ready(csv_path, images, tmp / "ready", image_size=SIZE, workers=0,
+  out, report = prepare.prepare_ready(csv_path, images, tmp / "ready", image_size=SIZE, workers=0,
                                       progress=False, log=lambda *a: None)
   return out, report, expected, bad_lines, csv_path
 
@@ -142,8 +145,8 @@ def test_records_match_input_row_by_row(prepared):
       if rec["image_id"] in EXPECTED_DOMINANT:
         assert (rec["dominant_half"], rec["dominant_artemis"]) == EXPECTED_DOMINANT[rec["image_id"]]
       else:
-        assert rec["dominant_half"] == artemis.dominant_half(rec["histogram"])
-        assert rec["dominant_artemis"] == artemis.dominant_artemis(rec["histogram"])
+        assert rec["dominant_half"] == dominant.dominant_half(rec["histogram"])
+        assert rec["dominant_artemis"] == dominant.dominant_artemis(rec["histogram"])
   assert set(seen) == set(expected)
   assert seen["Romanticism/popular"] == "rest"
 
@@ -151,7 +154,7 @@ def test_records_match_input_row_by_row(prepared):
 def test_splits_follow_artemis_rule(prepared):
   out, _, expected, _, _ = prepared
   normal = [k for k in expected if k != "Romanticism/popular"] + ["Cubism/missing", "Cubism/broken", "Cubism/all-bad"]
-  want = artemis.artemis_split([k.replace("/", "") for k in normal])
+  want = splits.artemis_split([k.replace("/", "") for k in normal])
   for split, recs in _all_records(out).items():
     for rec in recs:
       if split != "rest":
@@ -164,23 +167,23 @@ def test_splits_follow_artemis_rule(prepared):
 
 def test_artemis_split_is_deterministic_and_partitions():
   keys = [f"style{i % 7}painting{i}" for i in range(1000)]
-  a = artemis.artemis_split(keys)
-  assert a == artemis.artemis_split(list(reversed(keys)))  # order of appearance does not matter
-  assert a != artemis.artemis_split(keys, seed=7)
+  a = splits.artemis_split(keys)
+  assert a == splits.artemis_split(list(reversed(keys)))  # order of appearance does not matter
+  assert a != splits.artemis_split(keys, seed=7)
   sizes = {s: sum(v == s for v in a.values()) for s in ("train", "val", "test")}
   # 0.05 + 0.1 == 0.15000000000000002 in floating point, so ceil(...) * 1000 is 151, as in ArtEmis.
   assert sizes == {"train": 849, "val": 51, "test": 100}
   with pytest.raises(ValueError, match="summing to 1"):
-    artemis.artemis_split(keys, (0.8, 0.1, 0.2))
+    splits.artemis_split(keys, (0.8, 0.1, 0.2))
 
 
 def test_dominant_rules():
   h = np.array([3, 2, 0, 0, 0, 0, 0, 0, 0]) / 5
-  assert artemis.dominant_half(h) == 0 and artemis.dominant_artemis(h) == 0
+  assert dominant.dominant_half(h) == 0 and dominant.dominant_artemis(h) == 0
   h = np.array([0, 0, 0, 0, 0, 0, 1, 1, 0]) / 2
-  assert artemis.dominant_half(h) == -1 and artemis.dominant_artemis(h) == 6
+  assert dominant.dominant_half(h) == -1 and dominant.dominant_artemis(h) == 6
   h = np.array([2, 2, 1, 0, 0, 0, 0, 0, 0]) / 5
-  assert artemis.dominant_half(h) == -1 and artemis.dominant_artemis(h) == -1
+  assert dominant.dominant_half(h) == -1 and dominant.dominant_artemis(h) == -1
 
 
 def test_report_lists_every_skip_and_repair(prepared):
@@ -208,7 +211,7 @@ def test_meta_and_completion(prepared):
   out, _, expected, _, _ = prepared
   meta = records.load_meta(out)
   recs = _all_records(out)
-  assert meta["image_size"] == SIZE and meta["seed"] == artemis.ARTEMIS_SEED
+  assert meta["image_size"] == SIZE and meta["seed"] == splits.ARTEMIS_SEED
   assert meta["source"]["format"] == "v1"
   for split in records.SPLITS:
     assert meta["splits"][split]["images"] == len(recs[split])
@@ -223,7 +226,7 @@ def test_meta_and_completion(prepared):
 def test_refuses_to_overwrite_and_survives_a_crash(prepared, tmp_path, monkeypatch):
   out, _, _, _, csv_path = prepared
   with pytest.raises(FileExistsError, match="overwrite"):
-    artemis.prepare_ready(csv_path, csv_path.parent / "wikiart", out, image_size=SIZE, workers=0, progress=False)
+    prepare.prepare_ready(csv_path, csv_path.parent / "wikiart", out, image_size=SIZE, workers=0, progress=False)
   target = tmp_path / "crashed"
 
   def crash(self, record):
@@ -231,7 +234,7 @@ def test_refuses_to_overwrite_and_survives_a_crash(prepared, tmp_path, monkeypat
 
   monkeypatch.setattr(records.SplitWriter, "write", crash)
   with pytest.raises(RuntimeError, match="disk full"):
-    artemis.prepare_ready(csv_path, csv_path.parent / "wikiart", target, image_size=SIZE, workers=0,
+    prepare.prepare_ready(csv_path, csv_path.parent / "wikiart", target, image_size=SIZE, workers=0,
                           progress=False, log=lambda *a: None)
   assert not target.exists() and not list(tmp_path.iterdir())
   with pytest.raises(ValueError, match="COMPLETE"):
@@ -244,7 +247,7 @@ def test_missing_columns_give_a_clear_error(tmp_path):
   bad.write_text("art_style,painting,feeling,utterance\nA,b,awe,text\n")
   (tmp_path / "img").mkdir()
   with pytest.raises(ValueError, match=r"bad.csv: missing column\(s\) emotion"):
-    artemis.prepare_ready(bad, tmp_path / "img", tmp_path / "out", workers=0, progress=False)
+    prepare.prepare_ready(bad, tmp_path / "img", tmp_path / "out", workers=0, progress=False)
 
 
 def test_v2_combined_csvs(tmp_path):
@@ -257,7 +260,7 @@ def test_v2_combined_csvs(tmp_path):
   contrastive.write_text("art_style,painting,emotion,utterance,repetition,anchor_painting,version\n"
                          "Style,p0,sadness,lonely boat,5,Style/p9,new\n")
   assert artemis.detect_format([v1, contrastive]) == "v2"
-  out, report = artemis.prepare_ready([v1, contrastive], images, tmp_path / "out", image_size=8, workers=0,
+  out, report = prepare.prepare_ready([v1, contrastive], images, tmp_path / "out", image_size=8, workers=0,
                                       split_loads=(0.5, 0.0, 0.5), progress=False, log=lambda *a: None)
   recs = {r["image_id"]: r for s in records.SPLITS for r in records.load_annotations(out, s)}
   assert recs["Style/p0"]["emotions"] == [1, 7]
@@ -278,7 +281,7 @@ def test_sevlm_json_per_split(tmp_path):
   for split, data in (("train", train), ("test", test)):
     paths[split] = tmp_path / f"{split}.json"
     paths[split].write_text(json.dumps(data))
-  out, report = artemis.prepare_ready(paths, images, tmp_path / "out", image_size=8, workers=0,
+  out, report = prepare.prepare_ready(paths, images, tmp_path / "out", image_size=8, workers=0,
                                       progress=False, log=lambda *a: None)
   train_recs = {r["image_id"]: r for r in records.load_split(out, "train")}
   assert set(train_recs) == {"1", "2"}
@@ -311,17 +314,17 @@ def test_cli_prints_what_it_skipped(tmp_path):
 def test_reader_helpers(prepared):
   out, _, expected, _, csv_path = prepared
   from sevlm_jax.data import images as images_lib
-  assert artemis.is_ready(out) and not artemis.is_ready(out.parent)
-  train = artemis.load_annotations(out, "train")
+  assert records.is_complete(out) and not records.is_complete(out.parent)
+  train = records.load_annotations(out, "train")
   assert len(pipeline.training_images(out)) == sum(len(set(r["emotions"])) >= 2 for r in train)
-  texts, labels = artemis.split_utterances(out, "train")
+  texts, labels = records.split_utterances(out, "train")
   assert texts == [u for r in train for u in r["utterances"]]
   assert labels == [e for r in train for e in r["emotions"]]
-  few_texts, few_labels = artemis.split_utterances(out, "train", limit=7)
+  few_texts, few_labels = records.split_utterances(out, "train", limit=7)
   assert len(few_texts) == 7 and all(t in texts for t in few_texts)
-  assert (few_texts, few_labels) == artemis.split_utterances(out, "train", limit=7)
+  assert (few_texts, few_labels) == records.split_utterances(out, "train", limit=7)
   # Ingestion and inference share one preprocessing function.
-  rec = artemis.load_split(out, "train")[0]
+  rec = records.load_split(out, "train")[0]
   path = csv_path.parent / "wikiart" / rec["art_style"] / (unicodedata.normalize("NFD", rec["painting"]) + ".jpg")
   if not path.exists():
     path = csv_path.parent / "wikiart" / rec["art_style"] / (rec["painting"] + ".jpg")
@@ -336,6 +339,6 @@ def test_prepare_function_takes_the_command_spec(tmp_path):
       {"k": {"emotions": ["awe", "fear"], "explanations": ["big", "dark"], "image_name": "S/a.jpg"}}))
   out = prepare.prepare(f"train={tmp_path / 't.json'}", images, tmp_path / "out", image_size=8, workers=0,
                         progress=False)
-  assert [r["image_id"] for r in artemis.load_annotations(out, "train")] == ["k"]
+  assert [r["image_id"] for r in records.load_annotations(out, "train")] == ["k"]
   with pytest.raises(ValueError, match="not a mix"):
     prepare.parse_inputs("train=a.json,b.json")

@@ -130,10 +130,10 @@ def test_training_uses_the_cache_only_when_the_tower_is_frozen(tmp_path, data,  
   # The loop's host batch then carries the cached rows of its images, and no images.
   _, batch, _ = data
   loaded = {**batch, "image_index": np.asarray([3, 0, 7, 3])}
-  host = train_lib._host_batch(loaded, False, cache)  # pylint: disable=protected-access
+  host = train_lib._host_batch(loaded, cache)  # pylint: disable=protected-access
   assert "image" not in host
   np.testing.assert_array_equal(host["patches"], cache[loaded["image_index"]])
-  assert "patches" not in train_lib._host_batch(loaded, False, None)  # pylint: disable=protected-access
+  assert "patches" not in train_lib._host_batch(loaded, None)  # pylint: disable=protected-access
   config.train.feature_cache = "off"
   assert train_lib.patch_feature_cache(config, run, params, str(tmp_path)) is None
   config.train.feature_cache = "auto"

@@ -120,3 +120,21 @@ def test_run_without_checkpoints_names_the_directory(tiny_run, tmp_path):
     shutil.copy(tiny_run / name, tmp_path / name)
   with pytest.raises(errors.CheckpointNotFoundError, match=str(tmp_path / "checkpoints")):
     inference.Predictor.from_workdir(str(tmp_path))
+
+
+def test_an_image_blind_run_sees_grey_whatever_the_image(predictor, tiny_run, picture, tmp_path):
+  """Predictor goes through the model's one blanking point: a run trained image-blind
+  (data.blank_images) predicts for any picture what the same weights predict for mid grey."""
+  blind_dir = tmp_path / "blind"
+  shutil.copytree(tiny_run, blind_dir, ignore=shutil.ignore_patterns("data", "features", "report*"))
+  config = json.loads((blind_dir / "config.json").read_text())
+  assert not config["data"]["blank_images"]
+  config["data"]["blank_images"] = True
+  (blind_dir / "config.json").write_text(json.dumps(config))
+  blind = inference.Predictor.from_workdir(str(blind_dir))
+  _, pixels = picture
+  grey = np.full_like(pixels, 128)
+  images = [pixels, np.zeros_like(pixels), pixels[::-1]]
+  assert blind.predict(images) == predictor.predict([grey] * 3)
+  np.testing.assert_allclose(blind.emotion_distribution(images),
+                             predictor.emotion_distribution([grey] * 3), rtol=1e-5, atol=1e-6)

@@ -156,6 +156,7 @@ def _worker(mode: str, pid: int, port: int, out: pathlib.Path, root: pathlib.Pat
   from sevlm_jax import checkpoints as ckpt_lib  # pylint: disable=import-outside-toplevel
   from sevlm_jax import run as inputs  # pylint: disable=import-outside-toplevel
   from sevlm_jax.training import optim as optim_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.evaluation import evaluate  # pylint: disable=import-outside-toplevel
   from sevlm_jax.training import loop as train  # pylint: disable=import-outside-toplevel
   from sevlm_jax.training import step as step_lib  # pylint: disable=import-outside-toplevel
   from sevlm_jax.data import pipeline  # pylint: disable=import-outside-toplevel
@@ -166,7 +167,7 @@ def _worker(mode: str, pid: int, port: int, out: pathlib.Path, root: pathlib.Pat
   mesh = train.check_parallel(config)
   run = parallel.primary_first(lambda: inputs.prepare_run(config, workdir), "prepare_run")
   writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  step, finished = train.train(config, workdir, run, mesh, writer)
+  step, finished = train.train(config, workdir, run, mesh, writer, evaluate.validator(run, config))
   writer.close()
   assert (step, finished) == (STEPS, True)
 

@@ -20,6 +20,7 @@ import pytest
 from sevlm_jax import errors
 from sevlm_jax import run as inputs
 from sevlm_jax import parallel
+from sevlm_jax import main
 from sevlm_jax.training import loop as train
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
@@ -98,11 +99,11 @@ def test_mesh_larger_than_the_devices_fails_before_any_work(tmp_path, tmp_path_f
   config = tiny_config(demo_root(tmp_path_factory), **{"parallel.num_devices": 2})
   workdir = tmp_path / "run"
   with pytest.raises(errors.ConfigError, match="parallel.num_devices=2, but only 1"):
-    train.train_and_evaluate(config, str(workdir))
+    main.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()  # nothing prepared, nothing compiled
   config = tiny_config(demo_root(tmp_path_factory), **{"parallel.param_sharding": "zero3"})
   with pytest.raises(errors.ConfigError, match="parallel.param_sharding"):
-    train.train_and_evaluate(config, str(workdir))
+    main.train_and_evaluate(config, str(workdir))
 
 
 def test_process_blocks_of_the_training_batches_make_the_global_batches(tmp_path_factory):
@@ -272,7 +273,7 @@ def _script(out: pathlib.Path, root: pathlib.Path) -> None:
   config.train.batch_size = 6
   workdir = out / "indivisible"
   try:
-    train.train_and_evaluate(config, str(workdir))
+    main.train_and_evaluate(config, str(workdir))
     results["indivisible_batch_error"] = ""
   except errors.ConfigError as e:
     results["indivisible_batch_error"] = str(e)

@@ -41,7 +41,6 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
 from sevlm_jax.inference import decode as decode_lib
@@ -51,21 +50,6 @@ from sevlm_jax import vocab
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.models import sevlm as sevlm_lib
 from sevlm_jax.models.config import ModelConfig
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/sevlm.py", "Model and optimiser config.")
-_VARIANTS = flags.DEFINE_list("variants", ["optimized", "baseline"], "optimized and/or baseline.")
-_FIGURES = flags.DEFINE_list("figures", ["train_cached", "train_tower", "decode", "memory"],
-                             "train_cached, train_tower, decode, pipeline, memory.")
-_PAIRS = flags.DEFINE_integer("pairs", 32, "Images per train batch (2 sequences each); decoding "
-                              "takes 2 * pairs images.")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 30, "Tokens per training sequence.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 25, "Tokens to decode.")
-_ITERS = flags.DEFINE_integer("iters", 30, "Timed runs per figure (the median is reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed runs first (compilation included).")
-_PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Trace the optimized variant here.")
-_PIPELINE_IMAGES = flags.DEFINE_integer("pipeline_images", 256, "Demo images for `pipeline`.")
-_STEPS_PER_CHECK = flags.DEFINE_list("steps_per_check", [], "decode, optimized variant: values of "
-                                     "eval.steps_per_check to compare (default: the config's).")
 
 VARIANTS = ("optimized", "baseline")
 FIGURES = ("train_cached", "train_tower", "decode", "pipeline", "memory")
@@ -121,6 +105,8 @@ def variant_config(config: ml_collections.ConfigDict, variant: str) -> ml_collec
   if variant == "baseline":
     c.eval.steps_per_check = 1
     c.model.vision_attention = "xla"
+    c.train.pad_vocab_to = 1
+    c.train.pair_kv_once = False
   return c
 
 
@@ -166,12 +152,10 @@ class Setup:
 
 def bench_train(setup: Setup, variant: str, cached: bool) -> tuple[dict, Callable, dict]:
   """(figure, one more step as a callable, the dict holding its state: clear it to free)."""
-  batch = synthetic_batch(setup.model.config, _PAIRS.value, _SEQ_LEN.value)
+  batch = synthetic_batch(setup.model.config, flags.FLAGS.pairs, flags.FLAGS.seq_len)
   batch.pop("image" if cached else "patches")
   batch = jax.device_put(batch)
-  step = jax.jit(step_lib.make_train_step(setup.model, setup.config, setup.tx,
-                                          plain_port=variant == "baseline"),
-                 donate_argnums=0)
+  step = jax.jit(step_lib.make_train_step(setup.model, setup.config, setup.tx), donate_argnums=0)
   state = step_lib.init_train_state(setup.fresh_params(), setup.tx, False)
   rng = jax.random.key(0)
   compiled = step.lower(state, batch, setup.vad_table, rng).compile()
@@ -181,11 +165,11 @@ def bench_train(setup: Setup, variant: str, cached: bool) -> tuple[dict, Callabl
     holder["state"], metrics = compiled(holder["state"], batch, setup.vad_table, rng)
     return metrics
 
-  seconds = median_seconds(run, _ITERS.value, _WARMUP.value)
+  seconds = median_seconds(run, flags.FLAGS.iters, flags.FLAGS.warmup)
   loss = float(run()["loss"])
-  seqs = 2 * _PAIRS.value
+  seqs = 2 * flags.FLAGS.pairs
   record = {"what": "train_cached" if cached else "train_tower", "variant": variant,
-            "batch_seqs": seqs, "seq_len": _SEQ_LEN.value, "ms": round(seconds * 1e3, 3),
+            "batch_seqs": seqs, "seq_len": flags.FLAGS.seq_len, "ms": round(seconds * 1e3, 3),
             "seqs_per_s": round(seqs / seconds, 1), "loss_finite": bool(np.isfinite(loss)),
             "program_GiB": _gib(program_bytes(compiled))}
   return record, run, holder
@@ -201,7 +185,7 @@ def make_decode(setup: Setup, variant: str, steps: int):
     if variant == "optimized":
       params = decode_lib.cast_for_decoding(params, setup.model.config)
     tokens, _ = decode_lib.generate(
-        setup.model, params, images, setup.vad_table, prompt, max_new_tokens=_NEW_TOKENS.value,
+        setup.model, params, images, setup.vad_table, prompt, max_new_tokens=flags.FLAGS.new_tokens,
         because_id=tokenizer.because_id, eos_id=-1, pad_id=vocab.PAD_ID,
         steps_per_check=steps)
     return tokens
@@ -211,16 +195,16 @@ def make_decode(setup: Setup, variant: str, steps: int):
 
 def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Callable]:
   """(figure, one more decode as a callable)."""
-  n = 2 * _PAIRS.value
+  n = 2 * flags.FLAGS.pairs
   s = setup.model.config.vision.image_size
   images = jax.device_put(np.random.default_rng(2).integers(0, 256, (n, s, s, 3), dtype=np.uint8))
   decode, params = make_decode(setup, variant, steps)
   compiled = decode.lower(params, images).compile()
-  seconds = median_seconds(lambda: compiled(params, images), max(_ITERS.value // 3, 3),
-                           _WARMUP.value)
+  seconds = median_seconds(lambda: compiled(params, images), max(flags.FLAGS.iters // 3, 3),
+                           flags.FLAGS.warmup)
   tokens = np.asarray(compiled(params, images))
   record = {"what": "decode", "variant": variant, "steps_per_check": steps, "images": n,
-            "new_tokens": _NEW_TOKENS.value,
+            "new_tokens": flags.FLAGS.new_tokens,
             "tokens_generated": int(tokens.shape[1]), "ms": round(seconds * 1e3, 3),
             "images_per_s": round(n / seconds, 1),
             "program_GiB": _gib(program_bytes(compiled))}
@@ -234,10 +218,10 @@ def bench_pipeline(config: ml_collections.ConfigDict) -> list[dict]:
   from sevlm_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   size = config.model.vision.image_size
   root = tempfile.mkdtemp(prefix="sevlm_bench_pipeline_")
-  ready = demo.ensure_demo_dataset(root, num_images=_PIPELINE_IMAGES.value, image_size=size)
+  ready = demo.ensure_demo_dataset(root, num_images=flags.FLAGS.pipeline_images, image_size=size)
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   n_train = len(pipeline.training_images(ready))
-  pairs = min(_PAIRS.value, n_train)
+  pairs = min(flags.FLAGS.pairs, n_train)
   shape = (model_cfg.vision.num_patches, model_cfg.decoder.width)
   rng = np.random.default_rng(0)
   records = []
@@ -248,7 +232,7 @@ def bench_pipeline(config: ml_collections.ConfigDict) -> list[dict]:
       cache = features.PatchCache(features.build(os.path.join(root, "patches.npy"), ready,
                                                  "train", random_patches))
     loader = pipeline.train_loader(ready, tokenizer_lib.load_tokenizer(), batch_size=pairs,
-                                   max_len=_SEQ_LEN.value, seed=0, shard_index=0, shard_count=1)
+                                   max_len=flags.FLAGS.seq_len, seed=0, shard_index=0, shard_count=1)
     it = iter(loader)
     for _ in range(2):
       next(it)
@@ -295,7 +279,7 @@ def summarize_trace(trace_dir: str, steps: int, top: int = 15) -> list[dict]:
 
 
 def profile(kind: str, run: Callable[[], Any], steps: int) -> None:
-  trace_dir = os.path.join(_PROFILE_DIR.value, kind)
+  trace_dir = os.path.join(flags.FLAGS.profile_dir, kind)
   jax.block_until_ready(run())
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     for _ in range(steps):
@@ -318,16 +302,16 @@ def run_variant(config: ml_collections.ConfigDict, variant: str, figures: list[s
     if ("train_cached" if cached else "train_tower") in figures:
       record, run, holder = bench_train(setup, variant, cached)
       emit({**record, **base})
-      if _PROFILE_DIR.value and variant == "optimized":
+      if flags.FLAGS.profile_dir and variant == "optimized":
         profile("train_cached" if cached else "train_tower", run, 5)
       holder.clear()  # free this figure's train state before the next one
   if "decode" in figures:
-    sweep = [int(v) for v in _STEPS_PER_CHECK.value] if variant == "optimized" else []
+    sweep = [int(v) for v in flags.FLAGS.steps_per_check] if variant == "optimized" else []
     default = int(setup.config.eval.steps_per_check)
     for steps in sweep or [default]:
       record, run = bench_decode(setup, variant, steps)
       emit({**record, **base})
-      if _PROFILE_DIR.value and variant == "optimized" and steps == default:
+      if flags.FLAGS.profile_dir and variant == "optimized" and steps == default:
         profile("decode", run, 3)
       del run  # and with it the figure's parameters
   if "memory" in figures:
@@ -338,15 +322,12 @@ def run_variant(config: ml_collections.ConfigDict, variant: str, figures: list[s
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  unknown = sorted(set(_FIGURES.value) - set(FIGURES))
+  unknown = sorted(set(flags.FLAGS.figures) - set(FIGURES))
   if unknown:
     raise app.UsageError(f"unknown figure {unknown[0]!r}; choose from {', '.join(FIGURES)}")
-  config = _CONFIG.value
-  for variant in _VARIANTS.value:
-    run_variant(config, variant, _FIGURES.value)
-  if "pipeline" in _FIGURES.value:
+  config = flags.FLAGS.config
+  for variant in flags.FLAGS.variants:
+    run_variant(config, variant, flags.FLAGS.figures)
+  if "pipeline" in flags.FLAGS.figures:
     bench_pipeline(config)
 
-
-if __name__ == "__main__":
-  app.run(main)

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sevlm_jax import vocab
-from sevlm_jax.data import artemis
+from sevlm_jax.data import prepare
 from sevlm_jax.data import records
 
 DEMO_VERSION = 2
@@ -266,7 +266,7 @@ def ensure_demo_dataset(root, *, seed: int = 0, num_images: int = DEFAULT_NUM_IM
         raise
   log = print if verbose else (lambda *a, **k: None)
   try:  # replace only a stale data set, so concurrent first calls never tear down a fresh one
-    artemis.prepare_ready(raw / CSV_NAME, raw / "images", ready, fmt="v1", image_size=image_size,
+    prepare.prepare_ready(raw / CSV_NAME, raw / "images", ready, fmt="v1", image_size=image_size,
                           workers=0, overwrite=ready.exists(), progress=verbose, extra_meta={"demo": params},
                           log=log)
   except OSError:

@@ -8,14 +8,40 @@ r"""One command from raw ArtEmis files to a ready data set.
   Public SEVLM JSON, one file per split (or one file, split here like ArtEmis):
       --csv=train=train.json,val=val.json,test=test.json --format=sevlm_json
 
-What was skipped and why is printed and written to {out}/report.json; the
-data set appears only when complete (see sevlm_jax/data/artemis.py).
+Steps: read the annotations (artemis.py), split the paintings as ArtEmis does (splits.py),
+decode every image once (images.py: RGB, the whole picture resized bicubically to image_size x
+image_size, no crop, like the public code's Resize((224, 224)); inference uses the same
+function) in worker processes, streamed to the split files in a bounded window so memory does
+not grow with the number of paintings, with the dominant emotions by both rules (dominant.py).
+
+Nothing is dropped silently: paintings whose image is missing or unreadable, and paintings left
+with no valid annotation, are counted and listed in {out}/report.json beside the rows artemis.py
+skipped; a file found only under the other Unicode normal form (NFC/NFD) of its name is used
+and listed as repaired. The output folder appears atomically, complete with a COMPLETE marker.
 """
 
 from absl import app
 from absl import flags
 
+import collections
+import hashlib
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from sevlm_jax import vocab
 from sevlm_jax.data import artemis
+from sevlm_jax.data import dominant
+from sevlm_jax.data import images as images_lib
+from sevlm_jax.data import records
+from sevlm_jax.data import splits
+
+_SPLIT_STATS = ("images", "annotations", "with_two_emotions", "dominant_half", "dominant_artemis")
+
 
 def parse_inputs(spec: str):
   """'a.csv,b.csv' -> [paths]; 'train=a.json,val=b.json' -> {split: path}."""
@@ -27,18 +53,144 @@ def parse_inputs(spec: str):
   return items
 
 
-def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed: int = artemis.ARTEMIS_SEED,
-            split_loads=artemis.ARTEMIS_SPLIT_LOADS, too_high_repetition: int = artemis.ARTEMIS_TOO_HIGH_REPETITION,
+def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed: int = splits.ARTEMIS_SEED,
+            split_loads=splits.ARTEMIS_SPLIT_LOADS,
+            too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION,
             workers: int | None = None, overwrite: bool = False, progress: bool = True):
   """The command as a function. `csv`: a path, a list of paths, {split: path}, or the --csv spec string.
 
   `seed` is the split seed: keep 2021 to get ArtEmis's own split. Returns the ready folder.
   """
   inputs = parse_inputs(csv) if isinstance(csv, str) else csv
-  out, _ = artemis.prepare_ready(inputs, images, out, fmt=fmt, image_size=image_size, seed=seed,
+  out, _ = prepare_ready(inputs, images, out, fmt=fmt, image_size=image_size, seed=seed,
                                  split_loads=split_loads, too_high_repetition=too_high_repetition,
                                  workers=workers, overwrite=overwrite, progress=progress)
   return out
+
+
+def _sha256(path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int = 224,
+                  seed: int = splits.ARTEMIS_SEED, split_loads=splits.ARTEMIS_SPLIT_LOADS,
+                  too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION, workers: int | None = None,
+                  window: int | None = None, overwrite: bool = False, progress: bool = True,
+                  extra_meta: dict | None = None, log=print) -> tuple[pathlib.Path, dict]:
+  """Ingest annotations + images into the ready data set `out`; returns (out, report dict).
+
+  inputs: a path, a list of paths (v2: concatenated), or for sevlm_json a dict {split: path}.
+  workers: image-decoding processes (default: all CPUs; 0 decodes in this process).
+  too_high_repetition: paintings with at least this many annotations go to 'rest' (<= 0: off).
+  """
+  t0 = time.time()
+  out, images_dir = pathlib.Path(out), pathlib.Path(images_dir)
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+  if not images_dir.is_dir():
+    raise FileNotFoundError(f"images folder {images_dir} not found (expected {{art_style}}/{{painting}}.jpg inside)")
+  if image_size <= 0:
+    raise ValueError(f"image_size must be positive, got {image_size}")
+  report = artemis.Report()
+  paintings, fmt, paths = artemis.read_annotations(inputs, fmt, report)
+  report.totals["paintings_read"] = len(paintings)
+  splits.assign_splits(paintings, seed=seed, split_loads=split_loads, too_high_repetition=too_high_repetition)
+
+  jobs, by_id = [], {}
+  for split in records.SPLITS:
+    for p in sorted((p for p in paintings.values() if p.split == split), key=lambda p: p.image_id):
+      if not p.emotions:
+        report.skip("no_valid_annotations", lost_annotations=0, image_id=p.image_id, rows=p.rows)
+        continue
+      jobs.append((p.image_id, str(images_dir), p.image_rel, image_size))
+      by_id[p.image_id] = p
+
+  workers = (os.cpu_count() or 1) if workers is None else workers
+  window = window or max(256, 64 * max(workers, 1))
+  tmp = records.temp_dir_beside(out)
+  try:
+    writers = {s: records.SplitWriter(tmp, s) for s in records.SPLITS}
+    stats = {s: collections.Counter() for s in records.SPLITS}
+    bar = _progress(len(jobs), progress)
+    for image_id, image, form, error in images_lib.load_all(jobs, workers, window):
+      bar.update(1)
+      p = by_id.pop(image_id)
+      lost = len(p.emotions)
+      if image is None and error is None:
+        report.skip("missing_image", lost_annotations=lost, image_id=image_id,
+                    tried=[c for c, _ in images_lib.name_variants(p.image_rel)])
+        continue
+      if image is None:
+        report.skip("unreadable_image", lost_annotations=lost, image_id=image_id, path=p.image_rel,
+                    error=error)
+        continue
+      if form is not None:
+        report.repair("unicode_normal_form", image_id=image_id, found_as=form,
+                      fix="image file found under another Unicode normal form of its name")
+      counts = np.bincount(p.emotions, minlength=vocab.NUM_EMOTIONS)
+      hist = p.histogram if p.histogram is not None else dominant.histogram_from_counts(counts)
+      rec = {"image_id": image_id, "art_style": p.art_style, "painting": p.painting, "image": image,
+             "emotions": list(p.emotions), "utterances": list(p.utterances), "counts": counts,
+             "histogram": hist, "dominant_half": dominant.dominant_half(hist),
+             "dominant_artemis": dominant.dominant_artemis(hist)}
+      writers[p.split].write(rec)
+      st = stats[p.split]
+      st["images"] += 1
+      st["annotations"] += lost
+      st["with_two_emotions"] += int(np.count_nonzero(counts) >= 2)
+      st["dominant_half"] += int(rec["dominant_half"] >= 0)
+      st["dominant_artemis"] += int(rec["dominant_artemis"] >= 0)
+    bar.close()
+    for w in writers.values():
+      w.close()
+    report.totals["paintings_kept"] = sum(st["images"] for st in stats.values())
+    report.totals["annotations_kept"] = sum(st["annotations"] for st in stats.values())
+    meta = {
+        "format_version": records.FORMAT_VERSION,
+        "source": {"format": fmt, "inputs": [{"path": str(p), "sha256": _sha256(p)} for p in paths],
+                   "images": str(images_dir)},
+        "image_size": image_size,
+        "seed": seed,
+        "split_loads": list(split_loads),
+        "too_high_repetition": too_high_repetition,
+        "splits": {s: {k: int(stats[s][k]) for k in _SPLIT_STATS} for s in records.SPLITS},
+        "emotions": list(vocab.EMOTIONS),
+        "dominant_rules": {"dominant_half": "histogram > 0.5 (public SEVLM code)",
+                           "dominant_artemis": "histogram >= 0.5 (ArtEmis); tie -> lower EMOTIONS index"},
+        "resize": "whole image, bicubic, to image_size x image_size (no crop)",
+        "totals": dict(report.totals),
+    }
+    if extra_meta:
+      meta["extra"] = extra_meta
+    records.write_json(tmp / "meta.json", meta)
+    records.write_json(tmp / "report.json", report.to_json())
+    records.publish(tmp, out, overwrite=overwrite)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  log(report.summary())
+  sizes = ", ".join(f"{s}: {stats[s]['images']}" for s in records.SPLITS)
+  log(f"wrote {out} ({sizes} images) in {time.time() - t0:.1f} s; details in {out / 'report.json'}")
+  return out, report.to_json()
+
+
+class _NoBar:
+  def update(self, n):
+    pass
+
+  def close(self):
+    pass
+
+
+def _progress(total: int, enabled: bool):
+  if not enabled:
+    return _NoBar()
+  from tqdm import tqdm
+  return tqdm(total=total, unit="img", desc="images", file=sys.stderr, dynamic_ncols=True)
 
 
 _F = {}
@@ -51,10 +203,10 @@ def _define_flags() -> None:
   _F['out'] = flags.DEFINE_string("out", None, "Ready data set folder to create.")
   _F['format'] = flags.DEFINE_enum("format", "auto", list(artemis.FORMATS), "Input format (auto: from the files).")
   _F['image_size'] = flags.DEFINE_integer("image_size", 224, "Stored images are image_size x image_size RGB.")
-  _F['seed'] = flags.DEFINE_integer("seed", artemis.ARTEMIS_SEED, "Split seed (2021 reproduces ArtEmis's split).")
-  _F['split_loads'] = flags.DEFINE_list("split_loads", [str(x) for x in artemis.ARTEMIS_SPLIT_LOADS],
+  _F['seed'] = flags.DEFINE_integer("seed", splits.ARTEMIS_SEED, "Split seed (2021 reproduces ArtEmis's split).")
+  _F['split_loads'] = flags.DEFINE_list("split_loads", [str(x) for x in splits.ARTEMIS_SPLIT_LOADS],
                                    "train,val,test fractions of paintings.")
-  _F['too_high'] = flags.DEFINE_integer("too_high_repetition", artemis.ARTEMIS_TOO_HIGH_REPETITION,
+  _F['too_high'] = flags.DEFINE_integer("too_high_repetition", splits.ARTEMIS_TOO_HIGH_REPETITION,
                                    "Paintings with at least this many annotations go to split 'rest' (<= 0: off).")
   _F['workers'] = flags.DEFINE_integer("workers", None, "Image-decoding processes (default: all CPUs; 0: none).")
   _F['overwrite'] = flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.")

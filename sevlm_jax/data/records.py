@@ -195,3 +195,18 @@ class ReadySplit:
 def load_split(ready_dir, split: str) -> ReadySplit:
   """Records of `split` ('train', 'val', 'test' or 'rest') of a ready data set, random access."""
   return ReadySplit(ready_dir, split)
+
+
+def split_utterances(ready_dir, split: str, limit: int | None = None, seed: int = 0):
+  """(utterances, emotion indices) of every annotation of a split, e.g. to train a text classifier.
+
+  With limit > 0, a random subset of that many annotations (fixed by `seed`), in record order.
+  """
+  texts, labels = [], []
+  for rec in load_annotations(ready_dir, split):
+    texts += rec["utterances"]
+    labels += rec["emotions"]
+  if limit and limit < len(texts):
+    keep = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
+    texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+  return texts, labels

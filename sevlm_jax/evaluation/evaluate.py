@@ -6,11 +6,10 @@ and explanation, the dominant emotion, the human explanations) and <workdir>/met
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -21,62 +20,26 @@ from sevlm_jax import io_utils
 from sevlm_jax.evaluation import judge as judge_lib
 from sevlm_jax.evaluation import metrics as metrics_lib
 from sevlm_jax import parallel
-from sevlm_jax.evaluation import report as report_lib
 from sevlm_jax import vocab
-from sevlm_jax.data import artemis
+from sevlm_jax.data import records
 from sevlm_jax.data import pipeline
 
 
-def make_generate_fn(model, eval_cfg: ml_collections.ConfigDict, tokenizer, output_ids=None):
-  """Jitted (params, images, vad_table, rng) -> generated token ids [B, T]."""
-  prompt_ids = jnp.asarray(tokenizer.prompt_ids, jnp.int32)
-  output_ids = None if output_ids is None else jnp.asarray(output_ids, jnp.int32)
-
-  steps_per_check = int(eval_cfg.get("steps_per_check", 1))  # absent from older runs' configs
-
-  @jax.jit
-  def generate(params, images, vad_table, rng):
-    params = decode_lib.cast_for_decoding(params, model.config)  # once, not once per token
-    patches = model.apply({"params": params}, images, method=model.encode_image)
-    tokens, _ = decode_lib.generate(
-        model, params, patches, vad_table, prompt_ids, max_new_tokens=eval_cfg.max_new_tokens,
-        because_id=tokenizer.because_id, eos_id=vocab.EOS_ID, pad_id=vocab.PAD_ID,
-        method=eval_cfg.decoding, top_p=eval_cfg.top_p, temperature=eval_cfg.temperature, rng=rng,
-        output_ids=output_ids, steps_per_check=steps_per_check)
-    return tokens
-
-  return generate
-
-
-def _generator(run: inputs.Run):
-  if run._generate_fn is None:
-    run._generate_fn = make_generate_fn(run.model, run.config.eval, run.tokenizer, run.output_ids)
-  return run._generate_fn
-
-
-def token_text(tokenizer, ids: np.ndarray) -> str:
-  """Generated ids up to the first <eos>, as text."""
-  ids = [int(i) for i in ids]
-  if vocab.EOS_ID in ids:
-    ids = ids[:ids.index(vocab.EOS_ID)]
-  return tokenizer.decode([i for i in ids if i < vocab.GPT2_VOCAB_SIZE])
-
-
-def full_sentence(generated: str) -> str:
-  """The prompt and what followed it: 'the emotion is awe because ...'."""
-  return (vocab.PROMPT + generated).strip()
+def generator(run: inputs.Run) -> Callable:
+  """Jitted (params, images, vad_table, rng) -> token ids with the run's model; compiles once."""
+  return decode_lib.make_generate_fn(run.model, run.config.eval, run.tokenizer, run.output_ids)
 
 
 def predict_split(run: inputs.Run, params, split: str, config: ml_collections.ConfigDict,
-                  max_images: int = 0) -> list[dict[str, Any]]:
+                  max_images: int = 0, generate: Callable | None = None) -> list[dict[str, Any]]:
   """Generates emotion + explanation for the images of a split (the first max_images if > 0).
 
   Runs over every device of config.parallel: each batch of config.eval.batch_size images
   (rounded up to a multiple of the device count) is split over the devices, each process
   reads only its block of it, and every process gets all the predictions. Every process
-  must call this (it is collective).
+  must call this (it is collective). generate: from generator(run), to reuse its compilation.
   """
-  generate = _generator(run)
+  generate = generate or generator(run)
   mesh = parallel.make_mesh(config.parallel)
   params = parallel.put(params, parallel.tree_shardings(params, mesh, config.parallel))
   vad_table = parallel.put(run.vad_table, parallel.replicated(mesh))
@@ -86,27 +49,24 @@ def predict_split(run: inputs.Run, params, split: str, config: ml_collections.Co
   preds = []
   for batch in pipeline.eval_batch_parts(run.ready_dir, split, batch_size=batch_size,
                                          part_index=part, part_count=parts):
-    images = inputs.blank(batch["image"]) if config.data.blank_images else batch["image"]
     rng, step_rng = jax.random.split(rng)
-    images = parallel.shard_host_batch({"image": images}, mesh)["image"]
+    images = parallel.shard_host_batch({"image": batch["image"]}, mesh)["image"]
     step_rng = parallel.put(step_rng, parallel.replicated(mesh))
     tokens = parallel.to_host(generate(params, images, vad_table, step_rng))
     for row in np.flatnonzero(batch["valid"]):
-      text = token_text(run.tokenizer, tokens[row])
-      emotion, explanation = decode_lib.parse_generation(text)
-      preds.append({"image_index": int(batch["image_index"][row]), "text": full_sentence(text),
-                    "emotion": emotion, "explanation": explanation})
+      preds.append({"image_index": int(batch["image_index"][row]),
+                    **decode_lib.prediction(run.tokenizer, tokens[row])})
       if max_images and len(preds) >= max_images:
         return preds
   return preds
 
 
 def _references(ready_dir: str, split: str, preds, dominant_rule: str):
-  records = artemis.load_annotations(ready_dir, split)  # text only: no image is decoded
+  annotations = records.load_annotations(ready_dir, split)  # text only: no image is decoded
   refs, dominant, ids = {}, [], []
   key = "dominant_half" if dominant_rule == "half" else "dominant_artemis"
   for p in preds:
-    rec = records[p["image_index"]]
+    rec = annotations[p["image_index"]]
     refs[p["image_index"]] = list(rec["utterances"])
     dominant.append(int(rec[key]))
     ids.append(rec["image_id"])
@@ -121,6 +81,19 @@ def validation_scores(preds, ready_dir: str, split: str, dominant_rule: str) -> 
   return {"acc": float(acc), "bleu4": float(bleu4)}
 
 
+def validator(run: inputs.Run, config: ml_collections.ConfigDict) -> Callable:
+  """params -> {"acc", "bleu4"} on (the first train.eval_max_images of) the validation split,
+  for the training loop's model selection; generation compiles once for all calls."""
+  generate = generator(run)
+
+  def validate(params) -> dict[str, float]:
+    preds = predict_split(run, params, "val", config, max_images=config.train.eval_max_images,
+                          generate=generate)
+    return validation_scores(preds, run.ready_dir, "val", config.eval.dominant)
+
+  return validate
+
+
 def get_judge(run: inputs.Run, workdir: str) -> judge_lib.Judge:
   """The EA judge of this data set: loaded from the workdir, or trained on the training utterances."""
   judge_dir = os.path.join(workdir, "judge")
@@ -129,9 +102,9 @@ def get_judge(run: inputs.Run, workdir: str) -> judge_lib.Judge:
       return judge_lib.Judge.load(judge_dir, encode_fn=run.tokenizer.encode)
     except Exception as e:  # a stale or partial judge is retrained, not trusted
       logging.warning("retraining the EA judge: %s", e)
-  train_texts, train_labels = artemis.split_utterances(run.ready_dir, "train",
+  train_texts, train_labels = records.split_utterances(run.ready_dir, "train",
                                                        limit=run.config.eval.judge_max_train)
-  heldout_texts, heldout_labels = artemis.split_utterances(run.ready_dir, "val")
+  heldout_texts, heldout_labels = records.split_utterances(run.ready_dir, "val")
   t0 = time.time()
   judge = judge_lib.train_judge(train_texts, train_labels, heldout_texts, heldout_labels,
                                 run.tokenizer.encode, run.config.judge)
@@ -203,8 +176,4 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: inputs.Ru
   io_utils.write_json_atomic(os.path.join(workdir, f"predictions_{split}.json"), preds)
   io_utils.write_json_atomic(os.path.join(workdir, f"metrics_{split}.json"), results)
   logging.info("%s: %s", split, scalar_metrics(results))
-  if config.eval.get("report", True):  # the HTML report (report.py); older configs lack the switch
-    path = report_lib.write_report(workdir, split, results, preds, run.ready_dir,
-                                   images_blanked=bool(config.data.blank_images))
-    logging.info("report: %s", path)
   return results

@@ -19,8 +19,10 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from sevlm_jax import vocab
 from sevlm_jax.vocab import EMOTIONS
 from sevlm_jax.models.sevlm import SEVLM
 
@@ -237,6 +239,27 @@ def generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_ids,
   return (tokens, lengths, logits) if return_logits else (tokens, lengths)
 
 
+def make_generate_fn(model, eval_cfg: ml_collections.ConfigDict, tokenizer, output_ids=None):
+  """Jitted (params, images, vad_table, rng) -> generated token ids [B, T]."""
+  prompt_ids = jnp.asarray(tokenizer.prompt_ids, jnp.int32)
+  output_ids = None if output_ids is None else jnp.asarray(output_ids, jnp.int32)
+
+  steps_per_check = int(eval_cfg.get("steps_per_check", 1))  # absent from older runs' configs
+
+  @jax.jit
+  def generate_tokens(params, images, vad_table, rng):
+    params = cast_for_decoding(params, model.config)  # once, not once per token
+    patches = model.apply({"params": params}, images, method=model.encode_image)
+    tokens, _ = generate(
+        model, params, patches, vad_table, prompt_ids, max_new_tokens=eval_cfg.max_new_tokens,
+        because_id=tokenizer.because_id, eos_id=vocab.EOS_ID, pad_id=vocab.PAD_ID,
+        method=eval_cfg.decoding, top_p=eval_cfg.top_p, temperature=eval_cfg.temperature, rng=rng,
+        output_ids=output_ids, steps_per_check=steps_per_check)
+    return tokens
+
+  return generate_tokens
+
+
 # --- text -----------------------------------------------------------------------------------
 
 _BECAUSE = re.compile(r"\bbecause\b", re.IGNORECASE)
@@ -267,3 +290,23 @@ def parse_generation(text: str) -> tuple[str, str]:
     if lowered[:k] == name.split():
       return " ".join(words[:k]), " ".join(words[k:])
   return _clean(text), ""
+
+
+def token_text(tokenizer, ids: np.ndarray) -> str:
+  """Generated ids up to the first <eos>, as text."""
+  ids = [int(i) for i in ids]
+  if vocab.EOS_ID in ids:
+    ids = ids[:ids.index(vocab.EOS_ID)]
+  return tokenizer.decode([i for i in ids if i < vocab.GPT2_VOCAB_SIZE])
+
+
+def full_sentence(generated: str) -> str:
+  """The prompt and what followed it: 'the emotion is awe because ...'."""
+  return (vocab.PROMPT + generated).strip()
+
+
+def prediction(tokenizer, ids: np.ndarray) -> dict[str, str]:
+  """One generation's emotion, explanation and whole sentence."""
+  text = token_text(tokenizer, ids)
+  emotion, explanation = parse_generation(text)
+  return {"emotion": emotion, "explanation": explanation, "text": full_sentence(text)}

@@ -26,35 +26,11 @@ from PIL import Image
 from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax.inference import decode as decode_lib
 from sevlm_jax import vocab
-from sevlm_jax.errors import CheckpointNotFoundError, InputError
-from sevlm_jax.evaluation import evaluate as eval_lib
+from sevlm_jax.errors import CheckpointNotFoundError
 from sevlm_jax import run as inputs
 from sevlm_jax.data import batching
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import tokenizer as tokenizer_lib
-
-
-def _to_array(image: Any, size: int, where: str) -> np.ndarray:
-  if isinstance(image, (str, os.PathLike)):
-    path = os.fspath(image)
-    if not os.path.exists(path):
-      raise InputError(f"{where}: image file {path} does not exist")
-    try:
-      with Image.open(path) as im:
-        im.load()
-        image = im.convert("RGB")
-    except Exception as e:
-      raise InputError(f"{where}: {path} is not a readable image ({e.__class__.__name__}: {e})") from e
-  if isinstance(image, Image.Image):
-    return images_lib.resize_square(image.convert("RGB"), size)
-  array = np.asarray(image)
-  if array.ndim != 3 or array.shape[-1] != 3:
-    raise InputError(f"{where}: expected an RGB array of shape [H, W, 3], got {array.shape}")
-  if array.dtype != np.uint8:
-    if np.issubdtype(array.dtype, np.floating) and array.min() >= 0 and array.max() <= 1:
-      array = np.round(array * 255)
-    array = np.clip(array, 0, 255).astype(np.uint8)
-  return images_lib.resize_square(Image.fromarray(array), size)
 
 
 def emotion_first_tokens(tokenizer) -> np.ndarray:
@@ -116,7 +92,7 @@ class Predictor:
     self.vad_table = jax.numpy.asarray(vad_table)
     self.batch_size = batch_size or config.eval.batch_size
     self.image_size = config.data.image_size
-    self._generate = eval_lib.make_generate_fn(self.model, config.eval, self.tokenizer,
+    self._generate = decode_lib.make_generate_fn(self.model, config.eval, self.tokenizer,
                                                output_ids)
     self._emotion_probs = make_emotion_fn(self.model, self.tokenizer, output_ids)
     self._rng = jax.random.PRNGKey(config.seed)
@@ -139,7 +115,7 @@ class Predictor:
     return cls(config, params, np.load(table_path), batch_size=batch_size, output_ids=output_ids)
 
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
-    return np.stack([_to_array(im, self.image_size, f"image {i}") for i, im in enumerate(images)])
+    return np.stack([images_lib.to_pixels(im, self.image_size, f"image {i}") for i, im in enumerate(images)])
 
   def _batches(self, images):
     """(padded uint8 batch, number of real rows) chunks: a fixed batch shape compiles once."""
@@ -168,9 +144,5 @@ class Predictor:
     for padded, n in self._batches(images):
       self._rng, rng = jax.random.split(self._rng)
       tokens = np.asarray(self._generate(self.params, padded, self.vad_table, rng))
-      for row in range(n):
-        text = eval_lib.token_text(self.tokenizer, tokens[row])
-        emotion, explanation = decode_lib.parse_generation(text)
-        out.append({"emotion": emotion, "explanation": explanation,
-                    "text": eval_lib.full_sentence(text)})
+      out += [decode_lib.prediction(self.tokenizer, tokens[row]) for row in range(n)]
     return out

@@ -17,7 +17,6 @@ a time (the predictor keeps a random-number state and one compiled batch shape).
 """
 
 import http.server
-import io
 import json
 import threading
 from typing import Any
@@ -27,7 +26,7 @@ from PIL import Image
 
 from sevlm_jax import vocab
 from sevlm_jax import errors
-from sevlm_jax.inference import predictor as inference
+from sevlm_jax.data import images as images_lib
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -48,18 +47,12 @@ def decode_upload(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
   if not body:
     raise RequestError(400, "empty upload: send the image file's bytes as the request body")
   try:
-    image = Image.open(io.BytesIO(body))
-  except Exception as e:  # PIL raises several types for non-images
-    raise RequestError(400, f"not an image that can be read ({e.__class__.__name__}): upload a "
-                       "PNG, JPEG, GIF, BMP or WebP file") from e
-  width, height = image.size  # read from the header: nothing is decoded yet
-  if width * height > max_pixels:
-    raise RequestError(413, f"image too large: {width} x {height} pixels (limit {max_pixels:,})")
-  try:
-    image.load()
-    return image.convert("RGB")
-  except Exception as e:  # truncated or corrupt data
-    raise RequestError(400, f"the image could not be decoded ({e.__class__.__name__}: {e})") from e
+    return images_lib.open_image(body, max_pixels)
+  except images_lib.ImageTooLarge as e:
+    raise RequestError(413, str(e)) from e
+  except Exception as e:  # PIL raises several types for non-images and truncated data
+    raise RequestError(400, f"not an image that can be read ({e.__class__.__name__}: {e}): upload "
+                       "a PNG, JPEG, GIF, BMP or WebP file") from e
 
 
 def prediction_json(predictor, image: Image.Image) -> dict[str, Any]:
@@ -160,16 +153,15 @@ def warm_up(predictor) -> None:
   prediction_json(predictor, blank)
 
 
-def serve(workdir: str, port: int = DEFAULT_PORT, checkpoint: str = "best_acc") -> None:
-  """Loads the run, then serves the page until Ctrl-C."""
-  predictor = inference.Predictor.from_workdir(workdir, checkpoint, batch_size=1)
+def serve(predictor, port: int = DEFAULT_PORT, name: str = "the model") -> None:
+  """Serves the page for `predictor` (a predictor.Predictor) until Ctrl-C."""
   warm_up(predictor)
   try:
     server = make_server(predictor, port)
   except OSError as e:
     raise SystemExit(f"error: cannot listen on {HOST}:{port}: {e} (choose another --port)") from e
   url = f"http://{HOST}:{server.server_address[1]}/"
-  logging.info("serving %s (checkpoint %s) at %s", workdir, checkpoint, url)
+  logging.info("serving %s at %s", name, url)
   print(f"Open {url} in a browser (Ctrl-C stops).", flush=True)
   try:
     server.serve_forever()

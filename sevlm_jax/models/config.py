@@ -77,6 +77,8 @@ class ModelConfig:
   # The vision tower's attention: 'xla' (einsums, any device) or 'cudnn' (fused kernel;
   # NVIDIA GPU with dtype bfloat16).
   vision_attention: str = "xla"
+  # The image-blind control: every image is replaced by a constant mid grey before the tower.
+  blank_images: bool = False
   emotion_segment_id: int = vocab.EMOTION_SEGMENT_ID
   explanation_segment_id: int = vocab.EXPLANATION_SEGMENT_ID
 

@@ -51,6 +51,9 @@ class SEVLM(nn.Module):
 
   def encode_image(self, images_BxHxWx3):
     """uint8 (0..255) or float (0..1) images -> patch tokens BxPxD after ln_post."""
+    if self.config.blank_images:  # every door into the model goes through here
+      grey = 128 if jnp.issubdtype(images_BxHxWx3.dtype, jnp.integer) else 128 / 255
+      images_BxHxWx3 = jnp.full_like(images_BxHxWx3, grey)
     return self.vision(images_BxHxWx3)[0]
 
   # --- full pass -------------------------------------------------------------

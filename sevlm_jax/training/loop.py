@@ -11,10 +11,9 @@ same loop; only process 0 writes metrics.
 """
 
 import os
-import shutil
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -23,9 +22,7 @@ import numpy as np
 
 from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax.errors import ConfigError
-from sevlm_jax.evaluation import evaluate as eval_lib
 from sevlm_jax import run as inputs
-from sevlm_jax import io_utils
 from sevlm_jax.training import optim as optim_lib
 from sevlm_jax import parallel
 from sevlm_jax.training import step as step_lib
@@ -74,7 +71,7 @@ def total_train_steps(config: ml_collections.ConfigDict, ready_dir: str) -> int:
   return int(config.train.num_epochs * steps_per_epoch)
 
 
-def _host_batch(batch: dict[str, np.ndarray], blank_images: bool,
+def _host_batch(batch: dict[str, np.ndarray],
                 patch_cache: features.PatchCache | None = None) -> dict[str, np.ndarray]:
   """The fields the step reads; with a feature cache, cached patches replace the images."""
   keys = ("input_ids", "segment_ids", "token_mask", "labels")
@@ -82,7 +79,7 @@ def _host_batch(batch: dict[str, np.ndarray], blank_images: bool,
   if patch_cache is not None:
     out["patches"] = patch_cache[batch["image_index"]]
   else:
-    out["image"] = inputs.blank(batch["image"]) if blank_images else batch["image"]
+    out["image"] = batch["image"]
   return out
 
 
@@ -103,12 +100,12 @@ def patch_feature_cache(config: ml_collections.ConfigDict, run: inputs.Run, para
     logging.info("feature cache off: %d processes (each would need the whole split)",
                  jax.process_count())
     return None
-  model, blank_images = run.model, config.data.blank_images
+  model = run.model
   encode = jax.jit(lambda vision, images: model.apply(
       {"params": {"vision": vision}}, images, method=model.encode_image))
 
-  def encode_stored(images):  # what the step would see: blanked in an image-blind run
-    return encode(params["vision"], inputs.blank(images) if blank_images else images)
+  def encode_stored(images):
+    return encode(params["vision"], images)
 
   def progress(done, total):
     logging.info("patch feature cache: %d / %d images", done, total)
@@ -117,7 +114,7 @@ def patch_feature_cache(config: ml_collections.ConfigDict, run: inputs.Run, para
   cache = features.load_or_build(
       os.path.join(workdir, "features"), run.ready_dir, "train",
       params["vision"], model.config.vision, model.config.image_norm,
-      encode_stored, batch_size=config.eval.batch_size, blank_images=blank_images,
+      encode_stored, batch_size=config.eval.batch_size, blank_images=model.config.blank_images,
       progress=progress)
   logging.info("patch feature cache %s (%d images, %.1f s)", cache.path, len(cache),
                time.time() - started)
@@ -152,26 +149,16 @@ def check_parallel(config: ml_collections.ConfigDict):
   return mesh
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) a run in `workdir`, then evaluates its best checkpoint on config.eval.split."""
-  mesh = check_parallel(config)
-  os.makedirs(workdir, exist_ok=True)
-  run = parallel.primary_first(lambda: inputs.prepare_run(config, workdir), "prepare_run")
-  writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  try:
-    step, finished = train(config, workdir, run, mesh, writer)
-    if not finished:
-      return {"step": step, "finished": False}
-    results = evaluate(config, workdir, run)
-    writer.write(step, config.eval.split, eval_lib.scalar_metrics(results))
-  finally:
-    writer.close()
-  return results
+Validator = Callable[[Any], dict[str, float]]  # params -> {"acc": ..., "bleu4": ...} on val
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh,
-          writer: MetricsWriter) -> tuple[int, bool]:
-  """The training loop of a prepared run; returns (step reached, finished or stopped early)."""
+          writer: MetricsWriter, validate: Validator) -> tuple[int, bool]:
+  """The training loop of a prepared run; returns (step reached, finished or stopped early).
+
+  validate: scores parameters on the validation split (evaluation.evaluate.validator); every
+  train.eval_every steps it picks the best checkpoints and decides early stopping.
+  """
   model, tokenizer = run.model, run.tokenizer
   part, parts = parallel.process_part(mesh)
   loader = pipeline.train_loader(run.ready_dir, tokenizer,
@@ -211,7 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
     with _StopRequest() as stop:
       stopping = False  # the stop all processes agreed on
       while step < total_steps and not stopping:
-        batch = _host_batch(next(data_iter), config.data.blank_images, patch_cache)
+        batch = _host_batch(next(data_iter), patch_cache)
         state, metrics = train_step(state, parallel.shard_host_batch(batch, mesh), vad_table)
         step += 1
         # A signal may reach the processes at different steps: they agree, every few steps (the
@@ -230,7 +217,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
           logging.info("step %d/%d loss %.4f (%.2f steps/s, ETA %s)", step, total_steps,
                        metrics["loss"], rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
         if step % config.train.eval_every == 0 or step == total_steps:
-          stop_early = _validate(config, run, state, step, history, ckpts, writer)
+          stop_early = _validate(config, validate, state, step, history, ckpts, writer)
           if stop_early:
             logging.info("no improvement in %d evaluations: stopping early at step %d",
                          config.train.patience, step)
@@ -252,21 +239,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
   return step, True
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run | None = None
-             ) -> dict[str, Any]:
-  """evaluate.evaluate_run on every process; process 0 first prepares the files they share."""
-  if run is None:
-    run = parallel.primary_first(lambda: inputs.prepare_run(config, workdir, write_config=False),
-                                 "prepare_run")
-  judge = parallel.primary_first(lambda: eval_lib.get_judge(run, workdir), "judge")
-  return eval_lib.evaluate_run(config, workdir, run=run, judge=judge)
-
-
-def _validate(config, run, state, step, history, ckpts, writer) -> bool:
+def _validate(config, validate: Validator, state, step, history, ckpts, writer) -> bool:
   """Validation ACC and BLEU-4; keeps the best checkpoints; returns True to stop early."""
-  preds = eval_lib.predict_split(run, state.params, "val", config,
-                                 max_images=config.train.eval_max_images)
-  val = eval_lib.validation_scores(preds, run.ready_dir, "val", config.eval.dominant)
+  val = validate(state.params)
   writer.write(step, "val", val)
   logging.info("step %d validation: acc %.4f bleu4 %.4f", step, val["acc"], val["bleu4"])
   history["evals"] += 1
@@ -281,45 +256,3 @@ def _validate(config, run, state, step, history, ckpts, writer) -> bool:
   stop = 0 < config.train.patience <= history["evals_without_improvement"]
   history["stopped_early"] = bool(stop)
   return stop
-
-
-
-def train_with_blind_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains the model and the same model with every image blanked, and compares them.
-
-  The image-blind model can only learn the emotion prior and generic explanations, so the
-  gap between the two is what the model learns from the pictures.
-  """
-  results = train_and_evaluate(config, workdir)
-  if "ACC" not in results:  # interrupted: the comparison waits for a finished run
-    return results
-  blind = ml_collections.ConfigDict(config.to_dict())
-  blind.data.blank_images = True
-  blind.demo_blind_baseline = False
-  blind.data.ready_dir = inputs.default_ready_dir(config, workdir)  # reuse the prepared data
-  blind_dir = os.path.join(workdir, "image_blind")
-  os.makedirs(blind_dir, exist_ok=True)
-  _share_judge(workdir, blind_dir)
-  blind_results = train_and_evaluate(blind, blind_dir)
-  if "ACC" not in blind_results:
-    return results
-  rows = {}
-  for name, res in (("model", results), ("image_blind", blind_results)):
-    rows[name] = eval_lib.scalar_metrics(res)
-    rows[name]["EA_judge_heldout_accuracy"] = res["EA_judge_heldout_accuracy"]
-  rows["gain"] = {k: rows["model"][k] - rows["image_blind"].get(k, 0.0) for k in rows["model"]
-                  if k in rows["image_blind"]}
-  io_utils.write_json_atomic(os.path.join(workdir, "comparison.json"), rows)
-  keys = ["ACC", "EA", "Unique", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
-  print(f"\n{'':14s}" + "".join(f"{k:>9s}" for k in keys))
-  for name in ("model", "image_blind", "gain"):
-    print(f"{name:14s}" + "".join(f"{rows[name].get(k, float('nan')):9.4f}" for k in keys))
-  print(f"(EA judge held-out accuracy {results['EA_judge_heldout_accuracy']:.4f}; "
-        f"written to {os.path.join(workdir, 'comparison.json')})")
-  return rows
-
-
-def _share_judge(src_workdir: str, dst_workdir: str) -> None:
-  src, dst = os.path.join(src_workdir, "judge"), os.path.join(dst_workdir, "judge")
-  if os.path.isdir(src) and not os.path.exists(dst):
-    shutil.copytree(src, dst)

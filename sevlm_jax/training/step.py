@@ -61,19 +61,21 @@ def restricted_labels(labels: jax.Array, output_ids: jax.Array, vocab_size: int)
 def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: jax.Array,
                loss_cfg: ml_collections.ConfigDict, rng: jax.Array, *, patches=None,
                deterministic: bool = False, output_ids: jax.Array | None = None,
-               plain_port: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+               pad_vocab_to: int = 128, pair_kv_once: bool = True
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted SEVLM loss of one batch of pairs and its parts.
 
   output_ids: a restricted output vocabulary (token ids); the LM softmax is then over them.
-  plain_port: True switches off what makes the step fast, for benchmarks: each image's
-  patches are repeated for both sequences of its pair (so their cross-attention K/V are
-  projected twice), and the LM head runs over the odd-sized 50,261-token vocabulary.
+  pad_vocab_to: the LM head's columns are padded to a multiple of this (never chosen), so that
+  its GEMMs run on aligned kernels; 1 = no padding. pair_kv_once: both sequences of a pair read
+  their image's cross-attention K/V, projected once; False repeats the patches per sequence.
+  Both are exact rewrites (config.train fields; the benchmark's baseline switches them off).
   """
   dropout_rng, negative_rng = jax.random.split(rng)
   if patches is None:
     patches = model.apply({"params": params}, batch["image"], method=model.encode_image)
   num_images = patches.shape[0]
-  if plain_port:
+  if not pair_kv_once:
     patches = jnp.repeat(patches, 2, axis=0)
   seq = flatten_pairs(batch)
   token_vad_NxLx3 = vad_table[seq["input_ids"]]
@@ -84,40 +86,44 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
   out = model.apply({"params": params}, patches, seq["input_ids"], seq["segment_ids"],
                     token_vad_NxLx3, seq["token_mask"], deterministic=deterministic,
                     output_ids=output_ids, logits_dtype=model.config.compute_dtype,
-                    pad_vocab_to=1 if plain_port else 128, rngs={"dropout": dropout_rng})
+                    pad_vocab_to=pad_vocab_to, rngs={"dropout": dropout_rng})
+  metrics = {}
 
-  terms, metrics = {}, {}
-  labels = seq["labels"]
-  if output_ids is not None:
-    labels = restricted_labels(labels, output_ids, vad_table.shape[0])
-  logits, labels = losses.shift_for_next_token(out["logits"], labels)
-  if loss_cfg.lm_weight:
-    terms["lm"] = losses.lm_loss(logits, labels)
-  if loss_cfg.vad_weight:
+  def lm():
+    labels = seq["labels"]
+    if output_ids is not None:
+      labels = restricted_labels(labels, output_ids, vad_table.shape[0])
+    return losses.lm_loss(*losses.shift_for_next_token(out["logits"], labels))
+
+  def vad():
     target_is_explanation = (seq["segment_ids"][:, 1:] == vocab.EXPLANATION_SEGMENT_ID) & (
         seq["token_mask"][:, 1:] > 0)
     target_vad = token_vad_NxLx3[:, 1:]
     mask = losses.vad_loss_mask(target_vad, target_is_explanation)
-    terms["vad"] = losses.vad_loss(out["vad_pred"][:, :-1], target_vad, mask)
-  if loss_cfg.contrastive_weight:
+    return losses.vad_loss(out["vad_pred"][:, :-1], target_vad, mask)
+
+  def contrastive():
     partner = jnp.arange(2 * num_images) ^ 1  # 2i <-> 2i+1
     other = other_image_rows(negative_rng, num_images)
     img, emo, expl = out["image_feat"], out["emotion_feat"], out["explanation_feat"]
     score = lambda e: model.apply({"params": params}, img, emo, e, method=model.score)
     pos = score(expl)
     neg = jnp.stack([score(expl[partner]), score(expl[other])], axis=-1)
-    terms["contrastive"] = losses.contrastive_loss(pos, neg)
     metrics["contrastive_acc"] = jnp.mean(pos > jnp.max(neg, axis=-1))
-  weights = {"lm": loss_cfg.lm_weight, "vad": loss_cfg.vad_weight,
-             "contrastive": loss_cfg.contrastive_weight}
-  total = sum(weights[k] * v for k, v in terms.items())
+    return losses.contrastive_loss(pos, neg)
+
+  # A term whose weight is 0 is never computed.
+  total, terms = losses.total_loss(
+      {"lm": lm, "vad": vad, "contrastive": contrastive},
+      {"lm": loss_cfg.lm_weight, "vad": loss_cfg.vad_weight,
+       "contrastive": loss_cfg.contrastive_weight})
   metrics.update({f"loss_{k}": v for k, v in terms.items()})
   metrics["loss"] = total
   return total, metrics
 
 
 def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                    output_ids=None, plain_port: bool = False) -> Callable:
+                    output_ids=None) -> Callable:
   """Returns train_step(state, batch, vad_table, rng) -> (state, metrics), pure and jittable.
 
   batch: 'image' Bx..., or 'patches' BxPxD (the frozen tower's cached output, any float
@@ -128,6 +134,8 @@ def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.Gradient
   if output_ids is not None:
     output_ids = jnp.asarray(output_ids, jnp.int32)
   train_vision = config.optim.train_vision
+  pad_vocab_to = int(config.train.get("pad_vocab_to", 128))
+  pair_kv_once = bool(config.train.get("pair_kv_once", True))
 
   def train_step(state: TrainState, batch, vad_table, rng):
     trainable, frozen = optim_lib.split_params(state.params, train_vision)
@@ -144,7 +152,7 @@ def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.Gradient
     def loss_fn(p):
       return sevlm_loss(model, optim_lib.merge_params(p, frozen), batch, vad_table, config.loss,
                         rng, patches=patches, output_ids=output_ids,
-                        plain_port=plain_port)
+                        pad_vocab_to=pad_vocab_to, pair_kv_once=pair_kv_once)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     # NaN/inf guard: a non-finite loss or gradient leaves the state untouched. A branch, not

@@ -156,3 +156,11 @@ def restore_params(workdir: str, kind: str = "best_acc", abstract_params: Any = 
   raise CheckpointNotFoundError(
       f"no checkpoint under {root}: train first (python -m sevlm_jax.main --mode=train "
       f"--workdir={workdir} ...) or point --workdir at a finished run")
+
+
+def has_checkpoint(workdir: str, kinds=ALL_KINDS) -> bool:
+  """Does the workdir hold a finished step of any of these kinds? (A directory listing: cheap,
+  so commands can check before any other work.)"""
+  root = os.path.join(os.path.abspath(workdir), "checkpoints")
+  return any(name.isdigit() for kind in kinds if os.path.isdir(os.path.join(root, kind))
+             for name in os.listdir(os.path.join(root, kind)))

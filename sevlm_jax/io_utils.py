@@ -1,19 +1,52 @@
-"""Every output file is written whole or not at all: to a temporary name beside it, then renamed.
+"""Output: files written whole or not at all, and the progress of long work.
 
-A reader (or a rerun after a kill) sees the old file or the complete new one, never a part.
-Temporary names are `<name>.tmp<pid>`, so leftovers of a killed process are recognisable.
+Every output file goes to a temporary name beside it, then is renamed: a reader (or a rerun
+after a kill) sees the old file or the complete new one, never a part. Temporary names are
+`<name>.tmp<pid>`, so leftovers of a killed process are recognisable and removed on a rerun.
 """
 
 import contextlib
 import json
 import os
+import pathlib
+import shutil
+import sys
+import time
+import uuid
 from typing import Any, Iterator
 
+from absl import logging
 import numpy as np
 
 
 def temp_name(path: str | os.PathLike) -> str:
   return f"{os.fspath(path)}.tmp{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+  """Is a process with this id running on this machine?"""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # someone else's process
+    return True
+  return True
+
+
+def remove_stale_temps(directory: str | os.PathLike, prefix: str) -> list[str]:
+  """Deletes `<prefix>*.tmp<pid>` files in `directory` left by killed processes (their pid is
+  gone); a live writer's file stays. Returns the removed paths."""
+  removed = []
+  if not os.path.isdir(directory):
+    return removed
+  for name in os.listdir(directory):
+    stem, sep, pid = name.rpartition(".tmp")
+    if name.startswith(prefix) and sep and pid.isdigit() and not pid_alive(int(pid)):
+      path = os.path.join(directory, name)
+      os.remove(path)
+      removed.append(path)
+  return removed
 
 
 @contextlib.contextmanager
@@ -45,3 +78,85 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
       np.save(f, array)
+
+
+def temp_dir_beside(out: pathlib.Path) -> pathlib.Path:
+  """A fresh hidden folder next to `out` (same file system, so a rename is atomic); the folders
+  of earlier, killed attempts at `out` are removed first."""
+  out.parent.mkdir(parents=True, exist_ok=True)
+  for stale in out.parent.glob(f".{out.name}.incomplete-*-*"):
+    pid = stale.name.rsplit("-", 2)[-2]
+    if pid.isdigit() and not pid_alive(int(pid)):
+      shutil.rmtree(stale, ignore_errors=True)
+  tmp = out.parent / f".{out.name}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  tmp.mkdir()
+  return tmp
+
+
+# ----------------------------------------------------------------------------- progress
+
+def format_duration(seconds: float) -> str:
+  """'1d 02:03:04' (days shown past 24 h), '02:03:04', or '?' when unknown."""
+  if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
+    return "?"
+  days, rest = divmod(int(round(seconds)), 86400)
+  hours, rest = divmod(rest, 3600)
+  clock = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+  return f"{days}d {clock}" if days else clock
+
+
+class Progress:
+  """Progress of long work: a bar on a terminal, otherwise a log line at most every log_every_s
+  seconds (and at the end), with the rate and the time left.
+
+    with Progress("images", total=len(jobs), unit="img") as bar:
+      for job in jobs:
+        ...
+        bar.update()
+  """
+
+  def __init__(self, what: str, total: int | None = None, unit: str = "it", *,
+               enabled: bool = True, log_every_s: float = 30.0, stream=None):
+    self.what, self.total, self.unit = what, total, unit
+    self.done, self.enabled, self.log_every_s = 0, enabled, log_every_s
+    self._start = self._logged = time.monotonic()
+    stream = stream or sys.stderr
+    self._bar = None
+    if enabled and getattr(stream, "isatty", lambda: False)():
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self._bar = tqdm(total=total, unit=unit, desc=what, file=stream, dynamic_ncols=True)
+
+  def __enter__(self) -> "Progress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def update(self, n: int = 1) -> None:
+    self.done += n
+    if self._bar is not None:
+      self._bar.update(n)
+    elif self.enabled and time.monotonic() - self._logged >= self.log_every_s:
+      self._log()
+
+  def line(self) -> str:
+    """'images: 120 / 1,000 img (40.0 img/s, 00:00:22 left)'."""
+    elapsed = max(time.monotonic() - self._start, 1e-9)
+    rate = self.done / elapsed
+    of = f" / {self.total:,}" if self.total is not None else ""
+    left = ""
+    if self.total is not None and self.done < self.total:
+      left = f", {format_duration((self.total - self.done) / rate) if rate > 0 else '?'} left"
+    return f"{self.what}: {self.done:,}{of} {self.unit} ({rate:.1f} {self.unit}/s{left})"
+
+  def _log(self) -> None:
+    self._logged = time.monotonic()
+    logging.info("%s", self.line())
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+    elif self.enabled and self.done:
+      self._log()
+    self.enabled = False

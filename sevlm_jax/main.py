@@ -9,6 +9,7 @@
 import json
 import logging as logging_std
 import os
+import re
 import shutil
 import sys
 from typing import Any
@@ -20,6 +21,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from sevlm_jax import checkpoints
 from sevlm_jax import errors
 from sevlm_jax import io_utils
 from sevlm_jax import parallel
@@ -37,8 +39,9 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "ser
                           "train (then evaluate), evaluate a run, predict for --images, or serve "
                           "a local web page for trying the model.")
 _IMAGES = flags.DEFINE_list("images", [], "predict: image files to describe.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "evaluate/predict/serve: best_acc, best_bleu or latest (default: config's).")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", None, list(checkpoints.ALL_KINDS),
+                                "evaluate/predict/serve: which checkpoint (default: the config's "
+                                "eval.checkpoint; best_acc for predict and serve).")
 _PORT = flags.DEFINE_integer("port", 8765, "serve: the port on 127.0.0.1 to listen on.")
 
 
@@ -46,7 +49,8 @@ class _QuietLibraries(logging_std.Filter):
   """Drops the INFO chatter of Orbax and grain (every save logs a dozen lines); keeps warnings."""
 
   def filter(self, record):
-    noisy = any(part in record.pathname for part in ("/orbax/", "/grain/"))
+    noisy = any(part in record.pathname
+                for part in ("/orbax/", "/grain/", "/jax/_src/xla_bridge"))  # "no TPU backend"
     return record.levelno >= logging_std.WARNING or not noisy
 
 
@@ -136,49 +140,68 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  config = _CONFIG.value
   try:
-    if _MODE.value == "predict":
-      if not _IMAGES.value:
-        raise app.UsageError("--mode=predict needs --images=path1,path2,...")
-      predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value, _CHECKPOINT.value or "best_acc")
-      for path, pred in zip(_IMAGES.value, predictor.predict(_IMAGES.value)):
-        print(json.dumps({"image": path, **pred}, ensure_ascii=False))
-      return
-    if _MODE.value == "serve":
-      checkpoint = _CHECKPOINT.value or "best_acc"
-      predictor = predictor_lib.Predictor.from_workdir(_WORKDIR.value, checkpoint, batch_size=1)
-      serve_lib.serve(predictor, port=_PORT.value, name=f"{_WORKDIR.value} (checkpoint {checkpoint})")
-      return
-    if config is None:
-      raise app.UsageError("--config is required for train and evaluate, e.g. --config=configs/sevlm.py:demo")
-    if _CHECKPOINT.value:
-      config.eval.checkpoint = _CHECKPOINT.value
-    parallel.maybe_initialize_distributed(config.parallel)  # before anything touches a device
-    if _MODE.value == "train":
-      if config.demo_blind_baseline:
-        train_with_blind_baseline(config, _WORKDIR.value)
-      else:
-        train_and_evaluate(config, _WORKDIR.value)
-    else:
-      evaluate(config, _WORKDIR.value)
-  except errors.UserError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
+    _run_mode(_MODE.value, _CONFIG.value, _WORKDIR.value)
+  except (errors.UserError, OSError) as e:  # what the user can fix: one line, no traceback
+    if logging.level_debug():  # -v 1 (or --verbosity=1) shows where it came from
+      raise
+    print(f"error: {_one_line(e)}", file=sys.stderr)
     sys.exit(2)
+
+
+def _one_line(message) -> str:
+  return " ".join(str(message).split())
+
+
+def _run_mode(mode: str, config: ml_collections.ConfigDict | None, workdir: str) -> None:
+  if mode in ("predict", "serve"):
+    checkpoint = _CHECKPOINT.value or "best_acc"
+    if mode == "predict" and not _IMAGES.value:
+      raise app.UsageError("--mode=predict needs --images=path1,path2,...")
+    predictor = predictor_lib.Predictor.from_workdir(workdir, checkpoint,
+                                                     batch_size=1 if mode == "serve" else None)
+    if mode == "serve":
+      serve_lib.serve(predictor, port=_PORT.value, name=f"{workdir} (checkpoint {checkpoint})")
+      return
+    for path, pred in zip(_IMAGES.value, predictor.predict(_IMAGES.value)):
+      print(json.dumps({"image": path, **pred}, ensure_ascii=False))
+    return
+  if config is None:
+    raise app.UsageError(f"--config is required for {mode}, e.g. --config=configs/sevlm.py:demo")
+  if _CHECKPOINT.value:
+    config.eval.checkpoint = _CHECKPOINT.value
+  if mode == "evaluate" and not checkpoints.has_checkpoint(workdir):
+    raise errors.CheckpointNotFoundError(
+        f"no checkpoint in {os.path.abspath(workdir)}: train first (--mode=train with the same "
+        "--workdir) or point --workdir at a trained run")
+  parallel.maybe_initialize_distributed(config.parallel)  # before anything touches a device
+  if mode == "train":
+    if config.demo_blind_baseline:
+      train_with_blind_baseline(config, workdir)
+    else:
+      train_and_evaluate(config, workdir)
+  else:
+    evaluate(config, workdir)
 
 
 def _parse_flags(argv):
   """absl's parser, with one clear line instead of a traceback for a bad config or override."""
   try:
-    return flags.FLAGS(argv)
+    parsed = flags.FLAGS(argv)
+    _ = _CONFIG.value  # the config file is loaded lazily: load it here, where errors are caught
+    return parsed
   except flags.Error as e:  # config_flags appends the config file's traceback
     reason = str(e).strip().splitlines()[-1]
   except (AttributeError, KeyError) as e:  # --config.a.b=... names no field
     bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    field = str(e.args[0] if e.args else e).strip("'\"")
-    reason = f"the config has no field '{field}' (overrides: {', '.join(bad)})"
-  print(f"error: {reason}", file=sys.stderr)
+    message = str(e.args[0] if e.args else e)  # ml_collections nests escaped reprs in it
+    field = re.search(r"[A-Za-z_]\w*", message)
+    suggestion = re.search(r'Did you mean "([^"\\]+)', message)
+    reason = (f"the config has no field '{field.group(0) if field else message}' (overrides: "
+              f"{', '.join(bad)})" + (f"; did you mean '{suggestion.group(1)}'?" if suggestion else ""))
+  except OSError as e:  # a config file that cannot be loaded
+    reason = str(e)
+  print(f"error: {_one_line(reason)}", file=sys.stderr)
   sys.exit(2)
 
 

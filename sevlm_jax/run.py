@@ -15,16 +15,20 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-from sevlm_jax.errors import ConfigError
+
+from sevlm_jax import checkpoints as ckpt_lib
+from sevlm_jax import errors
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
-from sevlm_jax.data import records
 from sevlm_jax.data import demo
 from sevlm_jax.data import prepare
+from sevlm_jax.data import records
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.data import vad as vad_lib
+from sevlm_jax.errors import ConfigError
 from sevlm_jax.models import config as model_config_lib
 from sevlm_jax.models import sevlm as sevlm_lib
+from sevlm_jax.weights import io as weights_io
 from sevlm_jax.weights import load as weights
 
 ARTEMIS_HELP = (
@@ -194,6 +198,45 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"eval.dominant={config.eval.dominant!r}; choose 'half' or 'artemis'")
   if config.eval.decoding not in ("greedy", "top_p"):
     raise ConfigError(f"eval.decoding={config.eval.decoding!r}; choose 'greedy' or 'top_p'")
+  if config.data.lexicon_format not in vad_lib.FORMATS:
+    raise ConfigError(f"data.lexicon_format={config.data.lexicon_format!r}; choose one of "
+                      f"{', '.join(vad_lib.FORMATS)}")
+  if config.output_vocab not in ("full", "train_tokens"):
+    raise ConfigError(f"output_vocab={config.output_vocab!r}; choose 'full' or 'train_tokens'")
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir exists (created if needed) and can be written to."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    io_utils.write_bytes_atomic(os.path.join(workdir, ".write_check"), b"")
+    os.remove(os.path.join(workdir, ".write_check"))
+  except OSError as e:
+    raise ConfigError(f"--workdir={workdir} cannot be written to ({e.strerror}); choose a "
+                      "writable directory") from None
+
+
+def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """What can be checked before the (possibly hours-long) data preparation: the lexicon parses,
+  the pretrained sources exist, and an already prepared data set has the configured image size."""
+  if not os.path.exists(os.path.join(workdir, "vad_table.npy")):
+    vad_lib.load_lexicon(lexicon_path(config), fmt=config.data.lexicon_format)
+  if not ckpt_lib.has_checkpoint(workdir, ("latest",)):  # a resumed run reads no pretrained weights
+    for field in ("gpt2", "clip"):
+      source = config.pretrained[field]
+      if source:
+        try:
+          weights_io.resolve(source)
+        except errors.CheckpointError as e:
+          raise ConfigError(f"pretrained.{field}={source!r}: {e}") from None
+  ready_dir = default_ready_dir(config, workdir)
+  if config.data.source != "demo" and records.is_complete(ready_dir):
+    size = int(records.load_meta(ready_dir)["image_size"])
+    if size != config.data.image_size:
+      raise ConfigError(f"the prepared data set {ready_dir} holds {size}x{size} images, the config "
+                        f"data.image_size={config.data.image_size}; set --config.data.image_size="
+                        f"{size} --config.model.vision.image_size={size}, or use another "
+                        "data.ready_dir")
 
 
 def prepare_run(config: ml_collections.ConfigDict, workdir: str, write_config: bool = True) -> Run:
@@ -203,16 +246,17 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str, write_config: b
   the training config in place unless there is none).
   """
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, "config.json")
-  if write_config or not os.path.exists(config_path):
-    io_utils.write_json_atomic(config_path, config.to_dict())
+  check_workdir(workdir)
+  check_inputs_before_preparation(config, workdir)
   ready_dir = resolve_ready_dir(config, workdir)
   tokenizer = tokenizer_lib.load_tokenizer()
   vad_table = load_vad_table(config, tokenizer, workdir)
   model = build_model(config)
   abstract = jax.eval_shape(lambda r: sevlm_lib.init_params(model.config, r), jax.random.PRNGKey(0))
   output_ids = output_vocabulary(config, tokenizer, ready_dir, workdir)
+  config_path = os.path.join(workdir, "config.json")  # last: a failed set-up leaves none
+  if write_config or not os.path.exists(config_path):
+    io_utils.write_json_atomic(config_path, config.to_dict())
   return Run(config, ready_dir, tokenizer, vad_table, model, abstract, output_ids)
 
 

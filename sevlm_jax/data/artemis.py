@@ -23,6 +23,7 @@ import pathlib
 import numpy as np
 
 from sevlm_jax import vocab
+from sevlm_jax.errors import InputError
 from sevlm_jax.data import records
 
 FORMATS = ("auto", "v1", "v2", "sevlm_json")
@@ -97,8 +98,12 @@ def detect_format(inputs) -> str:
     return "sevlm_json"
   if len(paths) > 1:
     return "v2"
-  with open(paths[0], newline="", encoding="utf-8-sig") as f:
-    header = next(csv.reader(f), [])
+  try:
+    with open(paths[0], newline="", encoding="utf-8-sig") as f:
+      header = next(csv.reader(f), [])
+  except UnicodeDecodeError as e:
+    raise InputError(f"{paths[0]}: not UTF-8 text ({e}); ArtEmis CSVs are UTF-8, re-save the file "
+                     "as UTF-8") from None
   names = {h.strip().lower() for h in header}
   return "v2" if names & {"version", "anchor_painting"} else "v1"
 
@@ -110,55 +115,83 @@ def read_artemis_csv(paths, report: Report) -> dict:
     try:
       _read_one_csv(path, paintings, report)
     except UnicodeDecodeError as e:
-      raise ValueError(f"{path}: not UTF-8 text ({e}); ArtEmis CSVs are UTF-8, re-save the file as UTF-8") from None
-    except csv.Error as e:
-      raise ValueError(f"{path}: malformed CSV ({e})") from None
+      raise InputError(f"{path}: not UTF-8 text ({e}); ArtEmis CSVs are UTF-8, re-save the file as "
+                       "UTF-8") from None
   return paintings
 
 
 def _read_one_csv(path, paintings: dict, report: Report) -> None:
   """Add the rows of one ArtEmis CSV to `paintings`."""
   with open(path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.DictReader(f)
-    columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-    missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
-    if missing:
-      raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; found {reader.fieldnames}. "
-                       f"An ArtEmis CSV needs {', '.join(_REQUIRED_COLUMNS)} (and usually repetition)")
-    reader.fieldnames = columns
-    for row in reader:
-      line = reader.line_num
-      report.totals["annotations_read"] += 1
-      style, name = _clean(row.get("art_style")), _clean(row.get("painting"))
-      if not style or not name:
-        report.skip("missing_art_style_or_painting", file=str(path), line=line,
-                    art_style=style, painting=name)
-        continue
-      image_id = f"{style}/{name}"
-      p = paintings.get(image_id)
-      if p is None:
-        p = paintings[image_id] = Painting(image_id=image_id, art_style=style, painting=name,
-                                           image_rel=f"{style}/{name}.jpg", split_key=style + name)
-      p.rows += 1
-      rep = _clean(row.get("repetition"))
-      if rep:
-        try:
-          p.repetition = max(p.repetition or 0, int(float(rep)))
-        except ValueError:
-          report.repair("bad_repetition_value", file=str(path), line=line, image_id=image_id, value=rep,
-                        fix="value ignored; the painting's other rows or its row count decide")
-      emotion_text = _clean(row.get("emotion"))
+    reader = csv.DictReader(f, strict=True)
+    try:
+      _read_rows(path, reader, paintings, report)
+    except csv.Error as e:  # strict parsing: a stray quote is an error, not a swallowed row
+      raise InputError(f"{path}: malformed CSV at line {reader.line_num} ({e}); fix the quoting "
+                       "there") from None
+
+
+def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report) -> None:
+  """The rows of one CSV reader into `paintings` (its header already read)."""
+  columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+  missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
+  if missing:
+    raise InputError(f"{path}: missing column(s) {', '.join(missing)}; found {reader.fieldnames}. "
+                     f"An ArtEmis CSV needs {', '.join(_REQUIRED_COLUMNS)} (and usually repetition)")
+  reader.fieldnames = columns
+  for row in reader:
+    line = _check_row_shape(path, row, reader.line_num, len(columns))
+    report.totals["annotations_read"] += 1
+    style, name = _clean(row.get("art_style")), _clean(row.get("painting"))
+    if not style or not name:
+      report.skip("missing_art_style_or_painting", file=str(path), line=line,
+                  art_style=style, painting=name)
+      continue
+    image_id = f"{style}/{name}"
+    p = paintings.get(image_id)
+    if p is None:
+      p = paintings[image_id] = Painting(image_id=image_id, art_style=style, painting=name,
+                                         image_rel=f"{style}/{name}.jpg", split_key=style + name)
+    p.rows += 1
+    rep = _clean(row.get("repetition"))
+    if rep:
       try:
-        emotion = vocab.emotion_index(emotion_text)
+        p.repetition = max(p.repetition or 0, int(float(rep)))
       except ValueError:
-        report.skip("unknown_emotion", file=str(path), line=line, image_id=image_id, value=emotion_text)
-        continue
-      utterance = _clean(row.get("utterance"))
-      if not utterance:
-        report.skip("empty_utterance", file=str(path), line=line, image_id=image_id)
-        continue
-      p.emotions.append(emotion)
-      p.utterances.append(utterance)
+        report.repair("bad_repetition_value", file=str(path), line=line, image_id=image_id, value=rep,
+                      fix="value ignored; the painting's other rows or its row count decide")
+    emotion_text = _clean(row.get("emotion"))
+    try:
+      emotion = vocab.emotion_index(emotion_text)
+    except ValueError:
+      report.skip("unknown_emotion", file=str(path), line=line, image_id=image_id, value=emotion_text)
+      continue
+    utterance = _clean(row.get("utterance"))
+    if not utterance:
+      report.skip("empty_utterance", file=str(path), line=line, image_id=image_id)
+      continue
+    p.emotions.append(emotion)
+    p.utterances.append(utterance)
+
+
+_MAX_FIELD_BREAKS = 2  # an utterance may hold a quoted line break or two; more is a quote left open
+
+
+def _check_row_shape(path, row: dict, end_line: int, num_columns: int) -> int:
+  """Strict CSV: a row has the header's fields, and a quoted field never swallows other rows.
+
+  Returns the row's first line (csv counts the lines it read, so a row with line breaks in a
+  quoted field ends at end_line)."""
+  breaks = sum(v.count("\n") for v in row.values() if isinstance(v, str))
+  start = end_line - breaks
+  if breaks > _MAX_FIELD_BREAKS:
+    raise InputError(f"{path}: the row at line {start} has a quoted field running over {breaks + 1} "
+                     f"lines (to line {end_line}): a double quote there is not closed; fix the quoting")
+  if None in row or any(v is None for v in row.values()):
+    got = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+    raise InputError(f"{path}: line {start} has {got} fields, the header {num_columns}; fix that "
+                     "line (a comma in an unquoted utterance?)")
+  return start
 
 
 def _style_and_name(image_name: str) -> tuple[str, str]:

@@ -45,6 +45,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.data import prepare
 from sevlm_jax.data import records
@@ -210,7 +211,7 @@ def write_raw(raw_dir, *, seed: int, num_images: int, annotators: int) -> pathli
   """ArtEmis-format CSV + image folder under raw_dir (written atomically)."""
   raw_dir = pathlib.Path(raw_dir)
   params = {"version": DEMO_VERSION, "seed": seed, "num_images": num_images, "annotators": annotators}
-  tmp = records.temp_dir_beside(raw_dir)
+  tmp = io_utils.temp_dir_beside(raw_dir)
   try:
     with open(tmp / CSV_NAME, "w", newline="", encoding="utf-8") as f:
       writer = csv.writer(f)

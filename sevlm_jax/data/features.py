@@ -53,7 +53,7 @@ def cache_path(cache_dir: str, split: str, digest: str) -> str:
 
 
 def build(path: str, ready_dir, split: str, encode: Callable[[np.ndarray], Any], *,
-          batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> str:
+          batch_size: int = 64, progress: bool = True) -> str:
   """Encodes every image of the split with `encode` (uint8 BxHxWx3 -> BxPxD) into `path`.
 
   `encode` sees the images as stored (blank them inside it for an image-blind run). The
@@ -64,7 +64,8 @@ def build(path: str, ready_dir, split: str, encode: Callable[[np.ndarray], Any],
   if n == 0:
     raise ValueError(f"{ready_dir} split {split!r} has no records to encode")
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with io_utils.atomic_path(path) as tmp:
+  with io_utils.atomic_path(path) as tmp, io_utils.Progress(
+      f"patch feature cache ({split})", total=n, unit="img", enabled=progress) as bar:
     out = None
     for start, stop in batching.batch_bounds(n, batch_size):
       images = np.stack([source[i]["image"] for i in range(start, stop)])
@@ -74,8 +75,7 @@ def build(path: str, ready_dir, split: str, encode: Callable[[np.ndarray], Any],
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16,
                                         shape=(n,) + patches.shape[1:])
       out[start:stop] = patches.view(np.uint16)  # bf16 bits: .npy has no bfloat16 type
-      if progress is not None:
-        progress(stop, n)
+      bar.update(stop - start)
     out.flush()
     del out
   return path
@@ -112,13 +112,14 @@ class PatchCache:
 def load_or_build(cache_dir: str, ready_dir, split: str, vision_params: Any, vision_config: Any,
                   image_norm: str, encode: Callable[[np.ndarray], Any], *, batch_size: int = 64,
                   blank_images: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> PatchCache:
+                  progress: bool = True) -> PatchCache:
   """The split's cache for this tower, built first if missing.
 
   blank_images only enters the fingerprint: `encode` does the blanking.
   """
   digest = fingerprint(vision_params, vision_config, image_norm, ready_dir, split, blank_images)
   path = cache_path(cache_dir, split, digest)
+  io_utils.remove_stale_temps(cache_dir, f"patches_{split}_")  # a killed build's partial file
   if not os.path.exists(path):
     build(path, ready_dir, split, encode, batch_size=batch_size, progress=progress)
   return PatchCache(path)

@@ -34,8 +34,9 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
   """
   try:
     im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-  except Image.DecompressionBombError as e:
-    raise ImageTooLarge(f"image too large: {e}") from None
+  except Image.DecompressionBombError as e:  # PIL's own guard, far above any sane limit
+    limit = f"limit {max_pixels:,} pixels" if max_pixels else "PIL's decompression-bomb limit"
+    raise ImageTooLarge(f"image too large ({limit}): {e}") from None
   with im:
     width, height = im.size
     if max_pixels and width * height > max_pixels:

@@ -28,12 +28,13 @@ import hashlib
 import os
 import pathlib
 import shutil
-import sys
 import time
 
 import numpy as np
 
+from sevlm_jax import io_utils
 from sevlm_jax import vocab
+from sevlm_jax.errors import InputError
 from sevlm_jax.data import artemis
 from sevlm_jax.data import dominant
 from sevlm_jax.data import images as images_lib
@@ -98,6 +99,10 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
   report = artemis.Report()
   paintings, fmt, paths = artemis.read_annotations(inputs, fmt, report)
   report.totals["paintings_read"] = len(paintings)
+  if not any(p.emotions for p in paintings.values()):  # an empty data set is an error, not a result
+    skipped = ", ".join(f"{e['count']} {reason}" for reason, e in report.skipped.items())
+    raise InputError(f"no usable annotation in {', '.join(map(str, paths))}: "
+                     f"{report.totals['annotations_read']} rows read" + (f", skipped: {skipped}" if skipped else ""))
   splits.assign_splits(paintings, seed=seed, split_loads=split_loads, too_high_repetition=too_high_repetition)
 
   jobs, by_id = [], {}
@@ -111,11 +116,11 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
 
   workers = (os.cpu_count() or 1) if workers is None else workers
   window = window or max(256, 64 * max(workers, 1))
-  tmp = records.temp_dir_beside(out)
+  tmp = io_utils.temp_dir_beside(out)
   try:
     writers = {s: records.SplitWriter(tmp, s) for s in records.SPLITS}
     stats = {s: collections.Counter() for s in records.SPLITS}
-    bar = _progress(len(jobs), progress)
+    bar = io_utils.Progress("images", total=len(jobs), unit="img", enabled=progress)
     for image_id, image, form, error in images_lib.load_all(jobs, workers, window):
       bar.update(1)
       p = by_id.pop(image_id)
@@ -176,21 +181,6 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
   sizes = ", ".join(f"{s}: {stats[s]['images']}" for s in records.SPLITS)
   log(f"wrote {out} ({sizes} images) in {time.time() - t0:.1f} s; details in {out / 'report.json'}")
   return out, report.to_json()
-
-
-class _NoBar:
-  def update(self, n):
-    pass
-
-  def close(self):
-    pass
-
-
-def _progress(total: int, enabled: bool):
-  if not enabled:
-    return _NoBar()
-  from tqdm import tqdm
-  return tqdm(total=total, unit="img", desc="images", file=sys.stderr, dynamic_ncols=True)
 
 
 _F = {}

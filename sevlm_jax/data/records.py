@@ -33,6 +33,7 @@ import uuid
 
 import msgpack
 import numpy as np
+
 from array_record.python import array_record_data_source
 from array_record.python import array_record_module
 
@@ -98,14 +99,6 @@ def write_json(path: pathlib.Path, obj) -> None:
   with open(path, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=2, ensure_ascii=False)
     f.write("\n")
-
-
-def temp_dir_beside(out: pathlib.Path) -> pathlib.Path:
-  """A fresh hidden folder next to `out` (same file system, so a rename is atomic)."""
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.parent / f".{out.name}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  tmp.mkdir()
-  return tmp
 
 
 def publish(tmp: pathlib.Path, out: pathlib.Path, *, overwrite: bool) -> pathlib.Path:

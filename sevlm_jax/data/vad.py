@@ -38,6 +38,7 @@ import numpy as np
 import simplemma
 
 from sevlm_jax import io_utils
+from sevlm_jax.errors import InputError
 from sevlm_jax import vocab
 
 FORMATS = ("auto", "nrc_v1", "nrc_v1_bipolar", "nrc_v2", "warriner")
@@ -118,7 +119,7 @@ def _columns_from_header(header: list[str], path) -> tuple[int, int, int, int]:
     for opt in options:
       if opt in names:
         return names.index(opt)
-    raise ValueError(f"{path}: header {header} has no {what} column (looked for {', '.join(options)}); "
+    raise InputError(f"{path}: header {header} has no {what} column (looked for {', '.join(options)}); "
                      "pass a file with word/valence/arousal/dominance columns")
 
   return (find(_WORD_COLUMNS, "word"), find(_VALUE_COLUMNS["valence"], "valence"),
@@ -132,11 +133,11 @@ def parse_lexicon(text: str, *, fmt: str = "auto", source: str = "<memory>",
     raise ValueError(f"unknown lexicon format {fmt!r}; expected one of {', '.join(FORMATS)}")
   lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
   if not lines:
-    raise ValueError(f"{source}: no lexicon entries found")
+    raise InputError(f"{source}: no lexicon entries found")
   delimiter = _sniff_delimiter(lines)
   if fmt != "auto" and delimiter != _FORMAT_DELIMITER[fmt]:
     names = {"\t": "tab", ",": "comma"}
-    raise ValueError(f"{source}: format {fmt!r} expects {names[_FORMAT_DELIMITER[fmt]]}-separated "
+    raise InputError(f"{source}: format {fmt!r} expects {names[_FORMAT_DELIMITER[fmt]]}-separated "
                      f"lines, but the file looks {names[delimiter]}-separated; pick the right format "
                      f"(one of {', '.join(FORMATS)})")
   rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter))
@@ -153,7 +154,7 @@ def parse_lexicon(text: str, *, fmt: str = "auto", source: str = "<memory>",
       word = row[cols[0]].strip().lower()
       vad = [float(row[c]) for c in cols[1:]]
     except (IndexError, ValueError) as e:
-      raise ValueError(f"{source}: entry {n} ({delimiter.join(row)!r}) is not 'word, valence, arousal, "
+      raise InputError(f"{source}: entry {n} ({delimiter.join(row)!r}) is not 'word, valence, arousal, "
                        f"dominance' ({e}); fix or delete that line") from None
     if word:
       words.append(word)
@@ -171,7 +172,7 @@ def parse_lexicon(text: str, *, fmt: str = "auto", source: str = "<memory>",
     scale, described = _FORMAT_SCALE[fmt], fmt
   lo, hi = {"0..1": (0, 1), "-1..1": (-1, 1), "1..9": (1, 9)}[scale]
   if values.min() < lo - 1e-6 or values.max() > hi + 1e-6:
-    raise ValueError(f"{source}: values range over [{values.min()}, {values.max()}], outside the {scale} "
+    raise InputError(f"{source}: values range over [{values.min()}, {values.max()}], outside the {scale} "
                      f"scale of format {fmt!r}; pick the right format (one of {', '.join(FORMATS)})")
   values = rescale(values, scale).astype(np.float32)
   entries, duplicates = {}, 0
@@ -191,8 +192,12 @@ def load_lexicon(path, fmt: str = "auto") -> VadLexicon:
     raise FileNotFoundError(f"VAD lexicon {path} not found. NRC-VAD cannot be redistributed: download it "
                             f"yourself, or use the project's demo lexicon {DEMO_LEXICON_PATH}")
   raw = path.read_bytes()
-  return parse_lexicon(raw.decode("utf-8-sig"), fmt=fmt, source=str(path),
-                       sha256=hashlib.sha256(raw).hexdigest())
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise InputError(f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
+                     "NRC-VAD and Warriner files are UTF-8: re-save it as UTF-8") from None
+  return parse_lexicon(text, fmt=fmt, source=str(path), sha256=hashlib.sha256(raw).hexdigest())
 
 
 def token_words(tokenizer) -> list[str]:

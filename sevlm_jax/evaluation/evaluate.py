@@ -47,18 +47,22 @@ def predict_split(run: inputs.Run, params, split: str, config: ml_collections.Co
   batch_size = parallel.padded_batch_size(config.eval.batch_size, mesh)
   rng = jax.random.PRNGKey(config.seed)
   preds = []
-  for batch in pipeline.eval_batch_parts(run.ready_dir, split, batch_size=batch_size,
-                                         part_index=part, part_count=parts):
-    rng, step_rng = jax.random.split(rng)
-    images = parallel.shard_host_batch({"image": batch["image"]}, mesh)["image"]
-    step_rng = parallel.put(step_rng, parallel.replicated(mesh))
-    tokens = parallel.to_host(generate(params, images, vad_table, step_rng))
-    for row in np.flatnonzero(batch["valid"]):
-      preds.append({"image_index": int(batch["image_index"][row]),
-                    **decode_lib.prediction(run.tokenizer, tokens[row])})
+  total = len(records.load_split(run.ready_dir, split))
+  with io_utils.Progress(f"generating ({split})", total=min(total, max_images or total),
+                         unit="img", enabled=jax.process_index() == 0) as bar:
+    for batch in pipeline.eval_batch_parts(run.ready_dir, split, batch_size=batch_size,
+                                           part_index=part, part_count=parts):
+      rng, step_rng = jax.random.split(rng)
+      images = parallel.shard_host_batch({"image": batch["image"]}, mesh)["image"]
+      step_rng = parallel.put(step_rng, parallel.replicated(mesh))
+      tokens = parallel.to_host(generate(params, images, vad_table, step_rng))
+      for row in np.flatnonzero(batch["valid"]):
+        preds.append({"image_index": int(batch["image_index"][row]),
+                      **decode_lib.prediction(run.tokenizer, tokens[row])})
+      bar.update(int(batch["valid"].sum()))
       if max_images and len(preds) >= max_images:
-        return preds
-  return preds
+        break
+  return preds[:max_images] if max_images else preds
 
 
 def _references(ready_dir: str, split: str, preds, dominant_rule: str):

@@ -250,6 +250,7 @@ def train_judge(train_texts: Sequence[str], train_labels: Sequence[int], heldout
 
   order_rng = np.random.default_rng(config.seed)
   epoch_losses = []
+  bar = io_utils.Progress("EA judge training", total=config.num_epochs * num_batches, unit="batch")
   for epoch in range(config.num_epochs):
     order = order_rng.permutation(len(train_texts))
     # Pad the permutation to whole batches; padded rows get weight 0 (one compiled shape for every step).
@@ -265,8 +266,10 @@ def train_judge(train_texts: Sequence[str], train_labels: Sequence[int], heldout
       params, opt_state, loss = train_step(params, opt_state, train_ids[rows], train_mask[rows], train_y[rows], w,
                                            lr, step_rng)
       batch_losses.append(loss * w.sum())  # stays on the device: no sync per step
+      bar.update()
     epoch_losses.append(float(sum(batch_losses)) / len(train_texts))
     logging.info("EA judge epoch %d/%d: train loss %.4f", epoch + 1, config.num_epochs, epoch_losses[-1])
+  bar.close()
 
   judge = Judge(params=params, config=config, heldout_accuracy=0.0, encode_fn=encode_fn,
                 info={"num_train": len(train_texts), "num_heldout": len(heldout_texts),

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence, Hashable
 
 import numpy as np
 
+from sevlm_jax import io_utils
 from sevlm_jax.vocab import EMOTIONS, NUM_EMOTIONS, emotion_index
 
 UNPARSEABLE = NUM_EMOTIONS  # column of confusion_matrix for predictions that name no emotion
@@ -284,13 +285,20 @@ def caption_scores(predictions: Mapping[Hashable, str], references: Mapping[Hash
     gts[i] = tokens[k:k + len(references[i])]
     k += len(references[i])
 
-  bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-  result.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
-  result["METEOR"] = _meteor_score(gts, res)
-  result["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
-  result["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-  if spice:
-    result.update(_spice_score(gts, res))
+  with io_utils.Progress(f"caption metrics ({len(ids)} captions)", total=4 + spice,
+                         unit="metric") as bar:
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    result.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
+    bar.update()
+    result["METEOR"] = _meteor_score(gts, res)
+    bar.update()
+    result["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+    bar.update()
+    result["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    bar.update()
+    if spice:
+      result.update(_spice_score(gts, res))
+      bar.update()
   return result
 
 

@@ -1,6 +1,6 @@
 """Python API for prediction from a trained run.
 
-  from sevlm_jax.inference import Predictor
+  from sevlm_jax.inference.predictor import Predictor
   predictor = Predictor.from_workdir("/tmp/sevlm_demo")
   predictor.predict(["painting.jpg", pil_image, uint8_array])
   # -> [{"emotion": "awe", "explanation": "...", "text": "..."}, ...]

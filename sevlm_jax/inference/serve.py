@@ -11,9 +11,12 @@ Listens on 127.0.0.1 only (nothing else can reach it). Routes:
                       generated sentence and the model's probabilities of the nine emotions.
 
 Bad requests get a JSON {"error": "..."}: 400 (not an image, empty), 411 (no Content-Length),
-413 (over the upload limit, refused from the Content-Length before reading the body, or over the
-pixel limit). The server goes on answering. Requests are served by threads; predictions run one at
-a time (the predictor keeps a random-number state and one compiled batch shape).
+413 (over the upload limit, judged from the Content-Length, or over the pixel limit, judged from
+the image header before anything is decoded, decompression bombs included). A refused body is
+read and dropped first (up to DISCARD_LIMIT), so the client gets the whole answer; each refusal
+is logged as one line with its reason. A client stalling for SOCKET_TIMEOUT_S is dropped. The
+server goes on answering. Requests are served by threads; predictions run one at a time (the
+predictor keeps a random-number state and one compiled batch shape).
 """
 
 import http.server
@@ -32,6 +35,8 @@ HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # a larger picture is refused before it is decoded (decompression bombs)
+SOCKET_TIMEOUT_S = 30  # seconds a client may stall while sending
+DISCARD_LIMIT = 256 * 1024 * 1024  # an oversize body up to this size is read and dropped
 
 
 class RequestError(Exception):
@@ -70,17 +75,31 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
 
   class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "sevlm"
+    timeout = SOCKET_TIMEOUT_S  # a stalled client frees its thread
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
       logging.info("%s %s", self.address_string(), format % args)
 
+    def log_request(self, code="-", size="-"):
+      if str(code).isdigit() and int(code) >= 400:
+        return  # a refusal is logged once, with its reason (_refuse)
+      super().log_request(code, size)
+
     def _send(self, status: int, body: bytes, content_type: str) -> None:
-      self.send_response(status)
-      self.send_header("Content-Type", content_type)
-      self.send_header("Content-Length", str(len(body)))
-      self.send_header("Cache-Control", "no-store")
-      self.end_headers()
-      self.wfile.write(body)
+      try:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+      except (BrokenPipeError, ConnectionResetError):
+        self.close_connection = True  # the client left; nothing to answer
+
+    def _refuse(self, status: int, message: str) -> None:
+      logging.warning("%s %s %s refused with %d: %s", self.address_string(), self.command,
+                      self.path, status, message)
+      self._json(status, {"error": message})
 
     def _json(self, status: int, obj: dict) -> None:
       self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
@@ -96,7 +115,8 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
 
     def do_POST(self):  # pylint: disable=invalid-name
       if self.path != "/api/predict":
-        self._json(404, {"error": f"no such endpoint: {self.path} (POST images to /api/predict)"})
+        self._discard_body()
+        self._refuse(404, f"no such endpoint: {self.path} (POST images to /api/predict)")
         return
       try:
         body = self._read_body()
@@ -104,10 +124,10 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
         with lock:
           answer = prediction_json(predictor, image)
       except RequestError as e:
-        self._json(e.status, {"error": str(e)})
+        self._refuse(e.status, str(e))
         return
       except errors.InputError as e:
-        self._json(400, {"error": str(e)})
+        self._refuse(400, str(e))
         return
       except Exception as e:  # pylint: disable=broad-except
         logging.exception("prediction failed")
@@ -129,12 +149,37 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
         self.close_connection = True
         raise RequestError(400, f"bad Content-Length: {length!r}")
       if n > max_upload_bytes:
-        self.close_connection = True  # the unread body must not be taken for the next request
+        self._discard_body(n)  # read, not kept: the client then gets the whole answer
         raise RequestError(413, f"upload too large: {n:,} bytes (limit {max_upload_bytes:,})")
-      body = self.rfile.read(n)
+      try:
+        body = self.rfile.read(n)
+      except TimeoutError:
+        body = b""
       if len(body) != n:
+        self.close_connection = True
         raise RequestError(400, f"incomplete upload: got {len(body)} of {n} bytes")
       return body
+
+    def _discard_body(self, n: int | None = None) -> None:
+      """Reads and drops a body the server will not use, up to DISCARD_LIMIT bytes; a larger
+      one (or none declared) ends the connection after the answer instead."""
+      if n is None:
+        try:
+          n = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+          n = -1
+      if n < 0 or n > DISCARD_LIMIT:
+        self.close_connection = True
+        return
+      try:
+        while n > 0:
+          chunk = self.rfile.read(min(n, 1 << 16))
+          if not chunk:
+            break
+          n -= len(chunk)
+      except (TimeoutError, ConnectionError):
+        pass
+      self.close_connection = True
 
   return Handler
 

@@ -24,6 +24,7 @@ from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax.errors import ConfigError
 from sevlm_jax import run as inputs
 from sevlm_jax.training import optim as optim_lib
+from sevlm_jax import io_utils
 from sevlm_jax import parallel
 from sevlm_jax.training import step as step_lib
 from sevlm_jax.data import features
@@ -107,15 +108,11 @@ def patch_feature_cache(config: ml_collections.ConfigDict, run: inputs.Run, para
   def encode_stored(images):
     return encode(params["vision"], images)
 
-  def progress(done, total):
-    logging.info("patch feature cache: %d / %d images", done, total)
-
   started = time.time()
   cache = features.load_or_build(
       os.path.join(workdir, "features"), run.ready_dir, "train",
       params["vision"], model.config.vision, model.config.image_norm,
-      encode_stored, batch_size=config.eval.batch_size, blank_images=model.config.blank_images,
-      progress=progress)
+      encode_stored, batch_size=config.eval.batch_size, blank_images=model.config.blank_images)
   logging.info("patch feature cache %s (%d images, %.1f s)", cache.path, len(cache),
                time.time() - started)
   return cache
@@ -215,7 +212,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
           metrics["steps_per_s"] = rate
           writer.write(step, "train", metrics)
           logging.info("step %d/%d loss %.4f (%.2f steps/s, ETA %s)", step, total_steps,
-                       metrics["loss"], rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+                       metrics["loss"], rate, io_utils.format_duration(eta))
         if step % config.train.eval_every == 0 or step == total_steps:
           stop_early = _validate(config, validate, state, step, history, ckpts, writer)
           if stop_early:

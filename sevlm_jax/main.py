@@ -59,7 +59,6 @@ class _QuietLibraries(logging_std.Filter):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`, then evaluates its best checkpoint on config.eval.split."""
   mesh = loop.check_parallel(config)
-  os.makedirs(workdir, exist_ok=True)
   run = parallel.primary_first(lambda: run_lib.prepare_run(config, workdir), "prepare_run")
   writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
   try:

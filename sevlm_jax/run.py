@@ -65,8 +65,19 @@ def resolve_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   if data.source == "demo":
     # For the demo, ready_dir is the root the demo generator owns (raw files + ready data).
     return demo.ensure_demo_dataset(ready_dir, **_demo_kwargs(config))
+  fmt = check_data_source(config, ready_dir)
+  if fmt is not None:
+    # The split seed stays ArtEmis's own, whatever the training seed.
+    prepare.prepare(data.csv, data.images, ready_dir, fmt=fmt, image_size=data.image_size)
+  return ready_dir
+
+
+def check_data_source(config: ml_collections.ConfigDict, ready_dir: str) -> str | None:
+  """None when `ready_dir` is a complete prepared data set, else the input format to prepare it
+  from, once the raw files are known to exist (a ConfigError saying what to get otherwise)."""
+  data = config.data
   if records.is_complete(ready_dir):
-    return ready_dir
+    return None
   if data.source == "ready":
     raise ConfigError(f"data.ready_dir={ready_dir!r} holds no complete prepared data set. " + ARTEMIS_HELP)
   if not data.csv or not data.images:
@@ -81,9 +92,7 @@ def resolve_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
       raise ConfigError(f"data.csv: {path} does not exist. " + ARTEMIS_HELP)
   if not os.path.isdir(data.images):
     raise ConfigError(f"data.images: {data.images} is not a directory. " + ARTEMIS_HELP)
-  # The split seed stays ArtEmis's own, whatever the training seed.
-  prepare.prepare(data.csv, data.images, ready_dir, fmt=fmt, image_size=data.image_size)
-  return ready_dir
+  return fmt
 
 
 def _demo_kwargs(config) -> dict:
@@ -219,6 +228,9 @@ def check_workdir(workdir: str) -> None:
 def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: str) -> None:
   """What can be checked before the (possibly hours-long) data preparation: the lexicon parses,
   the pretrained sources exist, and an already prepared data set has the configured image size."""
+  ready_dir = default_ready_dir(config, workdir)
+  if config.data.source != "demo":
+    check_data_source(config, ready_dir)
   if not os.path.exists(os.path.join(workdir, "vad_table.npy")):
     vad_lib.load_lexicon(lexicon_path(config), fmt=config.data.lexicon_format)
   if not ckpt_lib.has_checkpoint(workdir, ("latest",)):  # a resumed run reads no pretrained weights
@@ -229,7 +241,6 @@ def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: 
           weights_io.resolve(source)
         except errors.CheckpointError as e:
           raise ConfigError(f"pretrained.{field}={source!r}: {e}") from None
-  ready_dir = default_ready_dir(config, workdir)
   if config.data.source != "demo" and records.is_complete(ready_dir):
     size = int(records.load_meta(ready_dir)["image_size"])
     if size != config.data.image_size:

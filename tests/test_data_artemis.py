@@ -4,14 +4,17 @@ import csv
 import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
+import time
 import unicodedata
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from sevlm_jax import errors
 from sevlm_jax.vocab import EMOTIONS
 from sevlm_jax.data import artemis
 from sevlm_jax.data import dominant
@@ -342,3 +345,94 @@ def test_prepare_function_takes_the_command_spec(tmp_path):
   assert [r["image_id"] for r in records.load_annotations(out, "train")] == ["k"]
   with pytest.raises(ValueError, match="not a mix"):
     prepare.parse_inputs("train=a.json,b.json")
+
+
+# ----------------------------------------------------------------------------- strict input
+
+
+def _csv_with(tmp_path, lines: list[str], name="a.csv") -> pathlib.Path:
+  path = tmp_path / name
+  path.write_text("art_style,painting,emotion,utterance,repetition\n" + "\n".join(lines) + "\n")
+  (tmp_path / "img").mkdir(exist_ok=True)
+  return path
+
+
+def _prepare(tmp_path, csv_path):
+  return prepare.prepare_ready(csv_path, tmp_path / "img", tmp_path / "out", workers=0,
+                               progress=False, log=lambda *a: None)
+
+
+def test_a_stray_quote_is_an_error_naming_its_line_not_a_swallowed_data_set(tmp_path):
+  rows = [f"Style,p{i},awe,a calm sea number {i},5" for i in range(40)]
+  rows[9] = 'Style,p9,awe,"a calm sea number 9,5'  # the quote is never closed
+  with pytest.raises(errors.InputError, match=r"a.csv: the row at line 11 opens a quoted field that is never closed") as e:
+    _prepare(tmp_path, _csv_with(tmp_path, rows))
+  assert "\n" not in str(e.value)
+  assert not (tmp_path / "out").exists()
+  rows[30] = 'Style,p30,awe,the quote closes here",5'  # rows 11..32 would become one utterance
+  with pytest.raises(errors.InputError, match=r"b.csv: the row at line 11 has a quoted field "
+                                              r"running over 22 lines \(to line 32\)"):
+    _prepare(tmp_path, _csv_with(tmp_path, rows, name="b.csv"))
+
+
+def test_a_row_with_too_many_fields_is_an_error_naming_its_line(tmp_path):
+  rows = ["Style,p0,awe,calm,5", "Style,p1,fear,dark, stormy and cold,5"]
+  with pytest.raises(errors.InputError, match=r"a.csv: line 3 has 6 fields, the header 5"):
+    _prepare(tmp_path, _csv_with(tmp_path, rows))
+
+
+def test_a_quoted_line_break_inside_an_utterance_is_accepted(tmp_path):
+  _save_image(tmp_path / "img", "Style", "p0")
+  _save_image(tmp_path / "img", "Style", "p1")
+  rows = ['Style,p0,awe,"a calm sea\nunder the sun",5', "Style,p1,fear,dark,5"]
+  out, report = prepare.prepare_ready(_csv_with(tmp_path, rows), tmp_path / "img", tmp_path / "out",
+                                      workers=0, progress=False, split_loads=(1.0, 0.0, 0.0),
+                                      log=lambda *a: None)
+  assert report["totals"]["annotations_kept"] == 2
+
+
+def test_an_empty_or_wholly_invalid_csv_is_an_error(tmp_path):
+  with pytest.raises(errors.InputError, match=r"no usable annotation in .*a.csv: 0 rows read"):
+    _prepare(tmp_path, _csv_with(tmp_path, []))
+  bad = _csv_with(tmp_path, ["Style,p0,joy,happy,5", "Style,p1,awe,,5"], name="b.csv")
+  with pytest.raises(errors.InputError, match=r"b.csv: 2 rows read, skipped: 1 unknown_emotion, "
+                                              r"1 empty_utterance"):
+    _prepare(tmp_path, bad)
+
+
+def test_a_non_utf8_header_names_the_file(tmp_path):
+  path = tmp_path / "latin1.csv"
+  path.write_bytes("art_style,painting,emotion,utterance,répétition\nS,p,awe,x,5\n".encode("latin-1"))
+  (tmp_path / "img").mkdir()
+  with pytest.raises(errors.InputError, match=r"latin1.csv: not UTF-8"):
+    _prepare(tmp_path, path)
+
+
+def test_a_killed_prepare_leaves_a_folder_the_next_run_removes(tmp_path):
+  """kill -9 in the middle of writing: the next run cleans up the dead run's folder only."""
+  csv_path = build_raw(tmp_path, n_plain=200)[0]
+  script = ("import sys, time\n"
+            "from sevlm_jax.data import images, prepare\n"
+            "load = images.load_image_job\n"
+            "def slow(job):\n"
+            "  time.sleep(0.05)\n"
+            "  return load(job)\n"
+            "images.load_image_job = slow\n"
+            f"prepare.prepare_ready({str(csv_path)!r}, {str(csv_path.parent / 'wikiart')!r}, "
+            f"{str(tmp_path / 'out')!r}, image_size=8, workers=0, progress=False)\n")
+  proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+  try:
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.incomplete-*")) and time.monotonic() < deadline:
+      time.sleep(0.1)
+    time.sleep(0.5)
+  finally:
+    proc.kill()
+    proc.wait()
+  (leftover,) = tmp_path.glob(".out.incomplete-*")
+  alive = tmp_path / f".out.incomplete-{os.getpid()}-0000beef"  # a live process's: not touched
+  alive.mkdir()
+  _, report = prepare.prepare_ready(csv_path, csv_path.parent / "wikiart", tmp_path / "out",
+                                    image_size=8, workers=0, progress=False, log=lambda *a: None)
+  assert not leftover.exists() and alive.exists()
+  assert records.is_complete(tmp_path / "out")

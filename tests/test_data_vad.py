@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from sevlm_jax import errors
 from sevlm_jax import vocab
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.data import vad
@@ -135,3 +136,18 @@ def test_table_cache_is_keyed_by_file_content(tmp_path):
   np.testing.assert_allclose(first[i], [0.7, -0.8, 0.3])
   np.testing.assert_allclose(second[i], [-0.7, 0.8, -0.3])
   assert len(list((tmp_path / "cache").glob("token_vad_*.npy"))) == 2
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("latin1.txt", "caf\xe9\t0.5\t0.5\t0.5\n".encode("latin-1"), "not UTF-8 text"),
+    ("lexicon.json", b'{"calm": [0.5, 0.1, 0.6]}\n', "no word column"),
+    ("two_columns.txt", b"word\tvalence\ncalm\t0.5\n", "no arousal column"),
+    ("text_values.txt", b"calm\thigh\tlow\tmid\n", "no word column"),
+    ("bad_scale.txt", b"calm\t5\t-3\t0.5\n", "outside the"),
+])
+def test_a_bad_lexicon_is_one_input_error_naming_its_file(tmp_path, name, content, message):
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(errors.InputError) as e:
+    vad.load_lexicon(path)
+  assert str(path) in str(e.value) and message in str(e.value) and "\n" not in str(e.value)

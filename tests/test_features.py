@@ -1,6 +1,9 @@
 """The frozen tower's patch-feature cache: contents, fingerprint, atomic build, use in training."""
 
 import os
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -142,3 +145,30 @@ def test_training_uses_the_cache_only_when_the_tower_is_frozen(tmp_path, data,  
   config.train.feature_cache = "sometimes"
   with pytest.raises(errors.ConfigError, match="train.feature_cache"):
     train_lib.patch_feature_cache(config, run, params, str(tmp_path))
+
+
+def test_a_killed_build_leaves_a_file_the_next_build_removes(tmp_path, ready, frozen, encoder):
+  """kill -9 during a build leaves patches_*.npy.tmp<pid>; the next load_or_build deletes it
+  (its writer is dead) and builds the cache; a live writer's file is left alone."""
+  script = ("import sys, time, numpy as np\n"
+            "from sevlm_jax.data import features\n"
+            "def encode(images):\n"
+            "  time.sleep(0.2)\n"
+            "  return np.zeros((len(images), 4, 8), np.float32)\n"
+            f"features.build({str(tmp_path / 'patches_train_0123.npy')!r}, {str(ready)!r}, 'train', "
+            "encode, batch_size=2, progress=False)\n")
+  proc = subprocess.Popen([sys.executable, "-c", script],
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+  try:
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("*.tmp*")) and time.monotonic() < deadline:
+      time.sleep(0.1)
+  finally:
+    proc.kill()
+    proc.wait()
+  (leftover,) = tmp_path.glob("patches_train_*.npy.tmp*")
+  live = tmp_path / f"patches_train_4567.npy.tmp{os.getpid()}"
+  live.write_bytes(b"being written")
+  cache = build(tmp_path, ready, frozen, encoder)
+  assert not leftover.exists() and live.exists()
+  assert len(cache) == len(records.load_split(ready, "train"))

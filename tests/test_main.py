@@ -5,12 +5,14 @@ start-up, mostly on one core) and the tests read their results.
 """
 
 import json
+import pathlib
 import shutil
 
 import pytest
 from PIL import Image
 
 from sevlm_jax.data import records
+from sevlm_jax.data import vad
 from test_train import Background, compile_cache, demo_root, main_args, trained_run
 
 CAPTION_KEYS = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
@@ -30,6 +32,9 @@ def split_records(tmp_path_factory):
 def _error_cases(demo, run, tmp):
   """name -> (arguments, texts the error message must show)."""
   tiny = lambda *extra: main_args(demo, tmp / "w_tiny", *extra)
+  latin1 = tmp / "lexicon_latin1.txt"
+  latin1.write_bytes("caf\xe9\t0.5\t0.5\t0.5\n".encode("latin-1"))
+  (tmp / "a_file").write_text("not a folder")
   return {
       "unknown_variant": (["--config=configs/sevlm.py:demo,no_such_variant", f"--workdir={tmp / 'w'}"],
                           ["no_such_variant", "demo", "artemis_v1"]),
@@ -43,6 +48,25 @@ def _error_cases(demo, run, tmp):
                             [str(tmp / "empty" / "config.json"), "not a trained SEVLM run"]),
       "predict_missing_image": (["--mode=predict", f"--workdir={run}", f"--images={tmp / 'gone.png'}"],
                                 [str(tmp / "gone.png"), "does not exist"]),
+      "config_file_missing": (["--config=configs/no_such_config.py", f"--workdir={tmp / 'w'}"],
+                              ["configs/no_such_config.py", "No such file"]),
+      "unknown_field_suggestion": (tiny("--config.train.batchsize=3"),
+                                   ["no field 'batchsize'", "did you mean 'batch_size'?"]),
+      "checkpoint_not_a_kind": (["--mode=predict", f"--workdir={run}", "--images=a.png",
+                                 "--checkpoint=best"], ["--checkpoint=best", "best_acc"]),
+      "evaluate_without_checkpoint": (main_args(demo, tmp / "w_eval", "--mode=evaluate"),
+                                      ["no checkpoint in", str(tmp / "w_eval"), "train first"]),
+      "bad_lexicon": (tiny(f"--config.data.lexicon={latin1}"), [str(latin1), "not UTF-8"]),
+      "pretrained_missing": (tiny("--config.pretrained.gpt2=/no/such/gpt2"),
+                             ["pretrained.gpt2='/no/such/gpt2'", "does not exist"]),
+      "workdir_not_writable": (main_args(demo, tmp / "a_file" / "w"),
+                               [str(tmp / "a_file" / "w"), "cannot be written to"]),
+      "prepared_data_of_another_size": (
+          ["--config=configs/sevlm.py:demo", f"--workdir={tmp / 'w_size'}",
+           "--config.data.source=ready", f"--config.data.ready_dir={demo / 'ready'}",
+           f"--config.data.lexicon={vad.DEMO_LEXICON_PATH}",
+           "--config.data.image_size=64", "--config.model.vision.image_size=64"],
+          ["holds 32x32 images", "data.image_size=64"]),
   }
 
 
@@ -122,8 +146,18 @@ def test_evaluate_writes_metrics_and_predictions(commands, split_records):
     "artemis_data_missing",
     "predict_not_a_run",
     "predict_missing_image",
+    "config_file_missing",
+    "unknown_field_suggestion",
+    "checkpoint_not_a_kind",
+    "evaluate_without_checkpoint",
+    "bad_lexicon",
+    "pretrained_missing",
+    "workdir_not_writable",
+    "prepared_data_of_another_size",
 ])
 def test_bad_invocation_fails_with_a_clear_message(commands, name):
+  """One line naming the file, field or flag, a non-zero exit, no traceback; and a run that
+  fails in its set-up leaves no config.json behind."""
   background, expected = commands[name]
   result = background.result()
   assert result.returncode != 0
@@ -131,3 +165,9 @@ def test_bad_invocation_fails_with_a_clear_message(commands, name):
   for text in expected:
     assert text in result.stderr, f"{text!r} not in:\n{result.stderr[-3000:]}"
   assert TRACEBACK not in result.stderr, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+  assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr[-3000:]
+  assert "Unable to initialize backend" not in result.stderr
+  for arg in background.args:
+    if arg.startswith("--workdir=") and "--mode=predict" not in background.args:
+      assert not (pathlib.Path(arg.split("=", 1)[1]) / "config.json").exists()

@@ -7,6 +7,7 @@ to 127.0.0.1 only.
 import http.client
 import io
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -245,3 +246,55 @@ def test_serve_command_answers_then_stops_on_ctrl_c(tiny_run, tmp_path_factory, 
       proc.wait()
   assert proc.returncode == 0, (tmp_path / "stderr").read_text()[-3000:]
   assert f"http://127.0.0.1:{port}/" in out
+
+
+# ----------------------------------------------------------------------------- abuse
+
+
+def test_decompression_bomb_gets_413_naming_the_pixel_limit(server):
+  """A 20000 x 20000 PNG is a small file; PIL's own bomb guard must not turn it into a 400."""
+  buf = io.BytesIO()
+  Image.new("1", (20000, 20000)).save(buf, format="PNG")  # 400 megapixels in a small file
+  bomb = buf.getvalue()
+  assert len(bomb) < serve.MAX_UPLOAD_BYTES
+  status, answer = request(server, "POST", "/api/predict", body=bomb)
+  assert status == 413 and "too large" in answer["error"]
+  assert f"{serve.MAX_PIXELS:,} pixels" in answer["error"]
+  assert_still_answers(server)
+
+
+def test_a_refused_body_that_is_sent_still_gets_the_whole_answer(server):
+  """http.client sends the whole body before it reads: the server must read it, not reset."""
+  body = b"\0" * (serve.MAX_UPLOAD_BYTES + 100_000)
+  status, answer = request(server, "POST", "/api/predict", body=body)  # no BrokenPipeError
+  assert status == 413 and f"{serve.MAX_UPLOAD_BYTES:,}" in answer["error"]
+  status, answer = request(server, "POST", "/elsewhere", body=b"x" * 300_000)
+  assert status == 404 and "/api/predict" in answer["error"]
+  assert_still_answers(server)
+
+
+def test_each_refusal_is_one_log_line_with_its_reason(server, caplog):
+  caplog.set_level(logging.INFO)
+  request(server, "POST", "/api/predict", body=b"not an image")
+  time.sleep(0.2)  # the handler thread logs after answering
+  lines = [r.getMessage() for r in caplog.records if "/api/predict" in r.getMessage()]
+  assert len(lines) == 1, lines
+  assert "refused with 400" in lines[0] and "not an image" in lines[0]
+
+
+def test_a_stalled_client_is_dropped_after_the_socket_timeout(predictor):
+  srv = serve.make_server(predictor, port=0, socket_timeout_s=0.5)
+  thread = threading.Thread(target=srv.serve_forever, daemon=True)
+  thread.start()
+  try:
+    with socket.create_connection(srv.server_address, timeout=10) as sock:
+      sock.sendall(b"POST /api/predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\nabc")  # then nothing
+      started = time.monotonic()
+      data = sock.recv(65536)  # the server gives up on the body and answers, or just closes
+      assert time.monotonic() - started < 5
+      assert data == b"" or b" 400 " in data.split(b"\r\n")[0]
+    assert_still_answers(srv)
+  finally:
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=10)

@@ -118,6 +118,7 @@ class Background:
   """`python -m sevlm_jax.main ARGS` started now; its output goes to files, so no pipe fills up."""
 
   def __init__(self, args, cache_dir, log_prefix):
+    self.args = list(map(str, args))
     self.stdout_path = pathlib.Path(f"{log_prefix}.stdout")
     self.stderr_path = pathlib.Path(f"{log_prefix}.stderr")
     with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:

@@ -124,15 +124,18 @@ def _read_one_csv(path, paintings: dict, report: Report) -> None:
   """Add the rows of one ArtEmis CSV to `paintings`."""
   with open(path, newline="", encoding="utf-8-sig") as f:
     reader = csv.DictReader(f, strict=True)
+    done = [1]  # the last line of the last row read (the header's at first)
     try:
-      _read_rows(path, reader, paintings, report)
+      _read_rows(path, reader, paintings, report, done)
     except csv.Error as e:  # strict parsing: a stray quote is an error, not a swallowed row
-      raise InputError(f"{path}: malformed CSV at line {reader.line_num} ({e}); fix the quoting "
-                       "there") from None
+      what = ("opens a quoted field that is never closed" if "end of data" in str(e)
+              else "is malformed")
+      raise InputError(f"{path}: the row at line {done[0] + 1} {what} (csv: {e}); fix the "
+                       "quoting there") from None
 
 
-def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report) -> None:
-  """The rows of one CSV reader into `paintings` (its header already read)."""
+def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report, done: list) -> None:
+  """The rows of one CSV reader into `paintings`; done[0] follows the last line read."""
   columns = [c.strip().lower() for c in (reader.fieldnames or [])]
   missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
   if missing:
@@ -141,6 +144,7 @@ def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report) ->
   reader.fieldnames = columns
   for row in reader:
     line = _check_row_shape(path, row, reader.line_num, len(columns))
+    done[0] = reader.line_num
     report.totals["annotations_read"] += 1
     style, name = _clean(row.get("art_style")), _clean(row.get("painting"))
     if not style or not name:

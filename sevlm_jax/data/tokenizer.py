@@ -55,9 +55,13 @@ def normalize_text(text: str) -> str:
 
 
 def default_bpe_dir() -> pathlib.Path:
-  """$SEVLM_GPT2_BPE_DIR if set, else third_party/gpt2_bpe/ of this checkout."""
+  """$SEVLM_GPT2_BPE_DIR if set; else the copy an installed wheel ships (sevlm_jax/_gpt2_bpe/,
+  see setup.cfg); else third_party/gpt2_bpe/ of this checkout."""
   if os.environ.get(BPE_DIR_ENV):
     return pathlib.Path(os.environ[BPE_DIR_ENV])
+  installed = pathlib.Path(__file__).resolve().parents[1] / "_gpt2_bpe"
+  if installed.is_dir():
+    return installed
   return pathlib.Path(__file__).resolve().parents[2] / "third_party" / "gpt2_bpe"
 
 

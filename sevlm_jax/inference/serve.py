@@ -40,11 +40,13 @@ DISCARD_LIMIT = 256 * 1024 * 1024  # an oversize body up to this size is read an
 
 
 class RequestError(Exception):
-  """A request the server refuses, with its HTTP status and a message for the user."""
+  """A request the server refuses, with its HTTP status, a message for the user, and how many
+  bytes of its body are still unread."""
 
-  def __init__(self, status: int, message: str):
+  def __init__(self, status: int, message: str, unread: int = 0):
     super().__init__(message)
     self.status = status
+    self.unread = unread
 
 
 def decode_upload(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -68,14 +70,15 @@ def prediction_json(predictor, image: Image.Image) -> dict[str, Any]:
           "probabilities": [float(p) for p in probs]}
 
 
-def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+                 socket_timeout_s: float = SOCKET_TIMEOUT_S):
   """A request handler class bound to one predictor."""
   lock = threading.Lock()
   page = PAGE.replace("__MAX_UPLOAD_BYTES__", str(max_upload_bytes)).encode("utf-8")
 
   class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "sevlm"
-    timeout = SOCKET_TIMEOUT_S  # a stalled client frees its thread
+    timeout = socket_timeout_s  # a stalled client frees its thread
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
       logging.info("%s %s", self.address_string(), format % args)
@@ -96,10 +99,15 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
       except (BrokenPipeError, ConnectionResetError):
         self.close_connection = True  # the client left; nothing to answer
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, unread: int = 0) -> None:
+      """Answers with the error, then reads and drops a body of `unread` bytes the client may
+      still be sending: closing on unread data would reset the connection, and the client
+      would lose the answer (curl shows it cut, http.client raises BrokenPipeError)."""
       logging.warning("%s %s %s refused with %d: %s", self.address_string(), self.command,
                       self.path, status, message)
       self._json(status, {"error": message})
+      if unread:
+        self._discard(unread)
 
     def _json(self, status: int, obj: dict) -> None:
       self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
@@ -115,8 +123,8 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
 
     def do_POST(self):  # pylint: disable=invalid-name
       if self.path != "/api/predict":
-        self._discard_body()
-        self._refuse(404, f"no such endpoint: {self.path} (POST images to /api/predict)")
+        self._refuse(404, f"no such endpoint: {self.path} (POST images to /api/predict)",
+                     unread=self._declared_length())
         return
       try:
         body = self._read_body()
@@ -124,7 +132,7 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
         with lock:
           answer = prediction_json(predictor, image)
       except RequestError as e:
-        self._refuse(e.status, str(e))
+        self._refuse(e.status, str(e), unread=e.unread)
         return
       except errors.InputError as e:
         self._refuse(400, str(e))
@@ -136,7 +144,7 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
       self._json(200, answer)
 
     def _read_body(self) -> bytes:
-      """The body, after checking its declared length (an oversize body is never read)."""
+      """The body, after checking its declared length (an oversize one is refused unkept)."""
       length = self.headers.get("Content-Length")
       if length is None:
         self.close_connection = True
@@ -148,9 +156,9 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
       if n < 0:
         self.close_connection = True
         raise RequestError(400, f"bad Content-Length: {length!r}")
-      if n > max_upload_bytes:
-        self._discard_body(n)  # read, not kept: the client then gets the whole answer
-        raise RequestError(413, f"upload too large: {n:,} bytes (limit {max_upload_bytes:,})")
+      if n > max_upload_bytes:  # answered from the header; the body is dropped afterwards
+        raise RequestError(413, f"upload too large: {n:,} bytes (limit {max_upload_bytes:,})",
+                           unread=n)
       try:
         body = self.rfile.read(n)
       except TimeoutError:
@@ -160,17 +168,16 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
         raise RequestError(400, f"incomplete upload: got {len(body)} of {n} bytes")
       return body
 
-    def _discard_body(self, n: int | None = None) -> None:
-      """Reads and drops a body the server will not use, up to DISCARD_LIMIT bytes; a larger
-      one (or none declared) ends the connection after the answer instead."""
-      if n is None:
-        try:
-          n = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-          n = -1
-      if n < 0 or n > DISCARD_LIMIT:
-        self.close_connection = True
-        return
+    def _declared_length(self) -> int:
+      try:
+        return max(int(self.headers.get("Content-Length", "0")), 0)
+      except ValueError:
+        return 0
+
+    def _discard(self, n: int) -> None:
+      """Reads and drops up to n bytes (at most DISCARD_LIMIT), then ends the connection."""
+      self.close_connection = True
+      n = min(n, DISCARD_LIMIT)
       try:
         while n > 0:
           chunk = self.rfile.read(min(n, 1 << 16))
@@ -179,15 +186,15 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES):
           n -= len(chunk)
       except (TimeoutError, ConnectionError):
         pass
-      self.close_connection = True
 
   return Handler
 
 
-def make_server(predictor, port: int = DEFAULT_PORT,
-                max_upload_bytes: int = MAX_UPLOAD_BYTES) -> http.server.ThreadingHTTPServer:
+def make_server(predictor, port: int = DEFAULT_PORT, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+                socket_timeout_s: float = SOCKET_TIMEOUT_S) -> http.server.ThreadingHTTPServer:
   """A server on 127.0.0.1:port (0: a free port; see server.server_address) not yet serving."""
-  server = http.server.ThreadingHTTPServer((HOST, port), make_handler(predictor, max_upload_bytes))
+  server = http.server.ThreadingHTTPServer(
+      (HOST, port), make_handler(predictor, max_upload_bytes, socket_timeout_s))
   server.daemon_threads = True
   return server
 

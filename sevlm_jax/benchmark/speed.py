@@ -43,13 +43,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sevlm_jax.inference import decode as decode_lib
-from sevlm_jax.training import optim as optim_lib
-from sevlm_jax.training import step as step_lib
 from sevlm_jax import vocab
 from sevlm_jax.data import tokenizer as tokenizer_lib
+from sevlm_jax.inference import decode as decode_lib
 from sevlm_jax.models import sevlm as sevlm_lib
 from sevlm_jax.models.config import ModelConfig
+from sevlm_jax.training import optim as optim_lib
+from sevlm_jax.training import step as step_lib
 
 VARIANTS = ("optimized", "baseline")
 FIGURES = ("train_cached", "train_tower", "decode", "pipeline", "memory")

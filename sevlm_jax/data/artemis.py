@@ -23,8 +23,8 @@ import pathlib
 import numpy as np
 
 from sevlm_jax import vocab
-from sevlm_jax.errors import InputError
 from sevlm_jax.data import records
+from sevlm_jax.errors import InputError
 
 FORMATS = ("auto", "v1", "v2", "sevlm_json")
 _REQUIRED_COLUMNS = ("art_style", "painting", "emotion", "utterance")

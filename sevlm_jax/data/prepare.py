@@ -34,12 +34,12 @@ import numpy as np
 
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
-from sevlm_jax.errors import InputError
 from sevlm_jax.data import artemis
 from sevlm_jax.data import dominant
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import records
 from sevlm_jax.data import splits
+from sevlm_jax.errors import InputError
 
 _SPLIT_STATS = ("images", "annotations", "with_two_emotions", "dominant_half", "dominant_artemis")
 

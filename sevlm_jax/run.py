@@ -54,6 +54,7 @@ class Run:
   abstract_params: Any
   output_ids: np.ndarray | None = None  # restricted output vocabulary (token ids), or None
 
+
 def default_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   return config.data.ready_dir or os.path.join(workdir, "data")
 
@@ -117,23 +118,25 @@ def _file_sha256(path: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str) -> np.ndarray:
+def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str,
+                   lexicon: vad_lib.VadLexicon | None = None) -> np.ndarray:
   """The (vocab x 3) token VAD table; saved in the workdir so inference needs no lexicon.
 
   A run keeps the table it started with. vad_table.json records the lexicon it came from, so
   that pointing the same workdir at another lexicon is an error rather than silently ignored.
+  lexicon: the config's lexicon, already parsed (read from data.lexicon otherwise).
   """
   path = os.path.join(workdir, "vad_table.npy")
   provenance_path = os.path.join(workdir, "vad_table.json")
   if os.path.exists(path):
     _check_same_lexicon(config, provenance_path)
     return np.load(path)
-  lexicon = lexicon_path(config)
-  table = vad_lib.token_vad_table(
-      tokenizer, vad_lib.load_lexicon(lexicon, fmt=config.data.lexicon_format)).astype(np.float32)
+  lexicon_file = lexicon_path(config)
+  lexicon = lexicon or vad_lib.load_lexicon(lexicon_file, fmt=config.data.lexicon_format)
+  table = vad_lib.token_vad_table(tokenizer, lexicon).astype(np.float32)
   io_utils.save_npy_atomic(path, table)
   io_utils.write_json_atomic(provenance_path, {
-      "lexicon": os.path.abspath(lexicon), "lexicon_sha256": _file_sha256(lexicon),
+      "lexicon": os.path.abspath(lexicon_file), "lexicon_sha256": _file_sha256(lexicon_file),
       "lexicon_format": config.data.lexicon_format})
   return table
 
@@ -225,14 +228,17 @@ def check_workdir(workdir: str) -> None:
                       "writable directory") from None
 
 
-def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """What can be checked before the (possibly hours-long) data preparation: the lexicon parses,
-  the pretrained sources exist, and an already prepared data set has the configured image size."""
+def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: str
+                                    ) -> vad_lib.VadLexicon | None:
+  """What can be checked before the (possibly hours-long) data preparation: the raw data is
+  there, the lexicon parses (returned, unless the workdir's VAD table needs none), the
+  pretrained sources exist, and an already prepared data set has the configured image size."""
   ready_dir = default_ready_dir(config, workdir)
   if config.data.source != "demo":
     check_data_source(config, ready_dir)
+  lexicon = None
   if not os.path.exists(os.path.join(workdir, "vad_table.npy")):
-    vad_lib.load_lexicon(lexicon_path(config), fmt=config.data.lexicon_format)
+    lexicon = vad_lib.load_lexicon(lexicon_path(config), fmt=config.data.lexicon_format)
   if not ckpt_lib.has_checkpoint(workdir, ("latest",)):  # a resumed run reads no pretrained weights
     for field in ("gpt2", "clip"):
       source = config.pretrained[field]
@@ -248,6 +254,7 @@ def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: 
                         f"data.image_size={config.data.image_size}; set --config.data.image_size="
                         f"{size} --config.model.vision.image_size={size}, or use another "
                         "data.ready_dir")
+  return lexicon
 
 
 def prepare_run(config: ml_collections.ConfigDict, workdir: str, write_config: bool = True) -> Run:
@@ -258,10 +265,10 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str, write_config: b
   """
   check_config(config)
   check_workdir(workdir)
-  check_inputs_before_preparation(config, workdir)
+  lexicon = check_inputs_before_preparation(config, workdir)
   ready_dir = resolve_ready_dir(config, workdir)
   tokenizer = tokenizer_lib.load_tokenizer()
-  vad_table = load_vad_table(config, tokenizer, workdir)
+  vad_table = load_vad_table(config, tokenizer, workdir, lexicon)
   model = build_model(config)
   abstract = jax.eval_shape(lambda r: sevlm_lib.init_params(model.config, r), jax.random.PRNGKey(0))
   output_ids = output_vocabulary(config, tokenizer, ready_dir, workdir)

@@ -3,6 +3,7 @@
   python -m sevlm_jax.benchmark --config=configs/sevlm.py:artemis_v1          # full size, GPU
   python -m sevlm_jax.benchmark --config=configs/sevlm.py:demo --pairs=8      # tiny, CPU
   python -m sevlm_jax.benchmark --config.model.vision_attention=cudnn --variants=optimized
+  python -m sevlm_jax.benchmark --aot=h200   # compile-only launches and memory, no GPU needed
 
 Figures (random weights and inputs: only speed is measured; the public recipe's shapes by
 default, 32 pairs = 64 sequences of 30 tokens, vision tower frozen, 50,261-token softmax):
@@ -32,6 +33,7 @@ import gzip
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -44,6 +46,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from sevlm_jax import aot
 from sevlm_jax import decode as decode_lib
 from sevlm_jax import optim as optim_lib
 from sevlm_jax import train_step as step_lib
@@ -164,14 +167,18 @@ class Setup:
 # --- figures -------------------------------------------------------------------------------------
 
 
+def train_step_fn(setup: Setup, variant: str) -> Callable:
+  return jax.jit(step_lib.make_train_step(setup.model, setup.config, setup.tx,
+                                          plain_port=variant == "baseline"),
+                 donate_argnums=0)
+
+
 def bench_train(setup: Setup, variant: str, cached: bool) -> tuple[dict, Callable, dict]:
   """(figure, one more step as a callable, the dict holding its state: clear it to free)."""
   batch = synthetic_batch(setup.model.config, _PAIRS.value, _SEQ_LEN.value)
   batch.pop("image" if cached else "patches")
   batch = jax.device_put(batch)
-  step = jax.jit(step_lib.make_train_step(setup.model, setup.config, setup.tx,
-                                          plain_port=variant == "baseline"),
-                 donate_argnums=0)
+  step = train_step_fn(setup, variant)
   state = step_lib.init_train_state(setup.fresh_params(), setup.tx, False)
   rng = jax.random.key(0)
   compiled = step.lower(state, batch, setup.vad_table, rng).compile()
@@ -191,8 +198,7 @@ def bench_train(setup: Setup, variant: str, cached: bool) -> tuple[dict, Callabl
   return record, run, holder
 
 
-def make_decode(setup: Setup, variant: str, steps: int):
-  params = setup.fresh_params()
+def decode_fn(setup: Setup, variant: str, steps: int) -> Callable:
   tokenizer = tokenizer_lib.load_tokenizer()
   prompt = jnp.asarray(tokenizer.prompt_ids, jnp.int32)
 
@@ -206,7 +212,11 @@ def make_decode(setup: Setup, variant: str, steps: int):
         steps_per_check=steps)
     return tokens
 
-  return decode, params
+  return decode
+
+
+def make_decode(setup: Setup, variant: str, steps: int):
+  return decode_fn(setup, variant, steps), setup.fresh_params()
 
 
 def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Callable]:
@@ -342,6 +352,9 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown figure {unknown[0]!r}; choose from {', '.join(FIGURES)}")
   config = _CONFIG.value
+  if aot.requested():  # compile-only figures for a GPU, on any machine
+    aot.main(sys.modules[__name__], config, _VARIANTS.value, _FIGURES.value)
+    return
   for variant in _VARIANTS.value:
     run_variant(config, variant, _FIGURES.value)
   if "pipeline" in _FIGURES.value:

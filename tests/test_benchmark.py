@@ -64,7 +64,9 @@ def test_benchmark_command_prints_every_figure(tmp_path):
     assert r["device"] == "cpu"
     if r["what"].startswith("train"):
       assert r["batch_seqs"] == 4 and r["seqs_per_s"] > 0 and r["loss_finite"]
-      assert r["ms"] == pytest.approx(1e3 * 4 / r["seqs_per_s"], rel=1e-2)
+      # seqs_per_s is rounded to 0.1 (2% of a rate of 2.3 seq/s on a loaded CPU): compare the
+      # rate recomputed from ms within that rounding, not at a relative tolerance.
+      assert r["seqs_per_s"] == pytest.approx(1e3 * 4 / r["ms"], abs=0.05 + 1e-3)
     if r["what"] == "decode":
       assert r["images"] == 4 and r["tokens_generated"] == 3 and r["images_per_s"] > 0
       assert r["variant"] == "optimized" or r["steps_per_check"] == 1

@@ -19,7 +19,7 @@ Variants:
   optimized      bf16 matmuls with float32 master weights, bf16 logits into the loss over a
                  vocabulary padded to a multiple of 128, cross-attention K/V once per
                  image, decoding weights cast once and config.eval.steps_per_check tokens
-                 between "all ended?" tests
+                 between "all ended?" tests (0: none, a loop of known trip count)
   baseline       the same design with those switched off: float32 compute, float32
                  logits over the 50,261-token vocabulary, each image's patches repeated for
                  both sequences of its pair, one token per loop test

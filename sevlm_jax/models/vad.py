@@ -76,10 +76,10 @@ class VADLayer(nn.Module):
     q = gpt2.split_heads(dense(self.query, x_BxTx3), h)
     k = gpt2.split_heads(dense(self.key, x_BxTx3), h)
     v = gpt2.split_heads(dense(self.value, x_BxTx3), h)
-    if cache is not None:
-      k = gpt2.update_cache(cache["k"], k, index)
-      v = gpt2.update_cache(cache["v"], v, index)
-      cache = {"k": k, "v": v}
+    if cache is not None:  # k and v of the new tokens written by one update
+      kv = gpt2.update_cache(cache["kv"], jnp.stack([k, v], axis=2), index)
+      k, v = kv[:, :, 0], kv[:, :, 1]
+      cache = {"kv": kv}
     probs = self.attn_dropout(small_attention_probs(q, k, mask_BxTxS), deterministic=deterministic)
     a_BxTx3 = gpt2.merge_heads(small_attend(probs, v))
     y = self.norm1(x_BxTx3 + self.dropout1(a_BxTx3, deterministic=deterministic))
@@ -135,13 +135,13 @@ class VADEncoder(nn.Module):
       raise ValueError("incremental VAD encoding needs model.vad.causal=True: a bidirectional"
                        " encoder changes earlier outputs as tokens arrive")
     self._check_length(max_length)
-    zeros = jnp.zeros((batch, max_length, c.heads, c.width // c.heads), jnp.float32)
-    return tuple({"k": zeros, "v": zeros} for _ in range(c.layers))
+    zeros = jnp.zeros((batch, max_length, 2, c.heads, c.width // c.heads), jnp.float32)
+    return tuple({"kv": zeros} for _ in range(c.layers))
 
   def step(self, vad_BxTx3, cache, index):
     """Encodes T new tokens at positions index..index+T-1 against the cache."""
     t = vad_BxTx3.shape[1]
-    max_length = cache[0]["k"].shape[1]
+    max_length = cache[0]["kv"].shape[1]
     mask_1xTxS = gpt2.cached_causal_mask(index, t, max_length)
     return self._run(vad_BxTx3, index + jnp.arange(t), mask_1xTxS, cache, index, True)
 

@@ -98,9 +98,11 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64  # global; rounded up to a multiple of the device count
   c.eval.max_new_tokens = 25
   # Tokens generated between two "has every sequence ended?" tests; results do not depend
-  # on it. On an H200, 4 was 6% slower than 1 (25.2 vs 23.7 ms for 64 images): the loop
-  # test is not a bottleneck there.
-  c.eval.steps_per_check = 1
+  # on it. 0: no test, always max_new_tokens steps in a loop of known trip count, so that on
+  # a GPU the host never waits for the device between tokens (a test copies a flag back and
+  # waits for it every time; benchmark/aot.py counts these). On an H200, 4 was 6% slower than 1
+  # (25.2 vs 23.7 ms for 64 images).
+  c.eval.steps_per_check = 0
   c.eval.decoding = "greedy"  # greedy | top_p
   c.eval.top_p = 0.9
   c.eval.temperature = 1.0

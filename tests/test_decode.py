@@ -115,10 +115,11 @@ def test_greedy_generation_equals_reference(setup, causal):
   check_conventions(got[0], got[1], [eos, NEVER])
 
 
-@pytest.mark.parametrize("steps_per_check", [3, 4])
+@pytest.mark.parametrize("steps_per_check", [0, 3, 4])
 def test_steps_per_check_do_not_change_results(setup, steps_per_check):
-  """Several tokens per loop test (N is not a multiple of 3 or 4): same tokens, lengths
-  and logits as one token per test, with and without stops inside the overshoot."""
+  """Several tokens per loop test (N is not a multiple of 3 or 4), or none (0: a loop of
+  known trip count): same tokens, lengths and logits as one token per test, with and
+  without stops inside the overshoot."""
   config, params, images, vad_table = setup
   for eos in (NEVER, None):
     kw = dict(because_id=NEVER, eos_id=NEVER if eos else None)
@@ -130,6 +131,22 @@ def test_steps_per_check_do_not_change_results(setup, steps_per_check):
                                        max_new_tokens=N, pad_id=vocab.PAD_ID, return_logits=True,
                                        steps_per_check=steps_per_check, **kw)
     check_same((np.asarray(tokens), np.asarray(lengths), np.asarray(logits)), got)
+
+
+def test_no_loop_test_runs_every_step_with_the_same_tokens(setup):
+  """steps_per_check=0 never exits early: the tokens and lengths are those of an early exit,
+  and the logits of the steps after every sequence ended are computed, not zeros."""
+  config, params, images, vad_table = setup
+  got, _ = greedy_both(config, params, images, vad_table, because_id=NEVER, eos_id=NEVER)
+  first = [int(t) for t in got[0][:, 0]]
+  kw = dict(max_new_tokens=N, because_id=NEVER, eos_id=first, pad_id=vocab.PAD_ID,
+            return_logits=True)
+  tests = generate(SEVLM(config), params, images, vad_table, PROMPT, steps_per_check=1, **kw)
+  fixed = generate(SEVLM(config), params, images, vad_table, PROMPT, steps_per_check=0, **kw)
+  np.testing.assert_array_equal(fixed[0], tests[0])
+  np.testing.assert_array_equal(fixed[1], tests[1])
+  np.testing.assert_array_equal(fixed[2][:, 0], tests[2][:, 0])
+  assert np.all(tests[2][:, 1:] == 0) and np.all(np.asarray(fixed[2][:, 1:]) != 0)
 
 
 def test_early_exit(setup):

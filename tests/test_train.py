@@ -366,6 +366,19 @@ def test_non_finite_loss_leaves_the_state_unchanged(data, trainable_vision):
   assert float(metrics["finite"]) == 1.0 and int(good.skipped_steps) == 1
 
 
+def test_global_norm_is_the_norm_of_all_leaves():
+  rng = np.random.default_rng(0)
+  tree = {"s": np.float32(3.0), "v": rng.standard_normal(7).astype(np.float32),
+          "m": {"k": rng.standard_normal((5, 300)).astype(np.float32),
+                "t": rng.standard_normal((2, 3, 4)).astype(np.float32)}}
+  expected = np.sqrt(sum(np.sum(np.square(np.float64(x))) for x in jax.tree.leaves(tree)))
+  np.testing.assert_allclose(jax.jit(step_lib.global_norm)(tree), expected, rtol=1e-6)
+  half = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), tree)  # squared in float32
+  np.testing.assert_allclose(step_lib.global_norm(half), np.sqrt(sum(
+      np.sum(np.square(np.float64(np.asarray(x, np.float32)))) for x in jax.tree.leaves(half))),
+                             rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- the optimiser
 
 def _optim_config(**overrides) -> ml_collections.ConfigDict:

@@ -7,6 +7,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from sevlm_jax.benchmark import aot
 from sevlm_jax.benchmark import speed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/sevlm.py", "Model and optimiser config.")
@@ -23,6 +24,11 @@ _PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Trace the optimized var
 _PIPELINE_IMAGES = flags.DEFINE_integer("pipeline_images", 256, "Demo images for `pipeline`.")
 _STEPS_PER_CHECK = flags.DEFINE_list("steps_per_check", [], "decode, optimized variant: values of "
                                      "eval.steps_per_check to compare (default: the config's).")
+
+flags.DEFINE_enum("aot", None, list(aot.GPUS), "Compile for this GPU without one and print "
+                  "launches and program memory instead of timing (benchmark/aot.py).")
+flags.DEFINE_string("aot_dump_dir", None, "Keep XLA's dumps here (one folder per program); "
+                    "default: a temporary folder, removed.")
 
 
 if __name__ == "__main__":

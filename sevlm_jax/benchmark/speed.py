@@ -3,6 +3,7 @@
   python -m sevlm_jax.benchmark --config=configs/sevlm.py:artemis_v1          # full size, GPU
   python -m sevlm_jax.benchmark --config=configs/sevlm.py:demo --pairs=8      # tiny, CPU
   python -m sevlm_jax.benchmark --config.model.vision_attention=cudnn --variants=optimized
+  python -m sevlm_jax.benchmark --aot=h200   # compile-only launches and memory, no GPU needed
 
 Figures (random weights and inputs: only speed is measured; the public recipe's shapes by
 default, 32 pairs = 64 sequences of 30 tokens, vision tower frozen, 50,261-token softmax):
@@ -18,7 +19,7 @@ Variants:
   optimized      bf16 matmuls with float32 master weights, bf16 logits into the loss over a
                  vocabulary padded to a multiple of 128, cross-attention K/V once per
                  image, decoding weights cast once and config.eval.steps_per_check tokens
-                 between "all ended?" tests
+                 between "all ended?" tests (0: none, a loop of known trip count)
   baseline       the same design with those switched off: float32 compute, float32
                  logits over the 50,261-token vocabulary, each image's patches repeated for
                  both sequences of its pair, one token per loop test
@@ -32,6 +33,7 @@ import gzip
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -43,6 +45,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sevlm_jax.benchmark import aot
 from sevlm_jax import vocab
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.inference import decode as decode_lib
@@ -150,12 +153,17 @@ class Setup:
 # --- figures -------------------------------------------------------------------------------------
 
 
+def train_step_fn(setup: Setup, variant: str) -> Callable:
+  del variant  # the variant's config (variant_config) carries its switches
+  return jax.jit(step_lib.make_train_step(setup.model, setup.config, setup.tx), donate_argnums=0)
+
+
 def bench_train(setup: Setup, variant: str, cached: bool) -> tuple[dict, Callable, dict]:
   """(figure, one more step as a callable, the dict holding its state: clear it to free)."""
   batch = synthetic_batch(setup.model.config, flags.FLAGS.pairs, flags.FLAGS.seq_len)
   batch.pop("image" if cached else "patches")
   batch = jax.device_put(batch)
-  step = jax.jit(step_lib.make_train_step(setup.model, setup.config, setup.tx), donate_argnums=0)
+  step = train_step_fn(setup, variant)
   state = step_lib.init_train_state(setup.fresh_params(), setup.tx, False)
   rng = jax.random.key(0)
   compiled = step.lower(state, batch, setup.vad_table, rng).compile()
@@ -175,8 +183,7 @@ def bench_train(setup: Setup, variant: str, cached: bool) -> tuple[dict, Callabl
   return record, run, holder
 
 
-def make_decode(setup: Setup, variant: str, steps: int):
-  params = setup.fresh_params()
+def decode_fn(setup: Setup, variant: str, steps: int) -> Callable:
   tokenizer = tokenizer_lib.load_tokenizer()
   prompt = jnp.asarray(tokenizer.prompt_ids, jnp.int32)
 
@@ -190,7 +197,11 @@ def make_decode(setup: Setup, variant: str, steps: int):
         steps_per_check=steps)
     return tokens
 
-  return decode, params
+  return decode
+
+
+def make_decode(setup: Setup, variant: str, steps: int):
+  return decode_fn(setup, variant, steps), setup.fresh_params()
 
 
 def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Callable]:
@@ -326,6 +337,9 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown figure {unknown[0]!r}; choose from {', '.join(FIGURES)}")
   config = flags.FLAGS.config
+  if aot.requested():  # compile-only figures for a GPU, on any machine
+    aot.main(sys.modules[__name__], config, flags.FLAGS.variants, flags.FLAGS.figures)
+    return
   for variant in flags.FLAGS.variants:
     run_variant(config, variant, flags.FLAGS.figures)
   if "pipeline" in flags.FLAGS.figures:

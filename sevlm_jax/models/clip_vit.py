@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from sevlm_jax.models.config import VisionConfig
-from sevlm_jax.models.layers import layer_norm
+from sevlm_jax.models.layers import DenseParams, layer_norm
 
 NORM_CONSTANTS = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
@@ -31,17 +31,6 @@ def normalize_images(images_BxHxWx3: jax.Array, image_norm: str) -> jax.Array:
 
 def quick_gelu(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(1.702 * x)
-
-
-class DenseParams(nn.Module):
-  """The kernel and bias of a Dense layer (same names and init as nn.Dense), not applied."""
-  features: int
-
-  @nn.compact
-  def __call__(self, in_features: int):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    return kernel, bias
 
 
 class Attention(nn.Module):

@@ -11,9 +11,9 @@ Segment ids are embedded with the word table and added (HF's token_type_ids).
 
 The decoder is split into `embed` / `transform` / `logits` so that SEVLM can
 fuse VAD features into the input embeddings between the first two. The cache
-is an explicit pytree (a tuple with one dict per block): self-attention K/V
-buffers of a fixed maximum length, and the cross-attention K/V, computed once
-per image by `init_cache`.
+is an explicit pytree (a tuple with one dict per block): a self-attention K/V
+buffer of a fixed maximum length (K and V in one array, written by one update
+per step), and the cross-attention K/V, computed once per image by `init_cache`.
 """
 
 from typing import Any
@@ -43,13 +43,16 @@ class SelfAttention(nn.Module):
     self.resid_dropout = nn.Dropout(c.dropout)
 
   def __call__(self, x_BxTxD, mask_BxTxS, cache=None, index=None, deterministic=True):
-    q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(self.c_attn(x_BxTxD), 3, axis=-1)
+    qkv_BxTx3D = self.c_attn(x_BxTxD)
+    q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(qkv_BxTx3D, 3, axis=-1)
     h = self.config.heads
     q, k, v = split_heads(q_BxTxD, h), split_heads(k_BxTxD, h), split_heads(v_BxTxD, h)
-    if cache is not None:
-      k = update_cache(cache["k"], k, index)
-      v = update_cache(cache["v"], v, index)
-      cache = {**cache, "k": k, "v": v}
+    if cache is not None:  # k and v of the new tokens written by one update
+      b, t, _ = qkv_BxTx3D.shape
+      kv = update_cache(cache["kv"], qkv_BxTx3D[..., q_BxTxD.shape[-1]:].reshape(
+          b, t, 2, h, -1), index)
+      k, v = kv[:, :, 0], kv[:, :, 1]
+      cache = {**cache, "kv": kv}
     probs = self.attn_dropout(attention_probs(q, k, mask_BxTxS), deterministic=deterministic)
     out_BxTxD = self.c_proj(merge_heads(attend(probs, v)))
     return self.resid_dropout(out_BxTxD, deterministic=deterministic), cache
@@ -173,9 +176,14 @@ class GPT2Decoder(nn.Module):
       new_cache.append(layer_cache)
     return self.ln_f(x_BxTxD), (tuple(new_cache) if cache is not None else None)
 
-  def logits(self, hidden_BxTxD, output_ids_V=None, dtype=jnp.float32, pad_vocab_to: int = 1):
+  def logits(self, hidden_BxTxD, output_ids_V=None, dtype=jnp.float32, pad_vocab_to: int = 1,
+             table_VxD=None):
     """Tied LM head; over the rows output_ids_V only when given (a restricted output
     vocabulary: the softmax then normalises over those tokens).
+
+    table_VxD: those rows already taken, cast to the compute dtype and padded (SEVLM's
+    lm_head_table), so that a decoding loop does not gather, cast and pad the 50,261 x 768
+    table for every token; the logits of its padding rows are dropped.
 
     dtype: of the returned logits. The train step asks for the compute dtype, so that in
     bf16 no float32 copy of the BxTxV logits is written; the loss upcasts inside its
@@ -186,6 +194,10 @@ class GPT2Decoder(nn.Module):
     a 50,261-wide bf16 GEMM ran on an 'align1' kernel at about 100 TFLOP/s).
     """
     v = self.config.vocab_size
+    if table_VxD is not None:
+      rows = v if output_ids_V is None else output_ids_V.shape[0]
+      return jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype),
+                        table_VxD.astype(self.dtype))[..., :rows].astype(dtype)
     if output_ids_V is not None:
       table_VxD = self.wte.embedding[output_ids_V]
     else:
@@ -201,9 +213,9 @@ class GPT2Decoder(nn.Module):
     """Empty self-attention buffers of max_length slots plus the image's cross-attention K/V."""
     c = self.config
     b = patches_BxPxD.shape[0]
-    zeros = jnp.zeros((b, max_length, c.heads, c.width // c.heads), self.dtype)
+    zeros = jnp.zeros((b, max_length, 2, c.heads, c.width // c.heads), self.dtype)
     cache = []
     for block in self.h:
       cross_k, cross_v = block.cross_kv(patches_BxPxD)
-      cache.append({"k": zeros, "v": zeros, "cross_k": cross_k, "cross_v": cross_v})
+      cache.append({"kv": zeros, "cross_k": cross_k, "cross_v": cross_v})
     return tuple(cache)

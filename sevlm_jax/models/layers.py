@@ -1,9 +1,21 @@
-"""Building blocks shared by the towers: LayerNorm as GPT-2 and CLIP define it, multi-head
-attention in pieces (heads, weights, masks) and the fixed-size KV cache update."""
+"""Building blocks shared by the towers: Dense parameters applied by hand, LayerNorm as GPT-2
+and CLIP define it, multi-head attention in pieces (heads, weights, masks) and the fixed-size
+KV cache update."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+class DenseParams(nn.Module):
+  """The kernel and bias of a Dense layer (same names and init as nn.Dense), not applied."""
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    return kernel, bias
+
 
 LN_EPSILON = 1e-5  # GPT-2's and CLIP's LayerNorm epsilon (flax defaults to 1e-6)
 
@@ -51,6 +63,7 @@ def cached_causal_mask(index: jax.Array, num_new: int, max_length: int) -> jax.A
   return (key_S[None, :] <= query_T[:, None])[None]
 
 
-def update_cache(buf_BxSxHxK: jax.Array, new_BxTxHxK: jax.Array, index: jax.Array) -> jax.Array:
-  return jax.lax.dynamic_update_slice(buf_BxSxHxK, new_BxTxHxK.astype(buf_BxSxHxK.dtype),
-                                      (0, index, 0, 0))
+def update_cache(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+  """Writes T new tokens (new: BxTx...) at slots index.. of a cache buffer (BxSx...)."""
+  start = (0, index) + (0,) * (buf.ndim - 2)
+  return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), start)

@@ -146,8 +146,11 @@ class SEVLM(nn.Module):
       cache["vad"] = self.vad_encoder.init_cache(patches_BxPxD.shape[0], max_length)
     return cache
 
-  def decode_step(self, cache, input_ids_BxT, segment_ids_BxT, token_vad_BxTx3, output_ids=None):
+  def decode_step(self, cache, input_ids_BxT, segment_ids_BxT, token_vad_BxTx3, output_ids=None,
+                  lm_table=None):
     """Feeds T new tokens (T >= 1; the prompt at once, then one at a time).
+
+    lm_table: lm_head_table(output_ids), computed once before a decoding loop.
 
     Returns ({'logits': BxTxV float32, 'hidden': BxTxD, 'vad_pred': BxTx3}, new cache);
     equal to the full pass over the whole prefix (no padding inside the cache).
@@ -155,7 +158,7 @@ class SEVLM(nn.Module):
     traced index cannot be checked here).
     """
     c = self.config
-    max_length = cache["decoder"][0]["k"].shape[1]
+    max_length = cache["decoder"][0]["kv"].shape[1]
     self._check_text(input_ids_BxT, segment_ids_BxT, token_vad_BxTx3, max_length)
     index = cache["index"]
     t = input_ids_BxT.shape[1]
@@ -168,9 +171,20 @@ class SEVLM(nn.Module):
     mask_1xTxS = layers.cached_causal_mask(index, t, max_length)
     hidden_BxTxD, new_cache["decoder"] = self.decoder.transform(
         x_BxTxD, mask_1xTxS, cache=cache["decoder"], index=index)
-    out = {"logits": self.decoder.logits(hidden_BxTxD, output_ids), "hidden": hidden_BxTxD,
+    out = {"logits": self.decoder.logits(hidden_BxTxD, output_ids, table_VxD=lm_table),
+           "hidden": hidden_BxTxD,
            "vad_pred": self.vad_head(hidden_BxTxD.astype(jnp.float32))}
     return out, new_cache
+
+  def lm_head_table(self, output_ids=None):
+    """The rows of the tied LM head (all, or output_ids) in the compute dtype, for decode_step,
+    padded with zero rows to a multiple of 128 (aligned GEMMs; decode_step drops their
+    columns). Left to XLA, the 50,261-row table was padded to 50,264 rows for every token."""
+    table_VxD = self.decoder.wte.embedding
+    if output_ids is not None:
+      table_VxD = table_VxD[output_ids]
+    table_VxD = jnp.pad(table_VxD, ((0, -table_VxD.shape[0] % 128), (0, 0)))
+    return table_VxD.astype(self.config.compute_dtype)
 
   # --- initialisation ------------------------------------------------------------------
 

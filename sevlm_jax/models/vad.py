@@ -23,6 +23,34 @@ import jax.numpy as jnp
 
 from sevlm_jax.models.config import VADConfig
 from sevlm_jax.models import layers
+from sevlm_jax.models.layers import DenseParams
+
+
+def small_dense(x_BxTxI: jax.Array, kernel_IxO: jax.Array, bias_O: jax.Array) -> jax.Array:
+  """x @ kernel + bias as broadcast products and a sum, for this encoder's tiny matrices.
+
+  At width 3 a GEMM launch costs far more than its arithmetic, and in the train step the
+  encoder's matmuls were 54 cuBLAS calls (forward and backward); as elementwise work XLA
+  fuses them with the layer norms, softmax and residuals around them. Same math as a matmul.
+  """
+  return jnp.sum(x_BxTxI[..., :, None] * kernel_IxO, axis=-2) + bias_O
+
+
+def small_attention_probs(q_BxTxHxK, k_BxSxHxK, mask_BxTxS):
+  """layers.attention_probs (BxHxTxS, float32) with the score products summed explicitly."""
+  scale = q_BxTxHxK.shape[-1] ** -0.5
+  q_BxHxTx1xK = jnp.swapaxes(q_BxTxHxK, 1, 2)[:, :, :, None]
+  k_BxHx1xSxK = jnp.swapaxes(k_BxSxHxK, 1, 2)[:, :, None]
+  logits_BxHxTxS = jnp.sum(q_BxHxTx1xK * k_BxHx1xSxK, axis=-1).astype(jnp.float32) * scale
+  logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits_BxHxTxS, axis=-1)
+
+
+def small_attend(probs_BxHxTxS, v_BxSxHxK):
+  """layers.attend (BxTxHxK) with the weighted sum over keys written out."""
+  v_BxHx1xSxK = jnp.swapaxes(v_BxSxHxK, 1, 2)[:, :, None]
+  out_BxHxTxK = jnp.sum(probs_BxHxTxS[..., None].astype(v_BxSxHxK.dtype) * v_BxHx1xSxK, axis=-2)
+  return jnp.swapaxes(out_BxHxTxK, 1, 2)
 
 
 class VADLayer(nn.Module):
@@ -30,12 +58,13 @@ class VADLayer(nn.Module):
 
   def setup(self):
     c = self.config
-    self.query = nn.Dense(c.width)
-    self.key = nn.Dense(c.width)
-    self.value = nn.Dense(c.width)
+    # Dense layers' parameters (names and init of nn.Dense), applied by small_dense.
+    self.query = DenseParams(c.width)
+    self.key = DenseParams(c.width)
+    self.value = DenseParams(c.width)
     self.norm1 = layers.layer_norm()
-    self.fc1 = nn.Dense(c.mlp_dim)
-    self.fc2 = nn.Dense(c.width)
+    self.fc1 = DenseParams(c.mlp_dim)
+    self.fc2 = DenseParams(c.width)
     self.norm2 = layers.layer_norm()
     self.attn_dropout = nn.Dropout(c.dropout)
     self.dropout1 = nn.Dropout(c.dropout)
@@ -43,17 +72,18 @@ class VADLayer(nn.Module):
 
   def __call__(self, x_BxTx3, mask_BxTxS, cache=None, index=None, deterministic=True):
     h = self.config.heads
-    q = layers.split_heads(self.query(x_BxTx3), h)
-    k = layers.split_heads(self.key(x_BxTx3), h)
-    v = layers.split_heads(self.value(x_BxTx3), h)
-    if cache is not None:
-      k = layers.update_cache(cache["k"], k, index)
-      v = layers.update_cache(cache["v"], v, index)
-      cache = {"k": k, "v": v}
-    probs = self.attn_dropout(layers.attention_probs(q, k, mask_BxTxS), deterministic=deterministic)
-    a_BxTx3 = layers.merge_heads(layers.attend(probs, v))
+    dense = lambda layer, x: small_dense(x, *layer(x.shape[-1]))
+    q = layers.split_heads(dense(self.query, x_BxTx3), h)
+    k = layers.split_heads(dense(self.key, x_BxTx3), h)
+    v = layers.split_heads(dense(self.value, x_BxTx3), h)
+    if cache is not None:  # k and v of the new tokens written by one update
+      kv = layers.update_cache(cache["kv"], jnp.stack([k, v], axis=2), index)
+      k, v = kv[:, :, 0], kv[:, :, 1]
+      cache = {"kv": kv}
+    probs = self.attn_dropout(small_attention_probs(q, k, mask_BxTxS), deterministic=deterministic)
+    a_BxTx3 = layers.merge_heads(small_attend(probs, v))
     y = self.norm1(x_BxTx3 + self.dropout1(a_BxTx3, deterministic=deterministic))
-    f = self.fc2(jax.nn.relu(self.fc1(y)))
+    f = dense(self.fc2, jax.nn.relu(dense(self.fc1, y)))
     y = self.norm2(y + self.dropout2(f, deterministic=deterministic))
     return y, cache
 
@@ -105,13 +135,13 @@ class VADEncoder(nn.Module):
       raise ValueError("incremental VAD encoding needs model.vad.causal=True: a bidirectional"
                        " encoder changes earlier outputs as tokens arrive")
     self._check_length(max_length)
-    zeros = jnp.zeros((batch, max_length, c.heads, c.width // c.heads), jnp.float32)
-    return tuple({"k": zeros, "v": zeros} for _ in range(c.layers))
+    zeros = jnp.zeros((batch, max_length, 2, c.heads, c.width // c.heads), jnp.float32)
+    return tuple({"kv": zeros} for _ in range(c.layers))
 
   def step(self, vad_BxTx3, cache, index):
     """Encodes T new tokens at positions index..index+T-1 against the cache."""
     t = vad_BxTx3.shape[1]
-    max_length = cache[0]["k"].shape[1]
+    max_length = cache[0]["kv"].shape[1]
     mask_1xTxS = layers.cached_causal_mask(index, t, max_length)
     return self._run(vad_BxTx3, index + jnp.arange(t), mask_1xTxS, cache, index, True)
 

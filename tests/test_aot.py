@@ -1,0 +1,150 @@
+"""The compile-only GPU figures: parsing XLA's thunk dumps (always), compiling (with the plugin).
+
+tests/fixtures/aot_small/ is XLA's dump of a small program compiled for the H200 description by
+sevlm_jax.benchmark.aot (jax 0.10.2, jax-cuda13-plugin 0.10.2, no GPU):
+
+  def f(x, w):  # x f32[64,256], w f32[256,256]
+    y = jax.lax.cond(x[0, 0] > 0, lambda: jnp.tanh(x @ w), lambda: x)
+    def body(c):
+      i, y = c
+      return i + 1, jnp.sin(jnp.tanh(y @ w) @ w)
+    _, y = jax.lax.while_loop(lambda c: (c[0] < 10) & (c[1][0, 0] < 5), body, (0, y))
+    return jax.lax.fori_loop(0, 40, lambda i, y: jnp.cos(jnp.sin(y @ w) @ w), y)
+
+A conditional (a GEMM branch and a copy branch), a loop with a data-dependent exit and one of
+known trip count; the thunk passes put each loop body in a command buffer.
+"""
+
+import hashlib
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from sevlm_jax.benchmark import aot
+from test_train import REPO, TINY
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "aot_small"
+
+
+def _read(suffix):
+  return next(FIXTURE.glob(f"*{suffix}")).read_text()
+
+
+def test_parse_nests_branches_and_loop_blocks():
+  top = aot.parse_thunk_sequence(_read(".thunk_sequence.txt"))
+  assert [t.kind for t in top] == ["kCopy", "kCopy", "kCustomKernel", "kConditional", "kWhile",
+                                   "kWhile"]
+  cond, loop, counted = top[3:]
+  assert {k: [t.kind for t in b] for k, b in cond.blocks.items()} == {
+      "false_branch": ["kCublasLtMatmul", "kCustomKernel"], "true_branch": ["kCopy"]}
+  # XLA prints a loop's "condition:" label unindented, right after the loop's line.
+  for w in (loop, counted):
+    assert set(w.blocks) == {"condition", "body"}
+    assert len(w.blocks["condition"]) == 1 and len(w.blocks["body"]) == 5
+  assert [t.id for t in counted.blocks["body"]] == [17, 18, 19, 20, 21]
+
+
+def test_parse_puts_command_buffer_contents_under_it():
+  top = aot.parse_thunk_sequence(_read(".thunk_sequence_after_thunk_passes.txt"))
+  body = top[4].blocks["body"]
+  assert [t.kind for t in body] == ["kCommandBuffer"]
+  assert [t.id for t in body[0].blocks[""]] == [10, 11, 12, 13, 14]
+
+
+def test_summarize_dump_counts_the_normal_path():
+  r = aot.summarize_dump(str(FIXTURE))
+  # top level 3 + the GEMM branch 2 + two loops of (1 condition + 5 body); the copy branch aside
+  assert r["launches"] == 3 + 2 + 2 * 6
+  assert r["by_kind"] == {"fusion": 10, "gemm": 5, "copy": 2, "cudnn": 0, "other": 0}
+  assert r["other_branches"] == 1
+  assert r["command_buffers"] == 2 and r["captured"] == 10
+  first, counted = r["loops"]
+  assert first == {"body": 5, "body_by_kind": {"fusion": 3, "gemm": 2, "copy": 0, "cudnn": 0,
+                                               "other": 0},
+                   "condition": 1, "trip_count": None, "in_command_buffer": False,
+                   "host_syncs_per_iteration": 1}
+  assert counted["trip_count"] == 40 and counted["host_syncs_per_iteration"] == 0
+
+
+def test_conditional_counts_the_branch_that_does_work_not_the_one_that_copies():
+  text = """\
+001: kConditional [source | sink]
+  false_branch:
+    002: kCustomKernel [source | sink] loop_add_fusion grid: [1, 1, 1]
+    003: kGemm [source | sink] kGemm
+  true_branch:
+    004: kCopy [source | sink] kCopy
+    005: kCopy [source | sink] kCopy
+    006: kCopy [source | sink] kCopy
+"""
+  r = aot.summarize(aot.parse_thunk_sequence(text), None, {})
+  assert r["by_kind"] == {"fusion": 1, "gemm": 1, "copy": 0, "cudnn": 0, "other": 0}
+  assert r["other_branches"] == 3 and r["command_buffers"] == 0
+
+
+def test_a_loop_inside_a_command_buffer_costs_no_host_sync():
+  text = """\
+000: kCommandBuffer [source | sink]
+    001: kCopy [source | sink] kCopy
+    002: kWhile [prev=001 (1) | sink]       
+condition:
+        003: kCustomKernel [source | sink] loop_and_fusion grid: [1, 1, 1]
+      body:
+        004: kCublasLtMatmul [source | sink] kCublasLtMatmul
+        005: kCuDnn [source | sink] kCuDnn
+"""
+  flat = """\
+001: kCopy [source | sink] kCopy
+002: kWhile [prev=001 (1) | sink]   
+condition:
+    003: kCustomKernel [source | sink] loop_and_fusion grid: [1, 1, 1]
+  body:
+    004: kCublasLtMatmul [source | sink] kCublasLtMatmul
+    005: kCuDnn [source | sink] kCuDnn
+"""
+  r = aot.summarize(aot.parse_thunk_sequence(flat), aot.parse_thunk_sequence(text), {})
+  assert r["by_kind"] == {"fusion": 1, "gemm": 1, "copy": 1, "cudnn": 1, "other": 0}
+  assert r["loops"][0]["in_command_buffer"] and r["loops"][0]["host_syncs_per_iteration"] == 0
+  assert r["captured"] == 4
+
+
+def test_vendored_gpu_descriptions_match_their_recorded_checksums():
+  table = (REPO / "third_party" / "README.md").read_text()
+  rows = dict(re.findall(r"\| `(xla_gpu_specs/[\w.]+)` \|.*\| `([0-9a-f]{64})` \|", table))
+  assert set(rows) >= {f"xla_gpu_specs/{n}" for n in aot.SPECS.values()} | {
+      "xla_gpu_specs/LICENSE"}
+  for path, digest in rows.items():
+    assert hashlib.sha256((REPO / "third_party" / path).read_bytes()).hexdigest() == digest, path
+  for gpu in aot.SPECS:
+    text = aot.target_config(gpu)
+    assert "collective_memory_granularity" not in text and "gpu_device_info {" in text
+
+
+def test_aot_without_the_gpu_compiler_says_what_to_install(monkeypatch):
+  monkeypatch.setattr(aot, "plugin_installed", lambda: False)
+  with pytest.raises(SystemExit, match=r"pip install -e '\.\[aot\]'"):
+    aot.main(None, None, ["optimized"], ["decode"])
+
+
+@pytest.mark.skipif(not aot.plugin_installed(), reason="needs the [aot] extra (jax[cuda13])")
+def test_aot_command_prints_launches_and_memory_of_each_program():
+  model = {k: v for k, v in TINY.items() if k.startswith("model.")}
+  args = [sys.executable, "-m", "sevlm_jax.benchmark", "--config=configs/sevlm.py:demo",
+          *(f"--config.{k}={v}" for k, v in model.items()),
+          "--aot=h100", "--variants=optimized", "--figures=train_cached,decode", "--pairs=2",
+          "--new_tokens=3"]
+  out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = {r["what"]: r for r in map(json.loads, out.stdout.splitlines())}
+  assert set(rows) == {"train_cached", "decode"}
+  for r in rows.values():
+    assert r["aot"] == "h100" and r["device"] == "NVIDIA H100 80GB HBM3"
+    assert r["launches"] == sum(r["by_kind"].values()) > 0
+    assert r["program_GiB"] > 0 and r["temp_GiB"] >= 0
+  assert rows["train_cached"]["loops"] == [] and rows["train_cached"]["by_kind"]["gemm"] > 0
+  assert len(rows["decode"]["loops"]) == 1 and rows["decode"]["launches_per_token"] > 0

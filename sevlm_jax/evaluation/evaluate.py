@@ -48,8 +48,9 @@ def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.C
   rng = jax.random.PRNGKey(config.seed)
   preds = []
   total = len(records.load_split(run.ready_dir, split))
-  with io_utils.Progress(f"generating ({split})", total=min(total, max_images or total),
-                         unit="img", enabled=jax.process_index() == 0) as bar:
+  total = min(total, max_images or total)
+  with io_utils.Progress(f"generating ({split})", total=total, unit="img",
+                         enabled=jax.process_index() == 0) as bar:
     for batch in pipeline.eval_batch_parts(run.ready_dir, split, batch_size=batch_size,
                                            part_index=part, part_count=parts):
       rng, step_rng = jax.random.split(rng)
@@ -59,7 +60,7 @@ def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.C
       for row in np.flatnonzero(batch["valid"]):
         preds.append({"image_index": int(batch["image_index"][row]),
                       **decode_lib.prediction(run.tokenizer, tokens[row])})
-      bar.update(int(batch["valid"].sum()))
+      bar.update(min(int(batch["valid"].sum()), total - bar.done))
       if max_images and len(preds) >= max_images:
         break
   return preds[:max_images] if max_images else preds

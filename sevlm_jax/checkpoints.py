@@ -1,11 +1,12 @@
 """Orbax checkpoints of a run: the latest train state with its data iterator, and the best models.
 
 Layout under the workdir:
-  checkpoints/latest/<step>/{state,data,meta}   full train state + grain iterator state, for resuming
-  checkpoints/best_acc/<step>/{params,meta}     parameters with the best validation accuracy
-  checkpoints/best_bleu/<step>/{params,meta}    parameters with the best validation BLEU-4
+  checkpoints/latest/<step>/{state,data,meta}             full train state + grain iterator state, for resuming
+  checkpoints/best_acc/<step>/{params,meta,metrics}       parameters with the best validation accuracy
+  checkpoints/best_bleu/<step>/{params,meta,metrics}      parameters with the best validation BLEU-4
 Orbax writes each step into a temporary directory and renames it when complete, so an
-interrupted save never looks like a checkpoint.
+interrupted save never looks like a checkpoint. Every validation offers its parameters to both
+best checkpoints and Orbax keeps the better (best_fn).
 
 Several processes: every process calls every save and restore (they are collective). Orbax
 writes each array's shards from the processes that hold them and the JSON meta from process
@@ -15,7 +16,7 @@ sees (a shared file system or a bucket path).
 """
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -27,12 +28,19 @@ from sevlm_jax.errors import CheckpointNotFoundError
 
 BEST_KINDS = ("best_acc", "best_bleu")
 ALL_KINDS = ("latest",) + BEST_KINDS
+BEST_METRIC = {"best_acc": "acc", "best_bleu": "bleu4"}  # the validation score each kind ranks by
 
 
-def _options(max_to_keep: int) -> ocp.CheckpointManagerOptions:
+def _options(max_to_keep: int, **best) -> ocp.CheckpointManagerOptions:
   # Synchronous saves: a save requested on SIGTERM must be on disk before the process exits.
   return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                      enable_async_checkpointing=False)
+                                      enable_async_checkpointing=False, **best)
+
+
+def _rank_by(metric: str) -> Callable[[dict], tuple]:
+  """Orbax's best_fn: the higher score, and of two equal scores the earlier step (a tie is no
+  improvement, so it does not reset early stopping's patience)."""
+  return lambda metrics: (metrics[metric], -metrics["step"])
 
 
 def _latest_manager(workdir: str) -> ocp.CheckpointManager:
@@ -45,7 +53,8 @@ def _latest_manager(workdir: str) -> ocp.CheckpointManager:
 
 
 def _params_manager(workdir: str, kind: str, create: bool = True) -> ocp.CheckpointManager:
-  options = _options(1)
+  options = _options(1, best_fn=_rank_by(BEST_METRIC[kind]), best_mode="max",
+                     keep_checkpoints_without_metrics=False)
   options.create = create
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), "checkpoints", kind), options=options,
@@ -87,13 +96,21 @@ class RunCheckpoints:
         meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
-  def save_best(self, kind: str, step: int, params: Any, meta: dict) -> None:
-    """Saves (or, after a resume re-validated `step`, replaces) the best parameters of `kind`."""
-    if step in self.best[kind].all_steps():
-      self.best[kind].delete(step)
-    self.best[kind].save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)), force=True)
-    self.best[kind].wait_until_finished()
+  def save_best(self, step: int, params: Any, scores: dict[str, float]) -> list[str]:
+    """Offers the parameters validated at `step` to each best checkpoint: Orbax keeps, per kind,
+    the step with the highest score. Returns the kinds whose best is now `step`."""
+    improved = []
+    for kind, manager in self.best.items():
+      record = {"step": step, **scores}
+      if step in manager.all_steps():  # validated again after a resume: replaced
+        manager.delete(step)
+      manager.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(record)),
+                   metrics=record, force=True)
+      manager.wait_until_finished()
+      if manager.best_step() == step:
+        improved.append(kind)
+    return improved
 
   def close(self) -> None:
     self.latest.close()
@@ -144,7 +161,7 @@ def restore_params(workdir: str, kind: str = "best_acc", abstract_params: Any = 
           meta=ocp.args.JsonRestore()))
       return restored["state"]["params"], dict(restored["meta"], checkpoint="latest", step=step)
     manager = _params_manager(workdir, k, create=False)
-    step = manager.latest_step()
+    step = manager.best_step()
     if step is None:
       continue
     target = abstract_params

@@ -244,8 +244,8 @@ def trained_run(tmp_path_factory) -> pathlib.Path:
   return workdir
 
 
-def latest_steps(workdir) -> list[int]:
-  folder = pathlib.Path(workdir) / "checkpoints" / "latest"
+def latest_steps(workdir, kind: str = "latest") -> list[int]:
+  folder = pathlib.Path(workdir) / "checkpoints" / kind
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
@@ -451,20 +451,33 @@ def test_restore_latest_restores_state_and_data_iterator(tmp_path, tmp_path_fact
       np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
-def test_best_checkpoints_and_restore_params(tmp_path):
-  params = {"decoder": {"w": np.ones(3, np.float32)}}
+def _params(value: float) -> dict:
+  return {"decoder": {"w": np.full(3000, value, np.float32)}}
+
+
+def test_best_checkpoints_keep_the_highest_score(tmp_path):
+  """Orbax keeps, per kind, the step with the highest score (best_fn); a tie keeps the earlier."""
   ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
-  ckpts.save_best("best_acc", 6, params, {"step": 6, "acc": 0.5})
-  # A resumed run may validate the same step again: the checkpoint is replaced, not an error.
-  replacement = {"decoder": {"w": np.full(3, 2.0, np.float32)}}
-  ckpts.save_best("best_acc", 6, replacement, {"step": 6, "acc": 0.5})
+  scores = {6: (0.5, 0.1), 12: (0.4, 0.2), 18: (0.5, 0.2), 24: (0.6, 0.0)}
+  improved = [ckpts.save_best(step, _params(step), {"acc": acc, "bleu4": bleu})
+              for step, (acc, bleu) in scores.items()]
+  assert improved == [["best_acc", "best_bleu"], ["best_bleu"], [], ["best_acc"]]
   ckpts.close()
-  restored, meta = ckpt_lib.restore_params(str(tmp_path), "best_acc")
-  np.testing.assert_array_equal(restored["decoder"]["w"], [2.0, 2.0, 2.0])
-  assert meta["checkpoint"] == "best_acc" and meta["step"] == 6 and meta["acc"] == 0.5
-  # No best_bleu checkpoint yet: falls back to the others rather than failing.
+  assert latest_steps(tmp_path, "best_acc") == [24] and latest_steps(tmp_path, "best_bleu") == [12]
+  restored, meta = ckpt_lib.restore_params(str(tmp_path), "best_bleu")
+  np.testing.assert_array_equal(restored["decoder"]["w"], _params(12)["decoder"]["w"])
+  assert meta == {"checkpoint": "best_bleu", "step": 12, "acc": 0.4, "bleu4": 0.2}
+
+  # A resumed run may validate a kept step again: the checkpoint is replaced, not an error.
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
+  assert ckpts.save_best(12, _params(-1), {"acc": 0.4, "bleu4": 0.2}) == ["best_bleu"]
+  ckpts.close()
+  restored, _ = ckpt_lib.restore_params(str(tmp_path), "best_bleu")
+  np.testing.assert_array_equal(restored["decoder"]["w"], _params(-1)["decoder"]["w"])
+  # No best_bleu checkpoint: falls back to the others rather than failing.
+  shutil.rmtree(tmp_path / "checkpoints" / "best_bleu")
   _, meta = ckpt_lib.restore_params(str(tmp_path), "best_bleu")
-  assert meta["checkpoint"] == "best_acc"
+  assert (meta["checkpoint"], meta["step"]) == ("best_acc", 24)
   with pytest.raises(ValueError, match="unknown checkpoint kind"):
     ckpt_lib.restore_params(str(tmp_path), "best_loss")
 

@@ -121,11 +121,6 @@ def patch_feature_cache(config: ml_collections.ConfigDict, run: inputs.Run, para
   return cache
 
 
-def _improved(history: dict, name: str, value: float) -> bool:
-  best = history.get(f"best_{name}")
-  return best is None or value > best
-
-
 def sharded_train_step(train_step, mesh, state_shardings, seed: int):
   """jit of train_step over the mesh: (state, global batch, vad_table) -> (state, metrics).
 
@@ -245,13 +240,11 @@ def _validate(config, validate: Validator, state, step, history, ckpts, writer) 
   writer.write(step, "val", val)
   logging.info("step %d validation: acc %.4f bleu4 %.4f", step, val["acc"], val["bleu4"])
   history["evals"] += 1
-  improved = False
+  improved = ckpts.save_best(step, state.params, val)  # Orbax keeps the better of each kind
   for name, kind in (("acc", "best_acc"), ("bleu4", "best_bleu")):
-    if _improved(history, name, val[name]):
+    if kind in improved:
       history[f"best_{name}"] = val[name]
       history[f"best_{name}_step"] = step
-      ckpts.save_best(kind, step, state.params, {"step": step, **val})
-      improved = True
   history["evals_without_improvement"] = 0 if improved else history["evals_without_improvement"] + 1
   stop = 0 < config.train.patience <= history["evals_without_improvement"]
   history["stopped_early"] = bool(stop)

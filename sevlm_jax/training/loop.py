@@ -1,6 +1,6 @@
 """The training loop: init or resume, step, validate, checkpoint, stop early, evaluate.
 
-Restarting with the same workdir resumes from the latest checkpoint (train state and
+Restarting with the same workdir resumes from the latest readable checkpoint (train state and
 data iterator), so the run continues with exactly the batches it would have seen.
 SIGTERM and Ctrl-C save a checkpoint before the process exits.
 

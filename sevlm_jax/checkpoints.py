@@ -8,10 +8,10 @@ Layout under the workdir:
 
 Writing: Orbax writes each step into a temporary directory and renames it when complete, so an
 interrupted or failed save never looks like a checkpoint (the leftovers are deleted when training
-starts again). Saves are synchronous: a save requested on SIGTERM must be on disk before the
-process exits. Every validation offers its parameters to both best checkpoints and Orbax keeps the
-better (best_fn). A save that fails (a full disk, a read-only directory) is one UserError naming
-the directory and the cause.
+starts again). Saves are asynchronous: training goes on while a step is written, and close() waits
+for it, so a save requested on SIGTERM is on disk before the process exits. Every validation offers
+its parameters to both best checkpoints and Orbax keeps the better (best_fn). A save that fails
+(a full disk, a read-only directory) is one UserError naming the directory and the cause.
 
 Reading: the newest readable step wins. A step that cannot be read (a truncated file, an empty
 data-iterator file) is named in a warning with the step used instead; when no step can be read,
@@ -100,7 +100,7 @@ def quiet_orbax() -> None:
 
 @contextlib.contextmanager
 def saving(directory) -> Iterator[None]:
-  """Turns any failure of a save into one UserError."""
+  """Turns any failure of a save (or of the asynchronous write it waits for) into one UserError."""
   quiet_orbax()
   try:
     yield
@@ -151,7 +151,7 @@ def _best_options(kind: str) -> dict[str, Any]:
 def _writer(workdir: str, kind: str) -> ocp.CheckpointManager:
   """The manager a training run saves `kind` with."""
   quiet_orbax()
-  options = dict(create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False)
+  options = dict(create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True)
   if kind == "latest":
     options.update(max_to_keep=LATEST_TO_KEEP)
   else:
@@ -225,15 +225,15 @@ class RunCheckpoints:
     return self.latest.latest_step()
 
   def save_latest(self, step: int, state: Any, data_iterator, meta: dict) -> None:
-    """Saves the train state at `step`; a step already on disk holds this same state and is kept."""
+    """Starts saving the train state at `step`; a step already on disk holds this same state and
+    is kept. The data iterator's position is taken now, the arrays are copied to the host now."""
     if step in self.latest.all_steps():
       return
     with saving(self.latest.directory):
       self.latest.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data=grain.checkpoint.CheckpointSave(data_iterator),
-          meta=ocp.args.JsonSave(meta)), force=True)
-      self.latest.wait_until_finished()
+          meta=ocp.args.JsonSave(dict(meta))), force=True)  # a copy: the loop changes `meta`
 
   def restore_latest(self, abstract_state: Any, data_iterator) -> tuple[Any, dict]:
     """Restores state (into the given abstract shape) and the iterator in place; returns (state, meta).
@@ -287,13 +287,13 @@ class RunCheckpoints:
         manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(record)),
                      metrics=record, force=True)
-        manager.wait_until_finished()
       if manager.best_step() == step:
         improved.append(kind)
     return improved
 
   def close(self) -> None:
-    """Closes every manager; then raises the first failed save as a UserError."""
+    """Waits for the saves in flight and closes every manager; then raises the first failed save
+    as a UserError."""
     failed = []
     for manager in (self.latest, *self.best.values()):
       try:

@@ -709,12 +709,37 @@ def _train_losses(workdir) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["split"] == "train"}
 
 
-def test_sigterm_then_rerun_resumes_exactly(tiny_run, tmp_path, tmp_path_factory):
-  """A run stopped by SIGTERM and restarted ends with the uninterrupted run's parameters."""
-  cache = compile_cache(tmp_path_factory)
+def _assert_resumed_exactly(workdir, tiny_run, stopped_at: int, rerun) -> None:
+  """The rerun resumed from `stopped_at` and ended with the uninterrupted run's parameters and losses."""
+  assert rerun.returncode == 0, rerun.stderr[-5000:]
+  # It resumed (a fresh start would reach the same parameters too).
+  assert re.search(rf"resum.*step {stopped_at}\b", rerun.stderr), rerun.stderr[-3000:]
+  assert latest_steps(workdir)[-1] == NUM_STEPS
+  assert (workdir / "metrics_test.json").exists()
+
+  resumed, meta = ckpt_lib.restore_params(str(workdir), "latest")
+  straight, straight_meta = ckpt_lib.restore_params(str(tiny_run), "latest")
+  assert meta["step"] == straight_meta["step"] == NUM_STEPS
+  assert meta["best_acc_step"] == straight_meta["best_acc_step"]
+  # Same state and the same batches after the restart: equal up to float32 rounding.
+  assert_trees_equal(resumed, straight, rtol=1e-6, atol=1e-7)
+  resumed_losses, straight_losses = _train_losses(workdir), _train_losses(tiny_run)
+  assert set(resumed_losses) == set(straight_losses)
+  for step, loss in resumed_losses.items():
+    np.testing.assert_allclose(loss, straight_losses[step], rtol=1e-5, err_msg=f"step {step}")
+
+
+def _run_dir(tiny_run, tmp_path) -> pathlib.Path:
   workdir = tmp_path / "run"
   # The EA judge only scores the final evaluation; reuse the reference's to save its training.
   shutil.copytree(tiny_run / "judge", workdir / "judge")
+  return workdir
+
+
+def test_sigterm_then_rerun_resumes_exactly(tiny_run, tmp_path, tmp_path_factory):
+  """A run stopped by SIGTERM and restarted ends with the uninterrupted run's parameters."""
+  cache = compile_cache(tmp_path_factory)
+  workdir = _run_dir(tiny_run, tmp_path)
   args = main_args(demo_root(tmp_path_factory), workdir)
 
   first_run = Background(args, cache, tmp_path / "first")
@@ -730,20 +755,34 @@ def test_sigterm_then_rerun_resumes_exactly(tiny_run, tmp_path, tmp_path_factory
   assert result.returncode in (0, 128 + signal.SIGTERM), result.stderr[-3000:]
   assert not (workdir / "metrics_test.json").exists()
 
-  result = run_main(args, cache, tmp_path / "second")  # the same command again
-  assert result.returncode == 0, result.stderr[-5000:]
-  # It resumed (a fresh start would reach the same parameters too).
-  assert re.search(rf"resum.*step {stopped_at}\b", result.stderr), result.stderr[-3000:]
-  assert latest_steps(workdir)[-1] == NUM_STEPS
-  assert (workdir / "metrics_test.json").exists()
+  rerun = run_main(args, cache, tmp_path / "second")  # the same command again
+  _assert_resumed_exactly(workdir, tiny_run, stopped_at, rerun)
 
-  resumed, meta = ckpt_lib.restore_params(str(workdir), "latest")
-  straight, straight_meta = ckpt_lib.restore_params(str(tiny_run), "latest")
-  assert meta["step"] == straight_meta["step"] == NUM_STEPS
-  assert meta["best_acc_step"] == straight_meta["best_acc_step"]
-  # Same state and the same batches after the restart: equal up to float32 rounding.
-  assert_trees_equal(resumed, straight, rtol=1e-6, atol=1e-7)
-  resumed_losses, straight_losses = _train_losses(workdir), _train_losses(tiny_run)
-  assert set(resumed_losses) == set(straight_losses)
-  for step, loss in resumed_losses.items():
-    np.testing.assert_allclose(loss, straight_losses[step], rtol=1e-5, err_msg=f"step {step}")
+
+def test_kill_9_while_saving_then_rerun_resumes_exactly(tiny_run, tmp_path, tmp_path_factory):
+  """SIGKILL while the second checkpoint is being written (asynchronously, as training goes on):
+  the half-written step is no checkpoint, and the rerun resumes exactly from the first."""
+  cache = compile_cache(tmp_path_factory)
+  workdir = _run_dir(tiny_run, tmp_path)
+  latest = workdir / "checkpoints" / "latest"
+  args = main_args(demo_root(tmp_path_factory), workdir)
+  second = 2 * TINY["train.checkpoint_every"]
+
+  first_run = Background(args, cache, tmp_path / "first")
+  deadline = time.time() + 300
+  writing = []
+  while first_run.proc.poll() is None and time.time() < deadline:
+    names = os.listdir(latest) if latest.is_dir() else []
+    writing = [n for n in names if n.startswith(f"{second}.") and "tmp" in n]
+    if writing or str(second) in names:
+      break
+    time.sleep(0.002)
+  first_run.proc.kill()
+  result = first_run.result(timeout=60)
+  assert result.returncode == -signal.SIGKILL, f"the run ended first:\n{result.stderr[-3000:]}"
+  assert writing, f"step {second} was complete before the kill: {sorted(os.listdir(latest))}"
+  assert latest_steps(workdir) == [TINY["train.checkpoint_every"]]
+
+  rerun = run_main(args, cache, tmp_path / "second")
+  _assert_resumed_exactly(workdir, tiny_run, TINY["train.checkpoint_every"], rerun)
+  assert not [n for n in os.listdir(latest) if "tmp" in n]  # the leftovers are gone

@@ -219,14 +219,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
             break
         if step % config.train.checkpoint_every == 0:
           ckpts.save_latest(step, state, data_iter, history)
+    if ckpts.latest_step() != step:  # a finished run started again has nothing new to save
+      ckpts.save_latest(step, state, data_iter, history)
   except KeyboardInterrupt:
     logging.warning("interrupted: saving a checkpoint at step %d", step)
     ckpts.save_latest(step, state, data_iter, history)
-    ckpts.close()
     raise
-  if ckpts.latest_step() != step:  # a finished run started again has nothing new to save
-    ckpts.save_latest(step, state, data_iter, history)
-  ckpts.close()
+  finally:
+    ckpts.close()  # waits for the asynchronous saves in flight
   if step < total_steps and not history.get("stopped_early"):
     logging.info("stopped at step %d of %d; run again with the same workdir to resume", step,
                  total_steps)

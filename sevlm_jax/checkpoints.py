@@ -151,14 +151,18 @@ def _best_options(kind: str) -> dict[str, Any]:
 def _writer(workdir: str, kind: str) -> ocp.CheckpointManager:
   """The manager a training run saves `kind` with."""
   quiet_orbax()
-  options = dict(create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True)
+  # Barrier names of its own: the three managers' asynchronous saves of one step would otherwise
+  # meet in the same barrier ("async_commit_complete.<step>") with several processes.
+  processes = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind)
+  options = dict(create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True,
+                 multiprocessing_options=processes)
   if kind == "latest":
     options.update(max_to_keep=LATEST_TO_KEEP)
   else:
     options.update(max_to_keep=1, keep_checkpoints_without_metrics=False, **_best_options(kind))
   return ocp.CheckpointManager(os.path.join(_root(workdir), kind),
                                options=ocp.CheckpointManagerOptions(**options),
-                               item_handlers=_item_handlers(kind))
+                               item_handlers=_item_handlers(kind, processes))
 
 
 def _reader(workdir: str, kind: str) -> ocp.CheckpointManager:

@@ -228,6 +228,11 @@ class RunCheckpoints:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
+  def reached_preemption(self, step: int) -> bool:
+    """JAX's preemption service (several processes): has every process reached the step at which
+    they all stop after a SIGTERM to any of them? Call it at every step."""
+    return self.latest.reached_preemption(step)
+
   def save_latest(self, step: int, state: Any, data_iterator, meta: dict) -> None:
     """Starts saving the train state at `step`; a step already on disk holds this same state and
     is kept. The data iterator's position is taken now, the arrays are copied to the host now."""

@@ -32,9 +32,16 @@ from sevlm_jax.training.metrics_writer import MetricsWriter
 
 
 class _StopRequest:
-  """Turns SIGTERM into a flag the loop polls, so the loop can checkpoint and exit cleanly."""
+  """Turns SIGTERM into a flag the loop polls, so the loop can checkpoint and exit cleanly.
 
-  def __init__(self):
+  One process only. With several, JAX's preemption service takes SIGTERM (jax.distributed
+  installs its handler, which this one would replace) and names one step at which every process
+  stops: RunCheckpoints.reached_preemption. That check cannot serve one process: without
+  jax.distributed there is no preemption service, and SIGTERM would end the process unsaved.
+  """
+
+  def __init__(self, enabled: bool = True):
+    self.enabled = enabled
     self.requested = False
     self._previous = None
 
@@ -43,6 +50,8 @@ class _StopRequest:
       del frame
       logging.warning("signal %d received: saving a checkpoint, then stopping", signum)
       self.requested = True
+    if not self.enabled:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: no signal handling
@@ -53,9 +62,6 @@ class _StopRequest:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
     return False
-
-
-_STOP_POLL_EVERY = 10  # steps between the processes' checks for a stop request
 
 
 def total_train_steps(config: ml_collections.ConfigDict, ready_dir: str) -> int:
@@ -190,18 +196,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: inputs.Run, mesh
   step = int(state.step)
   t_start, step_start = time.time(), step
   try:
-    with _StopRequest() as stop:
+    with _StopRequest(enabled=not multi_process) as stop:
       stopping = False  # the stop all processes agreed on
       while step < total_steps and not stopping:
         batch = _host_batch(next(data_iter), patch_cache)
         state, metrics = train_step(state, parallel.shard_host_batch(batch, mesh), vad_table)
         step += 1
-        # A signal may reach the processes at different steps: they agree, every few steps (the
-        # all-gather waits for the step, so polling every step would stall the input pipeline).
-        if not multi_process:
-          stopping = stop.requested
-        elif step % _STOP_POLL_EVERY == 0:
-          stopping = parallel.any_process(stop.requested)
+        # A signal may reach the processes at different steps; JAX's preemption service makes
+        # them stop at the same one (a local check at every step, no collective).
+        stopping = ckpts.reached_preemption(step) if multi_process else stop.requested
         if step % config.train.log_every == 0 or step == total_steps:
           metrics = jax.tree.map(parallel.to_host, metrics)
           rate = (step - step_start) / max(time.time() - t_start, 1e-9)

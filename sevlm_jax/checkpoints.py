@@ -99,7 +99,7 @@ def quiet_orbax() -> None:
 
 
 @contextlib.contextmanager
-def saving(directory) -> Iterator[None]:
+def saving(directory, what: str = "a checkpoint") -> Iterator[None]:
   """Turns any failure of a save (or of the asynchronous write it waits for) into one UserError."""
   quiet_orbax()
   try:
@@ -107,7 +107,7 @@ def saving(directory) -> Iterator[None]:
   except UserError:
     raise
   except Exception as e:  # Orbax, tensorstore and the OS raise many types; all mean the same here
-    raise UserError(f"cannot save a checkpoint in {directory}: {cause(e)}; free space (or fix the "
+    raise UserError(f"cannot save {what} in {directory}: {cause(e)}; free space (or fix the "
                     "permissions) there and run the same command again") from e
 
 

@@ -5,8 +5,9 @@ jax.distributed.initialize (a loopback coordinator, gloo collectives on CPU, 2 C
 per process, so a 4-device mesh with fsdp parameters), trains the tiny model for a few steps
 with the real training loop (its own block of every batch, validation, checkpoints from both
 processes), then restores the latest checkpoint into the sharded layout and writes the
-parameters it holds. A single process trained the same way is the reference. Another pair is
-stopped by a SIGTERM to one of them.
+parameters it holds, and gets the EA judge (process 0 trains and saves it, the other loads it).
+A single process trained the same way is the reference. Another pair is stopped by a SIGTERM
+to one of them.
 """
 
 import json
@@ -152,6 +153,12 @@ def test_two_processes_train_like_one(runs):
   assert differ < 1e-3 * total, f"{differ} of {total} parameters differ"
 
 
+def test_processes_share_the_ea_judge(runs):
+  pair, _ = runs
+  assert (pair / "run" / "judge" / "params").is_dir()  # an Orbax checkpoint, saved by process 0
+  assert _summary(pair, 0)["judge_heldout_accuracy"] == _summary(pair, 1)["judge_heldout_accuracy"]
+
+
 def test_a_sigterm_to_one_process_stops_both_at_one_step_with_a_checkpoint(stopped):
   """Both processes stop at the same step, save it together and report the run unfinished."""
   s0, s1 = _summary(stopped, 0), _summary(stopped, 1)
@@ -238,6 +245,9 @@ def _worker(mode: str, pid: int, port: int, out: pathlib.Path, root: pathlib.Pat
       "wte_local_columns": sum(s.data.shape[1] for s in wte.addressable_shards),
       "evaluations": history["evals"],
   }
+  if mode == "--distributed":
+    judge = parallel.primary_first(lambda: evaluate.get_judge(run, workdir), "judge")
+    summary["judge_heldout_accuracy"] = judge.heldout_accuracy
   (out / f"summary_{index}.json").write_text(json.dumps(summary))
 
 

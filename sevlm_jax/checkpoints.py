@@ -219,10 +219,12 @@ class RunCheckpoints:
     opened, why = _attempt(lambda: _writer(self.workdir, kind))
     if why is None:
       return opened
-    where = _set_aside(self.workdir, kind)
-    logging.warning("%s is unreadable (%s); moved to %s, the next validation starts it again",
-                    os.path.join(_root(self.workdir), kind), why, where)
-    with saving(_root(self.workdir)):
+    directory = os.path.join(_root(self.workdir), kind)
+    with saving(_root(self.workdir)):  # e.g. a directory that cannot be written
+      if os.path.isdir(directory):
+        where = _set_aside(self.workdir, kind)
+        logging.warning("%s is unreadable (%s); moved to %s, the next validation starts it again",
+                        directory, why, where)
       return _writer(self.workdir, kind)
 
   def latest_step(self) -> int | None:

@@ -123,10 +123,12 @@ class Background:
   def __init__(self, args, cache_dir, log_prefix, file_size_limit: int | None = None):
     self.stdout_path = pathlib.Path(f"{log_prefix}.stdout")
     self.stderr_path = pathlib.Path(f"{log_prefix}.stderr")
-    limit = None if file_size_limit is None else lambda: _limit_file_size(file_size_limit)
+    command = main_command(args)
+    if file_size_limit is not None:
+      command = _with_file_size_limit(command, file_size_limit)
     with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-      self.proc = subprocess.Popen(main_command(args), cwd=REPO, env=subprocess_env(cache_dir),
-                                   stdout=out, stderr=err, preexec_fn=limit)
+      self.proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(cache_dir),
+                                   stdout=out, stderr=err)
     _RUNNING.add(self.proc)
 
   def result(self, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -253,20 +255,23 @@ def latest_steps(workdir, kind: str = "latest") -> list[int]:
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
-def _limit_file_size(nbytes: int) -> tuple[int, int]:
-  """Writes past nbytes then fail with EFBIG ('File too large'), as writes to a full disk fail
-  with ENOSPC: works for root too, unlike a read-only directory. Returns the previous limits."""
-  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
-  previous = resource.getrlimit(resource.RLIMIT_FSIZE)
-  resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, previous[1]))
-  return previous
+def _with_file_size_limit(command: list[str], nbytes: int) -> list[str]:
+  """`command` under file_size_limit's limit, set by a small Python that then execs the command
+  (the limit and the ignored signal carry over; a preexec_fn would fork this multithreaded process)."""
+  code = ("import os, resource, signal, sys\n"
+          "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+          f"resource.setrlimit(resource.RLIMIT_FSIZE, ({nbytes}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+          "os.execv(sys.argv[1], sys.argv[1:])")
+  return [sys.executable, "-c", code, *command]
 
 
 @contextlib.contextmanager
 def file_size_limit(nbytes: int):
-  """_limit_file_size in this process, for the block."""
-  handler = signal.getsignal(signal.SIGXFSZ)
-  previous = _limit_file_size(nbytes)
+  """In this process, for the block, writes past nbytes fail with EFBIG ('File too large') as
+  writes to a full disk fail with ENOSPC: works for root too, unlike a read-only directory."""
+  handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
+  previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, previous[1]))
   try:
     yield
   finally:

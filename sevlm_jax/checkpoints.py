@@ -1,10 +1,10 @@
 """Orbax checkpoints of a run: the latest train state with its data iterator, and the best models.
 
 Layout under the workdir:
-  checkpoints/latest/<step>/{state,data,meta}             full train state + grain iterator state, for resuming
-  checkpoints/best_acc/<step>/{params,meta,metrics}       parameters with the best validation accuracy
-  checkpoints/best_bleu/<step>/{params,meta,metrics}      parameters with the best validation BLEU-4
-  checkpoints/unreadable/<kind>_<step>                    steps a resume could not read, set aside
+  checkpoints/latest/<step>/{state,data,meta}          train state + grain iterator state, to resume
+  checkpoints/best_acc/<step>/{params,meta,metrics}    parameters with the best validation accuracy
+  checkpoints/best_bleu/<step>/{params,meta,metrics}   parameters with the best validation BLEU-4
+  checkpoints/unreadable/<kind>_<step>                 steps a resume could not read, set aside
 
 Writing: Orbax writes each step into a temporary directory and renames it when complete, so an
 interrupted or failed save never looks like a checkpoint (the leftovers are deleted when training
@@ -61,8 +61,8 @@ def cause(e: BaseException) -> str:
   if isinstance(e, OSError) and e.strerror:
     return e.strerror + (f": {e.filename}" if e.filename else "")
   first = text.splitlines()[0] if text else ""
-  first = re.sub(r"\s*\[source locations=.*", "", first)  # tensorstore's: long, and no help to a user
-  first = re.sub(r' in OCDBT database at local file "[^"]*"', "", first)  # the caller names the directory
+  first = re.sub(r"\s*\[source locations=.*", "", first)  # tensorstore's, no help to a user
+  first = re.sub(r' in OCDBT database at local file "[^"]*"', "", first)  # the caller names it
   line = f"{type(e).__name__}: {first}" if first else type(e).__name__
   return line if len(line) <= 240 else line[:237] + "..."
 
@@ -183,7 +183,8 @@ def _preferred_steps(manager: ocp.CheckpointManager) -> list[int]:
   """The steps to try, best first: Orbax's best step (the latest for `latest`, or for best
   checkpoints saved without metrics), then the others, newest first."""
   best = manager.best_step()
-  return ([best] if best is not None else []) + [s for s in reversed(manager.all_steps()) if s != best]
+  others = [s for s in reversed(manager.all_steps()) if s != best]
+  return ([best] if best is not None else []) + others
 
 
 def _set_aside(workdir: str, kind: str, step: int | None = None) -> str:
@@ -247,7 +248,7 @@ class RunCheckpoints:
           meta=ocp.args.JsonSave(dict(meta))), force=True)  # a copy: the loop changes `meta`
 
   def restore_latest(self, abstract_state: Any, data_iterator) -> tuple[Any, dict]:
-    """Restores state (into the given abstract shape) and the iterator in place; returns (state, meta).
+    """Restores state (into the given abstract shape) and the iterator in place: (state, meta).
 
     ShapeDtypeStructs that carry a sharding are restored straight into it (each process reads
     only its shards), whatever topology the checkpoint was saved from. Newer steps that cannot
@@ -267,7 +268,7 @@ class RunCheckpoints:
     unreadable = []  # (step, why)
     try:
       for step in _preferred_steps(reader):
-        restored, why = _attempt(lambda: read(step))  # pylint: disable=cell-var-from-loop
+        restored, why = _attempt(functools.partial(read, step))
         if why is None:
           break
         unreadable.append((step, why))
@@ -357,11 +358,11 @@ def _read_params(reader: ocp.CheckpointManager, kind: str, step: int, abstract_p
 
 def _candidates(workdir: str, order: Iterable[str], unreadable: list
                 ) -> Iterator[tuple[str, ocp.CheckpointManager, int]]:
-  """(kind, reader, step) in the order to try them; kinds that cannot be listed go to `unreadable`."""
+  """(kind, reader, step) in the order to try them; kinds Orbax cannot list go to `unreadable`."""
   for kind in order:
     if not os.path.isdir(os.path.join(_root(workdir), kind)):
       continue
-    reader, why = _attempt(lambda: _reader(workdir, kind))  # pylint: disable=cell-var-from-loop
+    reader, why = _attempt(functools.partial(_reader, workdir, kind))
     if why is not None:
       unreadable.append((kind, why))
       continue
@@ -387,7 +388,7 @@ def restore_params(workdir: str, kind: str = "best_acc", abstract_params: Any = 
   unreadable = []  # (what, why)
   order = [kind] + [k for k in BEST_KINDS + ("latest",) if k != kind]  # the other best model first
   for k, reader, step in _candidates(workdir, order, unreadable):
-    restored, why = _attempt(lambda: _read_params(reader, k, step, abstract_params))  # pylint: disable=cell-var-from-loop
+    restored, why = _attempt(functools.partial(_read_params, reader, k, step, abstract_params))
     if why is not None:
       unreadable.append((f"{k} step {step}", why))
       continue

@@ -101,7 +101,8 @@ def test_save_load_round_trip(trained, tmp_path):
 
 def test_bad_directories_give_clear_errors(trained, tmp_path):
   judge, _, _ = trained
-  with pytest.raises(FileNotFoundError, match="no EA judge in .*expected an Orbax checkpoint with items meta and params"):
+  with pytest.raises(FileNotFoundError,
+                     match="no EA judge in .*expected an Orbax checkpoint with items meta and params"):
     judge_lib.Judge.load(tmp_path / "missing")
   # A judge of the first format (judge.json + params.msgpack) is no judge to this code.
   (tmp_path / "old").mkdir()

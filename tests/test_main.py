@@ -44,9 +44,10 @@ def _error_cases(demo, run, tmp):
                             [str(tmp / "empty" / "config.json"), "not a trained SEVLM run"]),
       "predict_missing_image": (["--mode=predict", f"--workdir={run}", f"--images={tmp / 'gone.png'}"],
                                 [str(tmp / "gone.png"), "does not exist"]),
-      "predict_nothing_readable": (["--mode=predict", f"--workdir={tmp / 'unreadable'}", "--images=a.png"],
-                                   [f"no readable checkpoint under {tmp / 'unreadable' / 'checkpoints'}: best_acc step",
-                                    "best_bleu step", "latest step", "train again"]),
+      "predict_nothing_readable": (
+          ["--mode=predict", f"--workdir={tmp / 'unreadable'}", "--images=a.png"],
+          [f"no readable checkpoint under {tmp / 'unreadable' / 'checkpoints'}: best_acc step",
+           "best_bleu step", "latest step", "train again"]),
   }
 
 
@@ -81,13 +82,14 @@ def commands(tiny_run, split_records, tmp_path_factory):
 
   # predict when best_acc is unreadable: best_bleu instead, with a warning.
   _copy_with_unreadable(tiny_run, tmp / "best_acc_unreadable", ["best_acc"])
-  args = ["--mode=predict", f"--workdir={tmp / 'best_acc_unreadable'}", "--images=" + ",".join(map(str, paths))]
+  args = ["--mode=predict", f"--workdir={tmp / 'best_acc_unreadable'}",
+          "--images=" + ",".join(map(str, paths))]
   started["predict_best_acc_unreadable"] = (Background(args, cache, tmp / "predict_unreadable"), paths)
 
   # train on a disk that fills up (writes fail past 4 MB: a checkpoint's word embeddings are 13 MB).
   args = main_args(demo, tmp / "disk_full")
-  started["train_disk_full"] = (Background(args, cache, tmp / "train_disk_full", file_size_limit=4 << 20),
-                                tmp / "disk_full")
+  limited = Background(args, cache, tmp / "train_disk_full", file_size_limit=4 << 20)
+  started["train_disk_full"] = (limited, tmp / "disk_full")
 
   (tmp / "empty").mkdir()
   _copy_with_unreadable(tiny_run, tmp / "unreadable", ["best_acc", "best_bleu", "latest"])
@@ -117,7 +119,8 @@ def test_predict_falls_back_from_an_unreadable_best_checkpoint(commands):
   background, paths = commands["predict_best_acc_unreadable"]
   result = background.result()
   assert result.returncode == 0, result.stderr[-5000:]
-  assert [json.loads(line)["image"] for line in result.stdout.strip().splitlines()] == list(map(str, paths))
+  printed = [json.loads(line)["image"] for line in result.stdout.strip().splitlines()]
+  assert printed == list(map(str, paths))
   [warning] = [line for line in result.stderr.splitlines() if "unreadable checkpoint" in line]
   assert "best_acc step" in warning and "using best_bleu step" in warning, warning
   assert TRACEBACK not in result.stderr, result.stderr[-3000:]
@@ -130,9 +133,11 @@ def test_a_full_disk_stops_training_with_one_line(commands):
   result = background.result()
   assert result.returncode == 2, result.stderr[-5000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-  assert len(errors) == 1 and f"cannot save a checkpoint in {workdir / 'checkpoints'}" in errors[0], result.stderr[-3000:]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert f"cannot save a checkpoint in {workdir / 'checkpoints'}" in errors[0], errors[0]
   assert "File too large" in errors[0]
-  assert TRACEBACK not in result.stderr and "Event loop is closed" not in result.stderr, result.stderr[-3000:]
+  assert TRACEBACK not in result.stderr, result.stderr[-3000:]
+  assert "Event loop is closed" not in result.stderr, result.stderr[-3000:]
   assert len(result.stderr.splitlines()) < 30, result.stderr[-5000:]
   # What was being written is no checkpoint.
   latest = workdir / "checkpoints" / "latest"

@@ -260,7 +260,8 @@ def _with_file_size_limit(command: list[str], nbytes: int) -> list[str]:
   (the limit and the ignored signal carry over; a preexec_fn would fork this multithreaded process)."""
   code = ("import os, resource, signal, sys\n"
           "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-          f"resource.setrlimit(resource.RLIMIT_FSIZE, ({nbytes}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+          "hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]\n"
+          f"resource.setrlimit(resource.RLIMIT_FSIZE, ({nbytes}, hard))\n"
           "os.execv(sys.argv[1], sys.argv[1:])")
   return [sys.executable, "-c", code, *command]
 
@@ -522,7 +523,8 @@ def test_best_checkpoints_keep_the_highest_score(tmp_path):
 
 
 def _warnings(caplog, text: str) -> list[str]:
-  return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+  return [r.getMessage() for r in caplog.records
+          if r.levelno == logging.WARNING and text in r.getMessage()]
 
 
 def test_restore_params_falls_back_from_an_unreadable_best(tmp_path, caplog):
@@ -584,7 +586,8 @@ def loader(tmp_path_factory):
 
 
 def _save_steps(workdir, make_loader, steps) -> None:
-  """A run's latest checkpoints at `steps`: the state of each step and the iterator after that many batches."""
+  """A run's latest checkpoints at `steps`: each step's state, and the iterator after that many
+  batches."""
   it, done = make_loader(), 0
   ckpts = ckpt_lib.RunCheckpoints(str(workdir))
   for step in steps:
@@ -638,7 +641,8 @@ def test_resume_falls_back_to_the_newest_readable_step(corruption, loader, tmp_p
   ckpts.save_latest(6, _state(6), resumed, {"evals": 6})
   ckpts.close()
   again = make_loader()
-  state, meta = ckpt_lib.RunCheckpoints(str(tmp_path)).restore_latest(jax.eval_shape(lambda: _state(0)), again)
+  state, meta = ckpt_lib.RunCheckpoints(str(tmp_path)).restore_latest(
+      jax.eval_shape(lambda: _state(0)), again)
   assert meta == {"evals": 6}
   assert_trees_equal(state, _state(6))
   _assert_next_batch(again, batches[6])
@@ -651,7 +655,8 @@ def test_resume_without_a_readable_step_is_one_clear_error(loader, tmp_path):
   CORRUPTIONS["empty_data_iterator_file"](latest / "6")
   CORRUPTIONS["truncated_array_files"](latest / "3")
   with pytest.raises(errors.CheckpointNotFoundError) as e:
-    ckpt_lib.RunCheckpoints(str(tmp_path)).restore_latest(jax.eval_shape(lambda: _state(0)), make_loader())
+    ckpt_lib.RunCheckpoints(str(tmp_path)).restore_latest(jax.eval_shape(lambda: _state(0)),
+                                                          make_loader())
   message = str(e.value)
   assert "\n" not in message and f"no readable checkpoint in {latest}: step 6 (JSONDecodeError" in message
   assert "step 3 (" in message and "start the run afresh" in message
@@ -664,7 +669,8 @@ def test_a_failed_save_is_one_error_and_never_a_checkpoint(loader, tmp_path):
   naming the directory and the cause; the half-written step is never taken for a checkpoint."""
   make_loader, batches = loader
   _save_steps(tmp_path, make_loader, (3,))
-  big = {"step": np.int32(6), "params": {"w": np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)}}
+  w = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)  # 4 MB
+  big = {"step": np.int32(6), "params": {"w": w}}
   ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
   latest = tmp_path / "checkpoints" / "latest"
   with file_size_limit(1 << 20), pytest.raises(errors.UserError) as e:

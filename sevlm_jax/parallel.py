@@ -101,7 +101,7 @@ def primary_first(fn: Callable[[], Any], name: str) -> Any:
 
 
 def any_process(flag: bool) -> bool:
-  """True on every process when `flag` is true on any (e.g. a SIGTERM that reached one process)."""
+  """True on every process when `flag` is true on any (a step one process could not read)."""
   if jax.process_count() == 1:
     return bool(flag)
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))

@@ -11,6 +11,7 @@ import pytest
 from sevlm_jax.evaluation import judge as judge_lib
 from sevlm_jax.vocab import NUM_EMOTIONS
 from sevlm_jax.models import emotion_classifier
+from test_train import truncate_array_files
 
 _CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "emotion_classifier.py"
 _spec = importlib.util.spec_from_file_location("emotion_classifier_config", _CONFIG_PATH)
@@ -83,13 +84,16 @@ def test_training_is_deterministic(trained):
 def test_save_load_round_trip(trained, tmp_path):
   judge, heldout_texts, _ = trained
   judge.save(tmp_path / "judge")
-  assert sorted(p.name for p in (tmp_path / "judge").iterdir()) == ["judge.json", "params.msgpack"]
+  # An Orbax checkpoint, complete: its items, and no temporary directory left.
+  names = {p.name for p in (tmp_path / "judge").iterdir()}
+  assert {"meta", "params"} <= names and not [n for n in names if "tmp" in n], names
+  assert not [p.name for p in tmp_path.iterdir() if p.name != "judge"]
   loaded = judge_lib.Judge.load(tmp_path / "judge", encode_fn=encode)
   assert loaded.heldout_accuracy == judge.heldout_accuracy
   assert loaded.config.to_dict() == judge.config.to_dict()
   np.testing.assert_array_equal(loaded.logits(heldout_texts), judge.logits(heldout_texts))
   np.testing.assert_array_equal(loaded.predict(heldout_texts), judge.predict(heldout_texts))
-  # Saving again over an existing judge works (files replaced atomically).
+  # Saving again over an existing judge replaces it.
   loaded.save(tmp_path / "judge")
   with pytest.raises(ValueError, match="encode_fn"):
     judge_lib.Judge.load(tmp_path / "judge").predict(["x"])
@@ -97,21 +101,31 @@ def test_save_load_round_trip(trained, tmp_path):
 
 def test_bad_directories_give_clear_errors(trained, tmp_path):
   judge, _, _ = trained
-  with pytest.raises(FileNotFoundError, match="no EA judge in .*expected judge.json and params.msgpack"):
+  with pytest.raises(FileNotFoundError,
+                     match="no EA judge in .*expected an Orbax checkpoint with items meta and params"):
     judge_lib.Judge.load(tmp_path / "missing")
+  # A judge of the first format (judge.json + params.msgpack) is no judge to this code.
+  (tmp_path / "old").mkdir()
+  (tmp_path / "old" / "judge.json").write_text("{}")
+  (tmp_path / "old" / "params.msgpack").write_bytes(b"\x80")
+  with pytest.raises(FileNotFoundError, match="no EA judge in"):
+    judge_lib.Judge.load(tmp_path / "old")
+  # Truncated array files.
   judge.save(tmp_path / "j")
-  (tmp_path / "j" / "params.msgpack").write_bytes(b"\x00garbage")
-  with pytest.raises(ValueError, match="corrupt EA judge params"):
+  truncate_array_files(tmp_path / "j" / "params")
+  with pytest.raises(ValueError, match=f"corrupt EA judge in {tmp_path / 'j'} .*delete the directory") as e:
     judge_lib.Judge.load(tmp_path / "j")
-  judge.save(tmp_path / "j")
-  (tmp_path / "j" / "judge.json").write_text("{not json")
-  with pytest.raises(ValueError, match="corrupt EA judge file"):
+  assert "\n" not in str(e.value)
+  # Meta that is not JSON.
+  judge.save(tmp_path / "j")  # replaces the broken judge
+  meta_file = tmp_path / "j" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  meta_file.write_text("{not json")
+  with pytest.raises(ValueError, match="corrupt EA judge in"):
     judge_lib.Judge.load(tmp_path / "j")
   # Params that do not fit the config.
-  judge.save(tmp_path / "j")
-  meta = json.loads((tmp_path / "j" / "judge.json").read_text())
   meta["config"]["hidden_dim"] += 1
-  (tmp_path / "j" / "judge.json").write_text(json.dumps(meta))
+  meta_file.write_text(json.dumps(meta))
   with pytest.raises(ValueError, match="do not belong together"):
     judge_lib.Judge.load(tmp_path / "j")
 

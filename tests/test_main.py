@@ -13,7 +13,8 @@ from PIL import Image
 
 from sevlm_jax.data import records
 from sevlm_jax.data import vad
-from test_train import Background, compile_cache, demo_root, main_args, trained_run
+from test_train import (Background, compile_cache, demo_root, main_args, trained_run,
+                        truncate_array_files)
 
 CAPTION_KEYS = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
 TRACEBACK = "Traceback (most recent call last)"
@@ -67,7 +68,19 @@ def _error_cases(demo, run, tmp):
            f"--config.data.lexicon={vad.DEMO_LEXICON_PATH}",
            "--config.data.image_size=64", "--config.model.vision.image_size=64"],
           ["holds 32x32 images", "data.image_size=64"]),
+      "predict_nothing_readable": (
+          ["--mode=predict", f"--workdir={tmp / 'unreadable'}", "--images=a.png"],
+          [f"no readable checkpoint under {tmp / 'unreadable' / 'checkpoints'}: best_acc step",
+           "best_bleu step", "latest step", "train again"]),
   }
+
+
+def _copy_with_unreadable(run, workdir, kinds) -> None:
+  """A copy of the run whose checkpoints of these kinds have their array files cut in half."""
+  shutil.copytree(run, workdir, ignore=shutil.ignore_patterns("data", "features", "report*"))
+  for kind in kinds:
+    for step in (p for p in (workdir / "checkpoints" / kind).iterdir() if p.name.isdigit()):
+      truncate_array_files(step / ("state" if kind == "latest" else "params"))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +104,19 @@ def commands(tiny_run, split_records, tmp_path_factory):
   args = main_args(demo, workdir, "--mode=evaluate", "--checkpoint=latest")
   started["evaluate"] = (Background(args, cache, tmp / "evaluate"), workdir)
 
+  # predict when best_acc is unreadable: best_bleu instead, with a warning.
+  _copy_with_unreadable(tiny_run, tmp / "best_acc_unreadable", ["best_acc"])
+  args = ["--mode=predict", f"--workdir={tmp / 'best_acc_unreadable'}",
+          "--images=" + ",".join(map(str, paths))]
+  started["predict_best_acc_unreadable"] = (Background(args, cache, tmp / "predict_unreadable"), paths)
+
+  # train on a disk that fills up (writes fail past 4 MB: a checkpoint's word embeddings are 13 MB).
+  args = main_args(demo, tmp / "disk_full")
+  limited = Background(args, cache, tmp / "train_disk_full", file_size_limit=4 << 20)
+  started["train_disk_full"] = (limited, tmp / "disk_full")
+
   (tmp / "empty").mkdir()
+  _copy_with_unreadable(tiny_run, tmp / "unreadable", ["best_acc", "best_bleu", "latest"])
   for name, (args, expected) in _error_cases(demo, tiny_run, tmp).items():
     started[name] = (Background(args, cache, tmp / name), expected)
   yield started
@@ -112,6 +137,35 @@ def test_predict_prints_one_json_line_per_image(commands, tiny_run):
     assert set(pred) == {"image", "emotion", "explanation", "text"}
     assert pred["image"] == str(path)
     assert pred["text"] == evaluated[i]["text"]
+
+
+def test_predict_falls_back_from_an_unreadable_best_checkpoint(commands):
+  background, paths = commands["predict_best_acc_unreadable"]
+  result = background.result()
+  assert result.returncode == 0, result.stderr[-5000:]
+  printed = [json.loads(line)["image"] for line in result.stdout.strip().splitlines()]
+  assert printed == list(map(str, paths))
+  [warning] = [line for line in result.stderr.splitlines() if "unreadable checkpoint" in line]
+  assert "best_acc step" in warning and "using best_bleu step" in warning, warning
+  assert TRACEBACK not in result.stderr, result.stderr[-3000:]
+
+
+def test_a_full_disk_stops_training_with_one_line(commands):
+  """A checkpoint that cannot be written: exit status 2 and one line naming the directory and the
+  cause, not a traceback (nor hundreds of lines of abandoned writes)."""
+  background, workdir = commands["train_disk_full"]
+  result = background.result()
+  assert result.returncode == 2, result.stderr[-5000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert f"cannot save a checkpoint in {workdir / 'checkpoints'}" in errors[0], errors[0]
+  assert "File too large" in errors[0]
+  assert TRACEBACK not in result.stderr, result.stderr[-3000:]
+  assert "Event loop is closed" not in result.stderr, result.stderr[-3000:]
+  assert len(result.stderr.splitlines()) < 30, result.stderr[-5000:]
+  # What was being written is no checkpoint.
+  latest = workdir / "checkpoints" / "latest"
+  assert not [p for p in latest.iterdir() if p.name.isdigit()]
 
 
 def test_evaluate_writes_metrics_and_predictions(commands, split_records):
@@ -154,6 +208,7 @@ def test_evaluate_writes_metrics_and_predictions(commands, split_records):
     "pretrained_missing",
     "workdir_not_writable",
     "prepared_data_of_another_size",
+    "predict_nothing_readable",
 ])
 def test_bad_invocation_fails_with_a_clear_message(commands, name):
   """One line naming the file, field or flag, a non-zero exit, no traceback; and a run that

@@ -5,11 +5,14 @@ jax.distributed.initialize (a loopback coordinator, gloo collectives on CPU, 2 C
 per process, so a 4-device mesh with fsdp parameters), trains the tiny model for a few steps
 with the real training loop (its own block of every batch, validation, checkpoints from both
 processes), then restores the latest checkpoint into the sharded layout and writes the
-parameters it holds. A single process trained the same way is the reference.
+parameters it holds, and gets the EA judge (process 0 trains and saves it, the other loads it).
+A single process trained the same way is the reference. Another pair is stopped by a SIGTERM
+to one of them.
 """
 
 import json
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import pytest
 from test_train import compile_cache, demo_root, subprocess_env, tiny_config
 
 STEPS = 4
+STOP_STEPS = 200  # the SIGTERM comes long before
 MAX_LR = 2e-3  # the demo config's peak learning rate (the test's steps are in its warm-up)
 TIMEOUT_S = 420  # for the whole test; every process is killed when it is over
 
@@ -77,6 +81,28 @@ def runs(tmp_path_factory):
   return base / "pair", base / "alone"
 
 
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+  """Two processes training together; once they have taken two steps, process 1 alone gets a
+  SIGTERM. Returns their output directory."""
+  root = demo_root(tmp_path_factory)
+  base = tmp_path_factory.mktemp("multiprocess_stop")
+  env = subprocess_env(compile_cache(tmp_path_factory))
+  env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+  port = _free_port()
+  procs = {f"process {pid}": _start(["--sigterm", pid, port, base, root], env, base / f"process{pid}")
+           for pid in range(2)}
+  deadline = time.time() + TIMEOUT_S
+  metrics = base / "run" / "metrics.jsonl"
+  while time.time() < deadline and all(p.poll() is None for p, _ in procs.values()):
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+      break
+    time.sleep(0.1)
+  procs["process 1"][0].send_signal(signal.SIGTERM)
+  _wait_all(procs, deadline)
+  return base
+
+
 def _summary(out, pid=0):
   return json.loads((out / f"summary_{pid}.json").read_text())
 
@@ -127,6 +153,23 @@ def test_two_processes_train_like_one(runs):
   assert differ < 1e-3 * total, f"{differ} of {total} parameters differ"
 
 
+def test_processes_share_the_ea_judge(runs):
+  pair, _ = runs
+  assert (pair / "run" / "judge" / "params").is_dir()  # an Orbax checkpoint, saved by process 0
+  assert _summary(pair, 0)["judge_heldout_accuracy"] == _summary(pair, 1)["judge_heldout_accuracy"]
+
+
+def test_a_sigterm_to_one_process_stops_both_at_one_step_with_a_checkpoint(stopped):
+  """Both processes stop at the same step, save it together and report the run unfinished."""
+  s0, s1 = _summary(stopped, 0), _summary(stopped, 1)
+  assert not s0["finished"] and not s1["finished"]
+  assert 2 <= s0["step"] == s1["step"] < STOP_STEPS
+  latest = stopped / "run" / "checkpoints" / "latest"
+  assert sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) == [s0["step"]]
+  logged = sorted(_train_losses(stopped))
+  assert logged == list(range(1, s0["step"] + 1))
+
+
 def _train_losses(out) -> dict[int, float]:
   lines = (out / "run" / "metrics.jsonl").read_text().splitlines()
   rows = [json.loads(line) for line in lines]
@@ -141,7 +184,10 @@ def _worker(mode: str, pid: int, port: int, out: pathlib.Path, root: pathlib.Pat
   overrides = {"train.num_steps": STEPS, "train.batch_size": 8, "train.log_every": 1,
                "train.eval_every": STEPS // 2, "train.checkpoint_every": STEPS // 2,
                "parallel.param_sharding": "fsdp", "parallel.fsdp_min_size": 1024}
-  if mode == "--distributed":
+  if mode == "--sigterm":  # no validation, no periodic checkpoint: only the stop's
+    overrides.update({"train.num_steps": STOP_STEPS, "train.eval_every": 10 * STOP_STEPS,
+                      "train.checkpoint_every": 10 * STOP_STEPS})
+  if mode in ("--distributed", "--sigterm"):
     overrides.update({"parallel.coordinator_address": f"127.0.0.1:{port}",
                       "parallel.num_processes": 2, "parallel.process_id": pid,
                       "parallel.initialization_timeout": 120})
@@ -150,7 +196,7 @@ def _worker(mode: str, pid: int, port: int, out: pathlib.Path, root: pathlib.Pat
   config = tiny_config(root, **overrides)
 
   from sevlm_jax import parallel  # pylint: disable=import-outside-toplevel
-  assert parallel.maybe_initialize_distributed(config.parallel) == (mode == "--distributed")
+  assert parallel.maybe_initialize_distributed(config.parallel) == (mode != "--alone")
   import jax  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
   from sevlm_jax import checkpoints as ckpt_lib  # pylint: disable=import-outside-toplevel
@@ -169,6 +215,10 @@ def _worker(mode: str, pid: int, port: int, out: pathlib.Path, root: pathlib.Pat
   writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
   step, finished = train.train(config, workdir, run, mesh, writer, evaluate.validator(run, config))
   writer.close()
+  if mode == "--sigterm":
+    summary = {"step": step, "finished": finished}
+    (out / f"summary_{jax.process_index()}.json").write_text(json.dumps(summary))
+    return
   assert (step, finished) == (STEPS, True)
 
   # Restore the latest checkpoint straight into the sharded layout, as a resumed run does.
@@ -195,6 +245,9 @@ def _worker(mode: str, pid: int, port: int, out: pathlib.Path, root: pathlib.Pat
       "wte_local_columns": sum(s.data.shape[1] for s in wte.addressable_shards),
       "evaluations": history["evals"],
   }
+  if mode == "--distributed":
+    judge = parallel.primary_first(lambda: evaluate.get_judge(run, workdir), "judge")
+    summary["judge_heldout_accuracy"] = judge.heldout_accuracy
   (out / f"summary_{index}.json").write_text(json.dumps(summary))
 
 

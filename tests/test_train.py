@@ -13,9 +13,11 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -115,14 +117,18 @@ def main_command(args) -> list[str]:
 
 
 class Background:
-  """`python -m sevlm_jax.main ARGS` started now; its output goes to files, so no pipe fills up."""
+  """`python -m sevlm_jax.main ARGS` started now; its output goes to files, so no pipe fills up.
+  file_size_limit: bytes past which its writes fail, as on a full disk."""
 
-  def __init__(self, args, cache_dir, log_prefix):
+  def __init__(self, args, cache_dir, log_prefix, file_size_limit: int | None = None):
     self.args = list(map(str, args))
     self.stdout_path = pathlib.Path(f"{log_prefix}.stdout")
     self.stderr_path = pathlib.Path(f"{log_prefix}.stderr")
+    command = main_command(args)
+    if file_size_limit is not None:
+      command = _with_file_size_limit(command, file_size_limit)
     with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-      self.proc = subprocess.Popen(main_command(args), cwd=REPO, env=subprocess_env(cache_dir),
+      self.proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(cache_dir),
                                    stdout=out, stderr=err)
     _RUNNING.add(self.proc)
 
@@ -245,9 +251,43 @@ def trained_run(tmp_path_factory) -> pathlib.Path:
   return workdir
 
 
-def latest_steps(workdir) -> list[int]:
-  folder = pathlib.Path(workdir) / "checkpoints" / "latest"
+def latest_steps(workdir, kind: str = "latest") -> list[int]:
+  folder = pathlib.Path(workdir) / "checkpoints" / kind
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def _with_file_size_limit(command: list[str], nbytes: int) -> list[str]:
+  """`command` under file_size_limit's limit, set by a small Python that then execs the command
+  (the limit and the ignored signal carry over; a preexec_fn would fork this multithreaded process)."""
+  code = ("import os, resource, signal, sys\n"
+          "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+          "hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]\n"
+          f"resource.setrlimit(resource.RLIMIT_FSIZE, ({nbytes}, hard))\n"
+          "os.execv(sys.argv[1], sys.argv[1:])")
+  return [sys.executable, "-c", code, *command]
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+  """In this process, for the block, writes past nbytes fail with EFBIG ('File too large') as
+  writes to a full disk fail with ENOSPC: works for root too, unlike a read-only directory."""
+  handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
+  previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, previous[1]))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+    signal.signal(signal.SIGXFSZ, handler)
+
+
+def truncate_array_files(item_dir) -> None:
+  """Cuts every array data file of an Orbax checkpoint item (its OCDBT `d/` folders) in half."""
+  files = [p for p in pathlib.Path(item_dir).rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert files, f"no array data under {item_dir}"
+  for path in files:
+    with open(path, "r+b") as f:
+      f.truncate(path.stat().st_size // 2)
 
 
 def assert_trees_equal(a, b, **tol):
@@ -465,27 +505,205 @@ def test_restore_latest_restores_state_and_data_iterator(tmp_path, tmp_path_fact
       np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
-def test_best_checkpoints_and_restore_params(tmp_path):
-  params = {"decoder": {"w": np.ones(3, np.float32)}}
+def _params(value: float) -> dict:
+  return {"decoder": {"w": np.full(3000, value, np.float32)}}
+
+
+def test_best_checkpoints_keep_the_highest_score(tmp_path):
+  """Orbax keeps, per kind, the step with the highest score (best_fn); a tie keeps the earlier."""
   ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
-  ckpts.save_best("best_acc", 6, params, {"step": 6, "acc": 0.5})
-  # A resumed run may validate the same step again: the checkpoint is replaced, not an error.
-  replacement = {"decoder": {"w": np.full(3, 2.0, np.float32)}}
-  ckpts.save_best("best_acc", 6, replacement, {"step": 6, "acc": 0.5})
+  scores = {6: (0.5, 0.1), 12: (0.4, 0.2), 18: (0.5, 0.2), 24: (0.6, 0.0)}
+  improved = [ckpts.save_best(step, _params(step), {"acc": acc, "bleu4": bleu})
+              for step, (acc, bleu) in scores.items()]
+  assert improved == [["best_acc", "best_bleu"], ["best_bleu"], [], ["best_acc"]]
   ckpts.close()
-  restored, meta = ckpt_lib.restore_params(str(tmp_path), "best_acc")
-  np.testing.assert_array_equal(restored["decoder"]["w"], [2.0, 2.0, 2.0])
-  assert meta["checkpoint"] == "best_acc" and meta["step"] == 6 and meta["acc"] == 0.5
-  # No best_bleu checkpoint yet: falls back to the others rather than failing.
+  assert latest_steps(tmp_path, "best_acc") == [24] and latest_steps(tmp_path, "best_bleu") == [12]
+  restored, meta = ckpt_lib.restore_params(str(tmp_path), "best_bleu")
+  np.testing.assert_array_equal(restored["decoder"]["w"], _params(12)["decoder"]["w"])
+  assert meta == {"checkpoint": "best_bleu", "step": 12, "acc": 0.4, "bleu4": 0.2}
+
+  # A resumed run may validate a kept step again: the checkpoint is replaced, not an error.
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
+  assert ckpts.save_best(12, _params(-1), {"acc": 0.4, "bleu4": 0.2}) == ["best_bleu"]
+  ckpts.close()
+  restored, _ = ckpt_lib.restore_params(str(tmp_path), "best_bleu")
+  np.testing.assert_array_equal(restored["decoder"]["w"], _params(-1)["decoder"]["w"])
+  # No best_bleu checkpoint: falls back to the others rather than failing.
+  shutil.rmtree(tmp_path / "checkpoints" / "best_bleu")
   _, meta = ckpt_lib.restore_params(str(tmp_path), "best_bleu")
-  assert meta["checkpoint"] == "best_acc"
+  assert (meta["checkpoint"], meta["step"]) == ("best_acc", 24)
   with pytest.raises(ValueError, match="unknown checkpoint kind"):
     ckpt_lib.restore_params(str(tmp_path), "best_loss")
+
+
+def _warnings(caplog, text: str) -> list[str]:
+  return [r.getMessage() for r in caplog.records
+          if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+def test_restore_params_falls_back_from_an_unreadable_best(tmp_path, caplog):
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
+  ckpts.save_best(6, _params(6), {"acc": 0.5, "bleu4": 0.1})
+  ckpts.save_best(12, _params(12), {"acc": 0.4, "bleu4": 0.2})
+  ckpts.close()
+  root = tmp_path / "checkpoints"
+  truncate_array_files(root / "best_acc" / "6" / "params")
+  with caplog.at_level(logging.WARNING):
+    restored, meta = ckpt_lib.restore_params(str(tmp_path), "best_acc")
+  assert (meta["checkpoint"], meta["step"]) == ("best_bleu", 12)
+  np.testing.assert_array_equal(restored["decoder"]["w"], _params(12)["decoder"]["w"])
+  [warning] = _warnings(caplog, "unreadable checkpoint")
+  assert f"under {root}: best_acc step 6 (" in warning and "using best_bleu step 12 instead" in warning
+
+  # Nothing readable: one line naming the directory and each step's cause.
+  truncate_array_files(root / "best_bleu" / "12" / "params")
+  with pytest.raises(errors.CheckpointNotFoundError) as e:
+    ckpt_lib.restore_params(str(tmp_path), "best_acc")
+  message = str(e.value)
+  assert "\n" not in message and f"no readable checkpoint under {root}" in message
+  assert "best_acc step 6 (" in message and "best_bleu step 12 (" in message and "train again" in message
+
+  # Orbax cannot even list a best checkpoint whose metrics file is cut: a training run sets the
+  # kind aside (and starts it again), and restore_params takes the next kind.
+  (root / "best_acc" / "6" / "metrics" / "metrics").write_text("{")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    ckpt_lib.RunCheckpoints(str(tmp_path)).close()
+  assert _warnings(caplog, f"{root / 'best_acc'} is unreadable")
+  assert (root / "unreadable" / "best_acc" / "6").is_dir() and latest_steps(tmp_path, "best_acc") == []
 
 
 def test_restore_params_without_checkpoints_names_the_directory(tmp_path):
   with pytest.raises(errors.CheckpointNotFoundError, match=str(tmp_path / "checkpoints")):
     ckpt_lib.restore_params(str(tmp_path))
+
+
+def _state(step: int) -> dict:
+  """A small train state whose arrays each fill a file of their own (OCDBT stores tiny ones inline)."""
+  rng = np.random.default_rng(step)
+  return {"step": np.int32(step), "params": {"w": rng.standard_normal((64, 96)).astype(np.float32)}}
+
+
+@pytest.fixture(scope="module")
+def loader(tmp_path_factory):
+  """A fresh training loader of the tiny demo data, and its first 8 batches."""
+  ready = demo.ensure_demo_dataset(demo_root(tmp_path_factory), num_images=TINY["data.demo_num_images"],
+                                   image_size=32)
+  tokenizer = tokenizer_lib.load_tokenizer()
+
+  def make():
+    return iter(pipeline.train_loader(ready, tokenizer, batch_size=4, max_len=24, seed=0, shard_index=0,
+                                      shard_count=1))
+
+  straight = make()
+  return make, [next(straight) for _ in range(8)]
+
+
+def _save_steps(workdir, make_loader, steps) -> None:
+  """A run's latest checkpoints at `steps`: each step's state, and the iterator after that many
+  batches."""
+  it, done = make_loader(), 0
+  ckpts = ckpt_lib.RunCheckpoints(str(workdir))
+  for step in steps:
+    for _ in range(step - done):
+      next(it)
+    done = step
+    ckpts.save_latest(step, _state(step), it, {"evals": step})
+  ckpts.close()
+
+
+def _assert_next_batch(it, want) -> None:
+  got = next(it)
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def _empty(path: pathlib.Path) -> None:
+  path.write_text("")
+
+
+CORRUPTIONS = {  # what can happen to the newest step, and where
+    "truncated_array_files": lambda step_dir: truncate_array_files(step_dir / "state"),
+    "empty_data_iterator_file": lambda step_dir: _empty(step_dir / "data" / "process_0-of-1.json"),
+    "empty_array_metadata": lambda step_dir: _empty(step_dir / "state" / "_METADATA"),
+    "empty_meta": lambda step_dir: _empty(step_dir / "meta" / "metadata"),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_resume_falls_back_to_the_newest_readable_step(corruption, loader, tmp_path, caplog):
+  make_loader, batches = loader
+  _save_steps(tmp_path, make_loader, (3, 6))
+  latest = tmp_path / "checkpoints" / "latest"
+  CORRUPTIONS[corruption](latest / "6")
+
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
+  resumed = make_loader()
+  with caplog.at_level(logging.WARNING):
+    state, meta = ckpts.restore_latest(jax.eval_shape(lambda: _state(0)), resumed)
+  assert meta == {"evals": 3}
+  assert_trees_equal(state, _state(3))
+  _assert_next_batch(resumed, batches[3])
+  [warning] = _warnings(caplog, "unreadable checkpoint")
+  assert f"in {latest}: step 6 (" in warning and "resuming from step 3 instead" in warning
+  # The unreadable step is set aside (nothing deleted), so the run saves step 6 again.
+  assert (tmp_path / "checkpoints" / "unreadable" / "latest_6").is_dir() and latest_steps(tmp_path) == [3]
+  assert ckpts.latest_step() == 3
+  for _ in range(2):  # to batch 6
+    next(resumed)
+  ckpts.save_latest(6, _state(6), resumed, {"evals": 6})
+  ckpts.close()
+  again = make_loader()
+  state, meta = ckpt_lib.RunCheckpoints(str(tmp_path)).restore_latest(
+      jax.eval_shape(lambda: _state(0)), again)
+  assert meta == {"evals": 6}
+  assert_trees_equal(state, _state(6))
+  _assert_next_batch(again, batches[6])
+
+
+def test_resume_without_a_readable_step_is_one_clear_error(loader, tmp_path):
+  make_loader, _ = loader
+  _save_steps(tmp_path, make_loader, (3, 6))
+  latest = tmp_path / "checkpoints" / "latest"
+  CORRUPTIONS["empty_data_iterator_file"](latest / "6")
+  CORRUPTIONS["truncated_array_files"](latest / "3")
+  with pytest.raises(errors.CheckpointNotFoundError) as e:
+    ckpt_lib.RunCheckpoints(str(tmp_path)).restore_latest(jax.eval_shape(lambda: _state(0)),
+                                                          make_loader())
+  message = str(e.value)
+  assert "\n" not in message and f"no readable checkpoint in {latest}: step 6 (JSONDecodeError" in message
+  assert "step 3 (" in message and "start the run afresh" in message
+  # Nothing is moved: when no step reads, the config (not the files) may be what changed.
+  assert latest_steps(tmp_path) == [3, 6] and not (tmp_path / "checkpoints" / "unreadable").exists()
+
+
+def test_a_failed_save_is_one_error_and_never_a_checkpoint(loader, tmp_path):
+  """A write that fails (here past a file-size limit, as on a full disk) ends in one UserError
+  naming the directory and the cause; the half-written step is never taken for a checkpoint."""
+  make_loader, batches = loader
+  _save_steps(tmp_path, make_loader, (3,))
+  w = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)  # 4 MB
+  big = {"step": np.int32(6), "params": {"w": w}}
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
+  latest = tmp_path / "checkpoints" / "latest"
+  with file_size_limit(1 << 20), pytest.raises(errors.UserError) as e:
+    ckpts.save_latest(6, big, make_loader(), {})
+    ckpts.close()  # an asynchronous save's failure shows at the latest here
+  message = str(e.value)
+  assert message.startswith(f"cannot save a checkpoint in {latest}: File too large;"), message
+  assert "\n" not in message
+  assert latest_steps(tmp_path) == [3] and [p.name for p in latest.iterdir() if "tmp" in p.name]
+  # The next run resumes from the last complete step and, saving again, deletes the leftovers.
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
+  assert ckpts.latest_step() == 3
+  resumed = make_loader()
+  state, _ = ckpts.restore_latest(jax.eval_shape(lambda: _state(0)), resumed)
+  assert_trees_equal(state, _state(3))
+  _assert_next_batch(resumed, batches[3])
+  ckpts.save_latest(4, _state(4), resumed, {})
+  ckpts.close()
+  assert latest_steps(tmp_path) == [3, 4] and not [p.name for p in latest.iterdir() if "tmp" in p.name]
 
 
 # ----------------------------------------------------------------------------- kill and resume
@@ -516,12 +734,37 @@ def _train_losses(workdir) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["split"] == "train"}
 
 
-def test_sigterm_then_rerun_resumes_exactly(tiny_run, tmp_path, tmp_path_factory):
-  """A run stopped by SIGTERM and restarted ends with the uninterrupted run's parameters."""
-  cache = compile_cache(tmp_path_factory)
+def _assert_resumed_exactly(workdir, tiny_run, stopped_at: int, rerun) -> None:
+  """The rerun resumed from `stopped_at` and ended with the uninterrupted run's parameters and losses."""
+  assert rerun.returncode == 0, rerun.stderr[-5000:]
+  # It resumed (a fresh start would reach the same parameters too).
+  assert re.search(rf"resum.*step {stopped_at}\b", rerun.stderr), rerun.stderr[-3000:]
+  assert latest_steps(workdir)[-1] == NUM_STEPS
+  assert (workdir / "metrics_test.json").exists()
+
+  resumed, meta = ckpt_lib.restore_params(str(workdir), "latest")
+  straight, straight_meta = ckpt_lib.restore_params(str(tiny_run), "latest")
+  assert meta["step"] == straight_meta["step"] == NUM_STEPS
+  assert meta["best_acc_step"] == straight_meta["best_acc_step"]
+  # Same state and the same batches after the restart: equal up to float32 rounding.
+  assert_trees_equal(resumed, straight, rtol=1e-6, atol=1e-7)
+  resumed_losses, straight_losses = _train_losses(workdir), _train_losses(tiny_run)
+  assert set(resumed_losses) == set(straight_losses)
+  for step, loss in resumed_losses.items():
+    np.testing.assert_allclose(loss, straight_losses[step], rtol=1e-5, err_msg=f"step {step}")
+
+
+def _run_dir(tiny_run, tmp_path) -> pathlib.Path:
   workdir = tmp_path / "run"
   # The EA judge only scores the final evaluation; reuse the reference's to save its training.
   shutil.copytree(tiny_run / "judge", workdir / "judge")
+  return workdir
+
+
+def test_sigterm_then_rerun_resumes_exactly(tiny_run, tmp_path, tmp_path_factory):
+  """A run stopped by SIGTERM and restarted ends with the uninterrupted run's parameters."""
+  cache = compile_cache(tmp_path_factory)
+  workdir = _run_dir(tiny_run, tmp_path)
   args = main_args(demo_root(tmp_path_factory), workdir)
 
   first_run = Background(args, cache, tmp_path / "first")
@@ -537,20 +780,34 @@ def test_sigterm_then_rerun_resumes_exactly(tiny_run, tmp_path, tmp_path_factory
   assert result.returncode in (0, 128 + signal.SIGTERM), result.stderr[-3000:]
   assert not (workdir / "metrics_test.json").exists()
 
-  result = run_main(args, cache, tmp_path / "second")  # the same command again
-  assert result.returncode == 0, result.stderr[-5000:]
-  # It resumed (a fresh start would reach the same parameters too).
-  assert re.search(rf"resum.*step {stopped_at}\b", result.stderr), result.stderr[-3000:]
-  assert latest_steps(workdir)[-1] == NUM_STEPS
-  assert (workdir / "metrics_test.json").exists()
+  rerun = run_main(args, cache, tmp_path / "second")  # the same command again
+  _assert_resumed_exactly(workdir, tiny_run, stopped_at, rerun)
 
-  resumed, meta = ckpt_lib.restore_params(str(workdir), "latest")
-  straight, straight_meta = ckpt_lib.restore_params(str(tiny_run), "latest")
-  assert meta["step"] == straight_meta["step"] == NUM_STEPS
-  assert meta["best_acc_step"] == straight_meta["best_acc_step"]
-  # Same state and the same batches after the restart: equal up to float32 rounding.
-  assert_trees_equal(resumed, straight, rtol=1e-6, atol=1e-7)
-  resumed_losses, straight_losses = _train_losses(workdir), _train_losses(tiny_run)
-  assert set(resumed_losses) == set(straight_losses)
-  for step, loss in resumed_losses.items():
-    np.testing.assert_allclose(loss, straight_losses[step], rtol=1e-5, err_msg=f"step {step}")
+
+def test_kill_9_while_saving_then_rerun_resumes_exactly(tiny_run, tmp_path, tmp_path_factory):
+  """SIGKILL while the second checkpoint is being written (asynchronously, as training goes on):
+  the half-written step is no checkpoint, and the rerun resumes exactly from the first."""
+  cache = compile_cache(tmp_path_factory)
+  workdir = _run_dir(tiny_run, tmp_path)
+  latest = workdir / "checkpoints" / "latest"
+  args = main_args(demo_root(tmp_path_factory), workdir)
+  second = 2 * TINY["train.checkpoint_every"]
+
+  first_run = Background(args, cache, tmp_path / "first")
+  deadline = time.time() + 300
+  writing = []
+  while first_run.proc.poll() is None and time.time() < deadline:
+    names = os.listdir(latest) if latest.is_dir() else []
+    writing = [n for n in names if n.startswith(f"{second}.") and "tmp" in n]
+    if writing or str(second) in names:
+      break
+    time.sleep(0.002)
+  first_run.proc.kill()
+  result = first_run.result(timeout=60)
+  assert result.returncode == -signal.SIGKILL, f"the run ended first:\n{result.stderr[-3000:]}"
+  assert writing, f"step {second} was complete before the kill: {sorted(os.listdir(latest))}"
+  assert latest_steps(workdir) == [TINY["train.checkpoint_every"]]
+
+  rerun = run_main(args, cache, tmp_path / "second")
+  _assert_resumed_exactly(workdir, tiny_run, TINY["train.checkpoint_every"], rerun)
+  assert not [n for n in os.listdir(latest) if "tmp" in n]  # the leftovers are gone

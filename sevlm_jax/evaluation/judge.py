@@ -6,28 +6,27 @@ pickled PyTorch module, so the project trains its own on the training
 utterances and reports its held-out accuracy beside every EA figure.
 
     judge = train_judge(texts, labels, heldout_texts, heldout_labels, tokenizer.encode, config)
-    judge.save(workdir / "judge")
+    judge.save(workdir / "judge")                      # an Orbax checkpoint
     judge = Judge.load(workdir / "judge", encode_fn=tokenizer.encode)
     emotion_ids = judge.predict(explanations)          # int32[N], indices into EMOTIONS
 """
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.serialization
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
+from sevlm_jax import checkpoints
 from sevlm_jax import io_utils
 from sevlm_jax.data import batching
 from sevlm_jax.models import emotion_classifier
@@ -35,9 +34,8 @@ from sevlm_jax.vocab import EMOTIONS, NUM_EMOTIONS
 
 EncodeFn = Callable[[str], Sequence[int]]
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "judge.json"
-PARAMS_FILE = "params.msgpack"
+FORMAT_VERSION = 2  # 1 was judge.json + params.msgpack; 2 is an Orbax checkpoint
+ITEMS = ("meta", "params")  # the checkpoint's items: config, held-out accuracy, info; the weights
 REQUIRED_KEYS = ("vocab_size", "embed_dim", "hidden_dim", "mlp_dim", "dropout", "max_len", "batch_size",
                  "eval_batch_size", "learning_rate", "weight_decay", "grad_clip_norm", "num_epochs", "seed")
 MODEL_KEYS = ("vocab_size", "embed_dim", "hidden_dim", "mlp_dim", "dropout", "max_len")  # what fixes the network
@@ -158,37 +156,55 @@ class Judge:
     return np.argmax(self.logits(texts), axis=-1).astype(np.int32)
 
   def save(self, directory: str | os.PathLike) -> None:
-    """Writes judge.json (config, held-out accuracy) and params.msgpack; each file atomically."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Writes an Orbax checkpoint (items meta and params), replacing any judge there: Orbax writes
+    it to a temporary directory and renames it when complete, so a reader never sees a part."""
     meta = {"format_version": FORMAT_VERSION, "emotions": list(EMOTIONS), "config": self.config.to_dict(),
             "heldout_accuracy": self.heldout_accuracy, "info": self.info}
-    # Params first: a judge.json on disk then always has its params next to it.
-    io_utils.write_bytes_atomic(directory / PARAMS_FILE, flax.serialization.to_bytes(jax.device_get(self.params)))
-    io_utils.write_bytes_atomic(directory / CONFIG_FILE, json.dumps(meta, indent=2).encode())
+    directory = Path(directory).absolute()
+    with checkpoints.saving(directory, what="the EA judge"):
+      _checkpointer().save(directory, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(jax.device_get(self.params)), meta=ocp.args.JsonSave(meta)), force=True)
 
   @classmethod
   def load(cls, directory: str | os.PathLike, encode_fn: EncodeFn | None = None) -> "Judge":
     """Reads a judge written by save(); pass the same encode_fn it was trained with to predict."""
-    directory = Path(directory)
-    config_path, params_path = directory / CONFIG_FILE, directory / PARAMS_FILE
-    if not config_path.is_file() or not params_path.is_file():
-      raise FileNotFoundError(f"no EA judge in {directory}: expected {CONFIG_FILE} and {PARAMS_FILE} there; "
-                              "train one with sevlm_jax.evaluation.judge.train_judge and Judge.save")
+    directory = Path(directory).absolute()
+    if not all((directory / item).is_dir() for item in ITEMS):
+      raise FileNotFoundError(f"no EA judge in {directory}: expected an Orbax checkpoint with items "
+                              f"{' and '.join(ITEMS)} there; train one with "
+                              "sevlm_jax.evaluation.judge.train_judge and Judge.save")
     try:
-      meta = json.loads(config_path.read_text())
+      restored = _checkpointer().restore(directory, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  # Orbax and tensorstore raise many types on bad files
+      raise ValueError(f"corrupt EA judge in {directory} ({checkpoints.cause(e)}); delete the directory and "
+                       "train the judge again") from e
+    meta = restored["meta"]
+    try:
       version = meta["format_version"]
       config = _check_config(meta["config"])
       heldout_accuracy = meta["heldout_accuracy"]
     except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"corrupt EA judge file {config_path} ({type(e).__name__}: {e}); delete the directory "
+      raise ValueError(f"corrupt EA judge meta in {directory} ({type(e).__name__}: {e}); delete the directory "
                        "and train the judge again") from e
     if version != FORMAT_VERSION or meta.get("emotions") != list(EMOTIONS):
-      raise ValueError(f"{config_path} is format {version} with emotions {meta.get('emotions')}; this code reads "
-                       f"format {FORMAT_VERSION} with {list(EMOTIONS)}: train the judge again")
-    params = _read_params(params_path, config)
+      raise ValueError(f"the EA judge in {directory} is format {version} with emotions {meta.get('emotions')}; "
+                       f"this code reads format {FORMAT_VERSION} with {list(EMOTIONS)}: train the judge again")
+    params = _check_params(restored["params"], config, directory)
     return cls(params=params, config=config, heldout_accuracy=heldout_accuracy, encode_fn=encode_fn,
                info=meta.get("info", {}))
+
+
+def _checkpointer() -> ocp.Checkpointer:
+  """Orbax, for this process alone: one process saves the judge and the others then load it
+  (parallel.primary_first), so its saves and restores must not wait for them in a barrier."""
+  me = jax.process_index()
+  alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+  handler = ocp.CompositeCheckpointHandler(
+      composite_options=ocp.CompositeOptions(multiprocessing_options=alone),
+      params=ocp.StandardCheckpointHandler(multiprocessing_options=alone),
+      meta=ocp.JsonCheckpointHandler(multiprocessing_options=alone))
+  return ocp.Checkpointer(handler, multiprocessing_options=alone)
 
 
 def _init_params(config, rng):
@@ -204,21 +220,18 @@ def _init_fn(model_key: tuple):
   return jax.jit(lambda rng: model.init(rng, ids, jnp.ones_like(ids))["params"])
 
 
-def _read_params(path: Path, config):
+def _check_params(params, config, directory: Path):
+  """The restored params as device arrays, once every array has the shape the config says."""
   target = jax.eval_shape(lambda: _init_params(config, jax.random.key(0)))
-  try:
-    state = flax.serialization.msgpack_restore(path.read_bytes())
-    params = flax.serialization.from_state_dict(target, state)
-  except Exception as e:  # pylint: disable=broad-except  # msgpack/flax raise many types on bad bytes
-    raise ValueError(f"corrupt EA judge params {path} ({type(e).__name__}: {e}); delete the directory and "
-                     "train the judge again") from e
-  flat_target = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(target))
-  flat = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(params))
-  for key, leaf in flat_target.items():
-    got = getattr(flat.get(key), "shape", None)
+  saved = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  for key, leaf in jax.tree_util.tree_leaves_with_path(target):
+    got = saved.pop(jax.tree_util.keystr(key), None)
     if got != leaf.shape:
-      raise ValueError(f"EA judge params {path}: {'/'.join(key)} has shape {got}, config says {leaf.shape}; "
-                       f"the files in {path.parent} do not belong together: train the judge again")
+      raise ValueError(f"EA judge params in {directory}: {jax.tree_util.keystr(key)} has shape {got}, config says "
+                       f"{leaf.shape}; its params and meta do not belong together: train the judge again")
+  if saved:
+    raise ValueError(f"EA judge params in {directory} hold {sorted(saved)}, which the config's network lacks; "
+                     "its params and meta do not belong together: train the judge again")
   return jax.tree.map(jnp.asarray, params)
 
 

@@ -1,6 +1,6 @@
 """The training loop: init or resume, step, validate, checkpoint, stop early, evaluate.
 
-Restarting with the same workdir resumes from the latest checkpoint (train state and
+Restarting with the same workdir resumes from the latest readable checkpoint (train state and
 data iterator), so the run continues with exactly the batches it would have seen.
 SIGTERM and Ctrl-C save a checkpoint before the process exits.
 
@@ -33,9 +33,16 @@ from sevlm_jax.training.metrics_writer import MetricsWriter
 
 
 class _StopRequest:
-  """Turns SIGTERM into a flag the loop polls, so the loop can checkpoint and exit cleanly."""
+  """Turns SIGTERM into a flag the loop polls, so the loop can checkpoint and exit cleanly.
 
-  def __init__(self):
+  One process only. With several, JAX's preemption service takes SIGTERM (jax.distributed
+  installs its handler, which this one would replace) and names one step at which every process
+  stops: RunCheckpoints.reached_preemption. That check cannot serve one process: without
+  jax.distributed there is no preemption service, and SIGTERM would end the process unsaved.
+  """
+
+  def __init__(self, enabled: bool = True):
+    self.enabled = enabled
     self.requested = False
     self._previous = None
 
@@ -44,6 +51,8 @@ class _StopRequest:
       del frame
       logging.warning("signal %d received: saving a checkpoint, then stopping", signum)
       self.requested = True
+    if not self.enabled:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: no signal handling
@@ -54,9 +63,6 @@ class _StopRequest:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
     return False
-
-
-_STOP_POLL_EVERY = 10  # steps between the processes' checks for a stop request
 
 
 def total_train_steps(config: ml_collections.ConfigDict, ready_dir: str) -> int:
@@ -116,11 +122,6 @@ def patch_feature_cache(config: ml_collections.ConfigDict, run: run_lib.Run, par
   logging.info("patch feature cache %s (%d images, %.1f s)", cache.path, len(cache),
                time.time() - started)
   return cache
-
-
-def _improved(history: dict, name: str, value: float) -> bool:
-  best = history.get(f"best_{name}")
-  return best is None or value > best
 
 
 def sharded_train_step(train_step, mesh, state_shardings, seed: int):
@@ -192,18 +193,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run, mes
   step = int(state.step)
   t_start, step_start = time.time(), step
   try:
-    with _StopRequest() as stop:
+    with _StopRequest(enabled=not multi_process) as stop:
       stopping = False  # the stop all processes agreed on
       while step < total_steps and not stopping:
         batch = _host_batch(next(data_iter), patch_cache)
         state, metrics = train_step(state, parallel.shard_host_batch(batch, mesh), vad_table)
         step += 1
-        # A signal may reach the processes at different steps: they agree, every few steps (the
-        # all-gather waits for the step, so polling every step would stall the input pipeline).
-        if not multi_process:
-          stopping = stop.requested
-        elif step % _STOP_POLL_EVERY == 0:
-          stopping = parallel.any_process(stop.requested)
+        # A signal may reach the processes at different steps; JAX's preemption service makes
+        # them stop at the same one (a local check at every step, no collective).
+        stopping = ckpts.reached_preemption(step) if multi_process else stop.requested
         if step % config.train.log_every == 0 or step == total_steps:
           metrics = jax.tree.map(parallel.to_host, metrics)
           rate = (step - step_start) / max(time.time() - t_start, 1e-9)
@@ -221,14 +219,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run, mes
             break
         if step % config.train.checkpoint_every == 0:
           ckpts.save_latest(step, state, data_iter, history)
+    if ckpts.latest_step() != step:  # a finished run started again has nothing new to save
+      ckpts.save_latest(step, state, data_iter, history)
   except KeyboardInterrupt:
     logging.warning("interrupted: saving a checkpoint at step %d", step)
     ckpts.save_latest(step, state, data_iter, history)
-    ckpts.close()
     raise
-  if ckpts.latest_step() != step:  # a finished run started again has nothing new to save
-    ckpts.save_latest(step, state, data_iter, history)
-  ckpts.close()
+  finally:
+    ckpts.close()  # waits for the asynchronous saves in flight
   if step < total_steps and not history.get("stopped_early"):
     logging.info("stopped at step %d of %d; run again with the same workdir to resume", step,
                  total_steps)
@@ -242,13 +240,11 @@ def _validate(config, validate: Validator, state, step, history, ckpts, writer) 
   writer.write(step, "val", val)
   logging.info("step %d validation: acc %.4f bleu4 %.4f", step, val["acc"], val["bleu4"])
   history["evals"] += 1
-  improved = False
+  improved = ckpts.save_best(step, state.params, val)  # Orbax keeps the better of each kind
   for name, kind in (("acc", "best_acc"), ("bleu4", "best_bleu")):
-    if _improved(history, name, val[name]):
+    if kind in improved:
       history[f"best_{name}"] = val[name]
       history[f"best_{name}_step"] = step
-      ckpts.save_best(kind, step, state.params, {"step": step, **val})
-      improved = True
   history["evals_without_improvement"] = 0 if improved else history["evals_without_improvement"] + 1
   stop = 0 < config.train.patience <= history["evals_without_improvement"]
   history["stopped_early"] = bool(stop)

@@ -47,7 +47,7 @@ def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.C
   batch_size = parallel.padded_batch_size(config.eval.batch_size, mesh)
   rng = jax.random.PRNGKey(config.seed)
   preds = []
-  total = len(records.load_split(run.ready_dir, split))
+  total = records.load_meta(run.ready_dir)["splits"][split]["images"]  # no second open of the split
   total = min(total, max_images or total)
   with io_utils.Progress(f"generating ({split})", total=total, unit="img",
                          enabled=jax.process_index() == 0) as bar:

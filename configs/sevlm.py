@@ -40,7 +40,13 @@ def _base() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "artemis_v1"  # artemis_v1 | artemis_v2 | sevlm_json | ready | demo
+  # artemis_v1 | artemis_v2 | sevlm_json | artemis_preprocessed (ArtEmis's own preprocessed CSV:
+  # its text and split as given) | ready | demo
+  c.data.source = "artemis_v1"
+  # Text of artemis_v1 / v2 rows: 'artemis' = ArtEmis's preprocessing for deep nets, the text
+  # the SEVLM authors trained on (spell-checked tokens; rows under 5 tokens or over the train
+  # split's 95th length percentile dropped); 'raw' = the utterances as written.
+  c.data.text_preprocessing = "artemis"
   c.data.csv = ""  # ArtEmis CSV (v2: comma-separated list of CSVs) or the public code's JSON
   c.data.images = ""  # WikiArt folder holding {art_style}/{painting}.jpg
   c.data.ready_dir = ""  # where the prepared data set lives (default: <workdir>/data)
@@ -106,7 +112,10 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.decoding = "greedy"  # greedy | top_p
   c.eval.top_p = 0.9
   c.eval.temperature = 1.0
-  c.eval.dominant = "half"  # half (> 0.5, as the public code) | artemis (>= half with tie rule)
+  # Dominant emotion of an image (ACC and EA count only images that have one): half (> 0.5 of
+  # the histogram: the public SEVLM code, so the paper's ACC) | artemis (>= half, a tie to the
+  # lower index) | artemis_no_tie (>= half, none on a tie: ArtEmis's dominant_maximizer)
+  c.eval.dominant = "half"
   c.eval.checkpoint = "best_acc"  # best_acc | best_bleu | latest
   c.eval.spice = False
   c.eval.judge_max_train = 0  # cap on the EA judge's training utterances; 0 = all

@@ -21,6 +21,7 @@ from sevlm_jax import errors
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.data import demo
+from sevlm_jax.data import dominant as dominant_lib
 from sevlm_jax.data import prepare
 from sevlm_jax.data import records
 from sevlm_jax.data import tokenizer as tokenizer_lib
@@ -69,7 +70,8 @@ def resolve_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   fmt = check_data_source(config, ready_dir)
   if fmt is not None:
     # The split seed stays ArtEmis's own, whatever the training seed.
-    prepare.prepare(data.csv, data.images, ready_dir, fmt=fmt, image_size=data.image_size)
+    prepare.prepare(data.csv, data.images, ready_dir, fmt=fmt, image_size=data.image_size,
+                    text_preprocessing=data.text_preprocessing)
   return ready_dir
 
 
@@ -84,10 +86,11 @@ def check_data_source(config: ml_collections.ConfigDict, ready_dir: str) -> str 
   if not data.csv or not data.images:
     raise ConfigError("data.csv and data.images are not set and no prepared data set is at "
                       f"{ready_dir}. " + ARTEMIS_HELP)
-  fmt = {"artemis_v1": "v1", "artemis_v2": "v2", "sevlm_json": "sevlm_json"}.get(data.source)
+  fmt = {"artemis_v1": "v1", "artemis_v2": "v2", "sevlm_json": "sevlm_json",
+         "artemis_preprocessed": "artemis_preprocessed"}.get(data.source)
   if fmt is None:
     raise ConfigError(f"data.source={data.source!r} is not one of artemis_v1, artemis_v2, "
-                      "sevlm_json, ready, demo")
+                      "sevlm_json, artemis_preprocessed, ready, demo")
   for path in data.csv.split(","):
     if not os.path.exists(path):
       raise ConfigError(f"data.csv: {path} does not exist. " + ARTEMIS_HELP)
@@ -206,8 +209,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       "<emotion> because ...'; use at least 8")
   if config.train.batch_size < 2 and config.loss.contrastive_weight:
     raise ConfigError("train.batch_size must be >= 2 with the contrastive loss (it needs another image)")
-  if config.eval.dominant not in ("half", "artemis"):
-    raise ConfigError(f"eval.dominant={config.eval.dominant!r}; choose 'half' or 'artemis'")
+  if config.data.text_preprocessing not in ("artemis", "raw"):
+    raise ConfigError(f"data.text_preprocessing={config.data.text_preprocessing!r}; choose 'artemis' "
+                      "(ArtEmis's preprocessing for deep nets) or 'raw' (the utterances as written)")
+  if config.eval.dominant not in dominant_lib.RULES:
+    raise ConfigError(f"eval.dominant={config.eval.dominant!r}; choose one of "
+                      f"{', '.join(dominant_lib.RULES)}")
   if config.eval.decoding not in ("greedy", "top_p"):
     raise ConfigError(f"eval.decoding={config.eval.decoding!r}; choose 'greedy' or 'top_p'")
   if config.data.lexicon_format not in vad_lib.FORMATS:
@@ -248,7 +255,13 @@ def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: 
         except errors.CheckpointError as e:
           raise ConfigError(f"pretrained.{field}={source!r}: {e}") from None
   if config.data.source != "demo" and records.is_complete(ready_dir):
-    size = int(records.load_meta(ready_dir)["image_size"])
+    meta = records.load_meta(ready_dir)
+    text = meta.get("text_preprocessing", "raw")  # data sets prepared before the switch: raw
+    if config.data.source in ("artemis_v1", "artemis_v2") and text != config.data.text_preprocessing:
+      raise ConfigError(f"the prepared data set {ready_dir} holds text preprocessed as {text!r}, the "
+                        f"config data.text_preprocessing={config.data.text_preprocessing!r}; set "
+                        f"--config.data.text_preprocessing={text}, or use another data.ready_dir")
+    size = int(meta["image_size"])
     if size != config.data.image_size:
       raise ConfigError(f"the prepared data set {ready_dir} holds {size}x{size} images, the config "
                         f"data.image_size={config.data.image_size}; set --config.data.image_size="

@@ -26,6 +26,8 @@ def test_the_wheel_holds_every_module_and_data_file(wheel):
   for source in package.rglob("*.py"):
     assert f"sevlm_jax/{source.relative_to(package).as_posix()}" in names, source
   for data in ("_gpt2_bpe/encoder.json", "_gpt2_bpe/vocab.bpe", "_gpt2_bpe/LICENSE",
+               "_artemis/symspell_frequency_dictionary_en_82_765.txt",
+               "_artemis/glove.6B.100d.vocabulary.txt", "_artemis/spelling.json", "_artemis/LICENSE",
                "data/assets/demo_vad_lexicon.tsv", "py.typed"):
     assert f"sevlm_jax/{data}" in names, data
 

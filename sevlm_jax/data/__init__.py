@@ -2,8 +2,10 @@
 
   prepare.py    the whole run: annotations + images -> a ready data set (also the CLI)
   artemis.py    ingestion: ArtEmis CSVs / the public SEVLM JSON -> paintings and a skip report
+  artemis_text.py  ArtEmis's text preprocessing for deep nets (spelling, length filters)
+  treebank.py   NLTK 3.4.5's word_tokenize rules, offline (ArtEmis's tokenizer)
   splits.py     ArtEmis's train / val / test / rest split of paintings
-  dominant.py   an image's emotion histogram and its dominant emotion (two rules)
+  dominant.py   an image's emotion histogram and its dominant emotion (three rules)
   images.py     the one image preprocessing, for ingestion, prediction and the demo page
   records.py    the ready data set's files and their readers
   demo.py       the procedurally generated art-and-emotion data set, same ingestion

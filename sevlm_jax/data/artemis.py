@@ -7,10 +7,18 @@ Inputs (SEVLM.md section 6):
               (extra columns are ignored; several CSVs are concatenated)
   sevlm_json  the public SEVLM JSON {image_id: {emotions, explanations, image_name,
               origin_emotion_distribution}}, one file (split here) or one file per split
+  artemis_preprocessed
+              the artemis_preprocessed.csv that ArtEmis's preprocess_artemis_data.py writes:
+              its utterance_spelled text and its split column are used as given (detected by
+              those two columns)
 
-Nothing is dropped silently: rows with an unknown emotion or an empty utterance and rows
-without art_style/painting are counted in the Report with file, line and value. The whole run
-(splits, images, the ready data set) is prepare.py's.
+Utterances are kept as written; artemis_text.py then strips them ('raw') or applies ArtEmis's
+preprocessing for deep nets ('artemis': spelled tokens, and once the split is known, rows under 5
+tokens or over the train split's 95th length percentile dropped).
+
+Nothing is dropped silently: rows with an unknown emotion or an empty utterance, rows without
+art_style/painting and rows the length filters drop are counted in the Report with file, line
+and value. The whole run (splits, images, the ready data set) is prepare.py's.
 """
 
 import collections
@@ -26,8 +34,10 @@ from sevlm_jax import vocab
 from sevlm_jax.data import records
 from sevlm_jax.errors import InputError
 
-FORMATS = ("auto", "v1", "v2", "sevlm_json")
+FORMATS = ("auto", "v1", "v2", "sevlm_json", "artemis_preprocessed")
 _REQUIRED_COLUMNS = ("art_style", "painting", "emotion", "utterance")
+# ArtEmis's own preprocessed CSV: its text and its split are used as given.
+_PREPROCESSED_COLUMNS = ("art_style", "painting", "emotion", "utterance_spelled", "split")
 
 
 # ----------------------------------------------------------------------------- report
@@ -84,7 +94,9 @@ class Painting:
   rows: int = 0                       # input rows naming it, valid or not
   repetition: int | None = None       # max of the repetition column, when given
   histogram: np.ndarray | None = None  # SEVLM JSON's origin_emotion_distribution
-  split: str | None = None            # preassigned (SEVLM JSON per split)
+  split: str | None = None            # preassigned (SEVLM JSON per split, ArtEmis's preprocessed CSV)
+  sources: list = dataclasses.field(default_factory=list)  # per annotation: (file, line) of a CSV row
+  token_counts: list = dataclasses.field(default_factory=list)  # per annotation, after 'artemis' text
 
 
 def _clean(text) -> str:
@@ -92,12 +104,11 @@ def _clean(text) -> str:
 
 
 def detect_format(inputs) -> str:
-  """'sevlm_json' for .json inputs, 'v2' for CSVs with version/anchor_painting columns or several CSVs, else 'v1'."""
+  """'sevlm_json' for .json inputs, 'artemis_preprocessed' for a CSV with utterance_spelled and split
+  columns, 'v2' for CSVs with version/anchor_painting columns or several CSVs, else 'v1'."""
   paths = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
   if any(str(p).lower().endswith(".json") for p in paths):
     return "sevlm_json"
-  if len(paths) > 1:
-    return "v2"
   try:
     with open(paths[0], newline="", encoding="utf-8-sig") as f:
       header = next(csv.reader(f), [])
@@ -105,28 +116,31 @@ def detect_format(inputs) -> str:
     raise InputError(f"{paths[0]}: not UTF-8 text ({e}); ArtEmis CSVs are UTF-8, re-save the file "
                      "as UTF-8") from None
   names = {h.strip().lower() for h in header}
-  return "v2" if names & {"version", "anchor_painting"} else "v1"
+  if {"utterance_spelled", "split"} <= names:
+    return "artemis_preprocessed"
+  return "v2" if len(paths) > 1 or names & {"version", "anchor_painting"} else "v1"
 
 
-def read_artemis_csv(paths, report: Report) -> dict:
-  """image_id -> Painting from ArtEmis v1 / v2 CSV files."""
+def read_artemis_csv(paths, report: Report, preprocessed: bool = False) -> dict:
+  """image_id -> Painting from ArtEmis v1 / v2 CSV files, or (preprocessed) ArtEmis's own
+  artemis_preprocessed.csv, whose utterance_spelled and split columns are taken as given."""
   paintings = {}
   for path in paths:
     try:
-      _read_one_csv(path, paintings, report)
+      _read_one_csv(path, paintings, report, preprocessed)
     except UnicodeDecodeError as e:
       raise InputError(f"{path}: not UTF-8 text ({e}); ArtEmis CSVs are UTF-8, re-save the file as "
                        "UTF-8") from None
   return paintings
 
 
-def _read_one_csv(path, paintings: dict, report: Report) -> None:
+def _read_one_csv(path, paintings: dict, report: Report, preprocessed: bool) -> None:
   """Add the rows of one ArtEmis CSV to `paintings`."""
   with open(path, newline="", encoding="utf-8-sig") as f:
     reader = csv.DictReader(f, strict=True)
     done = [1]  # the last line of the last row read (the header's at first)
     try:
-      _read_rows(path, reader, paintings, report, done)
+      _read_rows(path, reader, paintings, report, done, preprocessed)
     except csv.Error as e:  # strict parsing: a stray quote is an error, not a swallowed row
       what = ("opens a quoted field that is never closed" if "end of data" in str(e)
               else "is malformed")
@@ -134,13 +148,18 @@ def _read_one_csv(path, paintings: dict, report: Report) -> None:
                        "quoting there") from None
 
 
-def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report, done: list) -> None:
+def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report, done: list,
+               preprocessed: bool) -> None:
   """The rows of one CSV reader into `paintings`; done[0] follows the last line read."""
   columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-  missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
+  required = _PREPROCESSED_COLUMNS if preprocessed else _REQUIRED_COLUMNS
+  missing = [c for c in required if c not in columns]
   if missing:
+    what = ("ArtEmis's artemis_preprocessed.csv has" if preprocessed
+            else "An ArtEmis CSV needs")
     raise InputError(f"{path}: missing column(s) {', '.join(missing)}; found {reader.fieldnames}. "
-                     f"An ArtEmis CSV needs {', '.join(_REQUIRED_COLUMNS)} (and usually repetition)")
+                     f"{what} {', '.join(required)} (and usually repetition)")
+  text_column = "utterance_spelled" if preprocessed else "utterance"
   reader.fieldnames = columns
   for row in reader:
     line = _check_row_shape(path, row, reader.line_num, len(columns))
@@ -170,12 +189,26 @@ def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report, do
     except ValueError:
       report.skip("unknown_emotion", file=str(path), line=line, image_id=image_id, value=emotion_text)
       continue
-    utterance = _clean(row.get("utterance"))
-    if not utterance:
+    raw = row.get(text_column) or ""  # as written: ArtEmis matches its sentence table on it
+    if not raw.strip():
       report.skip("empty_utterance", file=str(path), line=line, image_id=image_id)
       continue
+    if preprocessed:
+      _preassign_split(path, line, p, _clean(row.get("split")))
     p.emotions.append(emotion)
-    p.utterances.append(utterance)
+    p.utterances.append(raw)
+    p.sources.append((str(path), line))
+
+
+def _preassign_split(path, line: int, p: Painting, split: str) -> None:
+  """The split column of ArtEmis's preprocessed CSV: one known split per painting."""
+  if split not in records.SPLITS:
+    raise InputError(f"{path}: line {line} has split {split!r}; ArtEmis's preprocessed CSV uses "
+                     f"{', '.join(records.SPLITS)}")
+  if p.split is not None and p.split != split:
+    raise InputError(f"{path}: line {line} puts {p.image_id} in split {split!r}, an earlier row in "
+                     f"{p.split!r}; a painting belongs to one split, fix the split column")
+  p.split = split
 
 
 _MAX_FIELD_BREAKS = 2  # an utterance may hold a quoted line break or two; more is a quote left open
@@ -256,7 +289,10 @@ def read_sevlm_json(path, report: Report, split: str | None = None) -> dict:
 
 
 def read_annotations(inputs, fmt: str, report: Report) -> tuple[dict, str, list]:
-  """(image_id -> Painting, the format, the input paths) of annotation file(s) in any FORMAT."""
+  """(image_id -> Painting, the format, the input paths) of annotation file(s) in any FORMAT.
+
+  CSV utterances are as written, surrounding space included: artemis_text.preprocess_text
+  strips them or applies ArtEmis's preprocessing (prepare.py calls it)."""
   if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
   paths = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
@@ -282,7 +318,7 @@ def read_annotations(inputs, fmt: str, report: Report) -> tuple[dict, str, list]
   else:
     if isinstance(inputs, dict):
       raise ValueError("per-split inputs are only supported for the sevlm_json format")
-    paintings = read_artemis_csv(paths, report)
+    paintings = read_artemis_csv(paths, report, preprocessed=fmt == "artemis_preprocessed")
   return paintings, fmt, paths
 
 

@@ -15,8 +15,10 @@ module does the same to one utterance at a time, in ArtEmis's order:
      dictionary term (edit distance <= 2, ties by frequency), or the token itself if none;
   7. the text is the tokens joined by single spaces; its length is their number.
 
-Row filters (length_bounds, applied by prepare.py after the split): fewer than 5 tokens, or more
-than the 95th percentile (numpy's linear interpolation) of the token counts of the train split.
+Row filters (drop_by_length, which prepare.py runs once the split is known): fewer than 5
+tokens, or more than the 95th percentile (numpy's linear interpolation) of the token counts of
+the train split. preprocess_text runs the pipeline over every annotation read ('artemis'), or
+only strips the utterances ('raw').
 
 The word lists and tables are ArtEmis's own files (third_party/artemis, MIT), checked by sha256.
 Loading SymSpell's dictionary takes seconds, so it happens once per process, and every distinct
@@ -32,7 +34,11 @@ import re
 
 import numpy as np
 
+from sevlm_jax import io_utils
+from sevlm_jax import vocab
+from sevlm_jax.data import dominant
 from sevlm_jax.data import treebank
+from sevlm_jax.errors import InputError
 
 PREPROCESSINGS = ("artemis", "raw")
 TOO_SHORT = 5  # fewer tokens than this: dropped
@@ -156,3 +162,56 @@ def length_bounds(train_token_counts) -> tuple[int, float]:
   if counts.size == 0:
     raise ValueError("no training utterance to take the length percentile of")
   return TOO_SHORT, float(np.percentile(counts, TOO_LONG_PERCENTILE))
+
+
+def preprocess_text(paintings: dict, mode: str, progress: bool = True) -> None:
+  """The text of every annotation of artemis.Painting's: surrounding space stripped ('raw') or
+  ArtEmis's spelled tokens joined by spaces, with their count in Painting.token_counts ('artemis')."""
+  if mode not in PREPROCESSINGS:
+    raise ValueError(f"unknown text preprocessing {mode!r}; expected one of {', '.join(PREPROCESSINGS)}")
+  if mode == "raw":
+    for p in paintings.values():
+      p.utterances = [u.strip() for u in p.utterances]
+    return
+  spell = preprocessor()
+  total = sum(len(p.utterances) for p in paintings.values())
+  with io_utils.Progress("ArtEmis text", total=total, unit="row", enabled=progress) as bar:
+    for p in paintings.values():
+      done = [spell(u) for u in p.utterances]
+      p.utterances = [text for text, _ in done]
+      p.token_counts = [n for _, n in done]
+      bar.update(len(done))
+
+
+def drop_by_length(paintings: dict, report) -> dict:
+  """ArtEmis's length filters, after preprocess_text(..., 'artemis') and the split.
+
+  Drops annotations under TOO_SHORT tokens or over the TOO_LONG_PERCENTILE-th percentile of
+  the train split's token counts (every split, 'rest' included, as ArtEmis does), each counted
+  in `report` (an artemis.Report) with its file, line and text. Before that, a painting's emotion histogram is taken over all its annotations,
+  as ArtEmis's image-emotion-histogram.csv (the public SEVLM JSON's
+  origin_emotion_distribution) is, so the dominant emotion does not move with the text filters.
+  Returns the bounds for the data set's meta.
+  """
+  train = [n for p in paintings.values() if p.split == "train" for n in p.token_counts]
+  if not train:
+    raise InputError("no training annotation to take ArtEmis's 95th length percentile of; "
+                     "give more paintings or set data.text_preprocessing='raw'")
+  shortest, longest = length_bounds(train)
+  for p in paintings.values():
+    if p.histogram is None and p.emotions:
+      p.histogram = dominant.histogram_from_counts(np.bincount(p.emotions, minlength=vocab.NUM_EMOTIONS))
+    keep = []
+    for k, n in enumerate(p.token_counts):
+      reason = ("too_short_utterance" if n < shortest else
+                "too_long_utterance" if n > longest else None)
+      if reason is None:
+        keep.append(k)
+        continue
+      file, line = p.sources[k]
+      report.skip(reason, file=file, line=line, image_id=p.image_id, split=p.split, tokens=n,
+                  text=p.utterances[k])
+    p.emotions, p.utterances, p.sources, p.token_counts = (
+        [values[k] for k in keep] for values in (p.emotions, p.utterances, p.sources, p.token_counts))
+  return {"min_tokens": shortest, "max_tokens": longest,
+          "max_tokens_rule": f"{TOO_LONG_PERCENTILE}th percentile of the train split's token counts"}

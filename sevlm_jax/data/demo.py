@@ -268,6 +268,7 @@ def ensure_demo_dataset(root, *, seed: int = 0, num_images: int = DEFAULT_NUM_IM
   log = print if verbose else (lambda *a, **k: None)
   try:  # replace only a stale data set, so concurrent first calls never tear down a fresh one
     prepare.prepare_ready(raw / CSV_NAME, raw / "images", ready, fmt="v1", image_size=image_size,
+                          text_preprocessing="raw",
                           workers=0, overwrite=ready.exists(), progress=verbose, extra_meta={"demo": params},
                           log=log)
   except OSError:

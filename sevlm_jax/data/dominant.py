@@ -1,10 +1,12 @@
-"""An image's emotion histogram and its dominant emotion, by the two rules in use.
+"""An image's emotion histogram and its dominant emotion, by the rules in use.
 
-  dominant_half     histogram > 0.5 (the public SEVLM code)
-  dominant_artemis  histogram >= 0.5 (ArtEmis's has_emotion_max_dominance); a tie, which
-                    can only be two emotions at exactly half, goes to the lower index in
-                    EMOTIONS order (ArtEmis leaves it to pandas' value_counts ordering).
-Both give -1 when no emotion dominates.
+  dominant_half            histogram > 0.5 (the public SEVLM code: the paper's ACC)
+  dominant_artemis         histogram >= 0.5 (ArtEmis's has_emotion_max_dominance); a tie, which
+                           can only be two emotions at exactly half, goes to the lower index in
+                           EMOTIONS order (ArtEmis leaves it to pandas' value_counts ordering).
+  dominant_artemis_no_tie  histogram >= 0.5 and no tie (ArtEmis's dominant_maximizer, which its
+                           evaluation of emotion alignment uses): a tie has no dominant emotion.
+All give -1 when no emotion dominates. RULES maps eval.dominant's values to them.
 """
 
 import numpy as np
@@ -25,6 +27,14 @@ def dominant_half(histogram) -> int:
   return m if h[m] > 0.5 + _EPS else -1
 
 
+def dominant_artemis_no_tie(histogram) -> int:
+  """Emotion holding at least half and more than any other (ArtEmis's dominant_maximizer), else -1."""
+  h = np.asarray(histogram, np.float64)
+  top = h.max()
+  winners = np.flatnonzero(h >= top - _EPS)
+  return int(winners[0]) if top >= 0.5 - _EPS and len(winners) == 1 else -1
+
+
 def dominant_artemis(histogram) -> int:
   """Emotion holding at least half (ArtEmis's rule); a tie goes to the lower EMOTIONS index; else -1."""
   h = np.asarray(histogram, np.float64)
@@ -32,3 +42,7 @@ def dominant_artemis(histogram) -> int:
   if top < 0.5 - _EPS:
     return -1
   return int(np.flatnonzero(h >= top - _EPS)[0])
+
+
+# eval.dominant -> its rule.
+RULES = {"half": dominant_half, "artemis": dominant_artemis, "artemis_no_tie": dominant_artemis_no_tie}

@@ -7,9 +7,13 @@ r"""One command from raw ArtEmis files to a ready data set.
       --csv=artemis_dataset_release_v0.csv,Contrastive.csv --format=v2
   Public SEVLM JSON, one file per split (or one file, split here like ArtEmis):
       --csv=train=train.json,val=val.json,test=test.json --format=sevlm_json
+  ArtEmis's own preprocessed CSV (its text and split as given; detected by its columns):
+      --csv=artemis_preprocessed.csv --format=artemis_preprocessed
+  The utterances exactly as written instead of ArtEmis's preprocessing: --text_preprocessing=raw
 
-Steps: read the annotations (artemis.py), split the paintings as ArtEmis does (splits.py),
-decode every image once (images.py: RGB, the whole picture resized bicubically to image_size x
+Steps: read the annotations (artemis.py; by default with ArtEmis's text preprocessing for deep
+nets, artemis_text.py), split the paintings as ArtEmis does (splits.py), drop the utterances
+ArtEmis's length filters drop (too short, too long for the train split's 95th percentile), decode every image once (images.py: RGB, the whole picture resized bicubically to image_size x
 image_size, no crop, like the public code's Resize((224, 224)); inference uses the same
 function) in worker processes, streamed to the split files in a bounded window so memory does
 not grow with the number of paintings, with the dominant emotions by both rules (dominant.py).
@@ -35,6 +39,7 @@ import numpy as np
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.data import artemis
+from sevlm_jax.data import artemis_text
 from sevlm_jax.data import dominant
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import records
@@ -57,6 +62,7 @@ def parse_inputs(spec: str):
 def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed: int = splits.ARTEMIS_SEED,
             split_loads=splits.ARTEMIS_SPLIT_LOADS,
             too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION,
+            text_preprocessing: str = "artemis",
             workers: int | None = None, overwrite: bool = False, progress: bool = True):
   """The command as a function. `csv`: a path, a list of paths, {split: path}, or the --csv spec string.
 
@@ -65,7 +71,8 @@ def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed:
   inputs = parse_inputs(csv) if isinstance(csv, str) else csv
   out, _ = prepare_ready(inputs, images, out, fmt=fmt, image_size=image_size, seed=seed,
                                  split_loads=split_loads, too_high_repetition=too_high_repetition,
-                                 workers=workers, overwrite=overwrite, progress=progress)
+                                 text_preprocessing=text_preprocessing, workers=workers,
+                                 overwrite=overwrite, progress=progress)
   return out
 
 
@@ -79,7 +86,8 @@ def _sha256(path) -> str:
 
 def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int = 224,
                   seed: int = splits.ARTEMIS_SEED, split_loads=splits.ARTEMIS_SPLIT_LOADS,
-                  too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION, workers: int | None = None,
+                  too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION,
+                  text_preprocessing: str = "artemis", workers: int | None = None,
                   window: int | None = None, overwrite: bool = False, progress: bool = True,
                   extra_meta: dict | None = None, log=print) -> tuple[pathlib.Path, dict]:
   """Ingest annotations + images into the ready data set `out`; returns (out, report dict).
@@ -87,6 +95,8 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
   inputs: a path, a list of paths (v2: concatenated), or for sevlm_json a dict {split: path}.
   workers: image-decoding processes (default: all CPUs; 0 decodes in this process).
   too_high_repetition: paintings with at least this many annotations go to 'rest' (<= 0: off).
+  text_preprocessing: 'artemis' (ArtEmis's spelled text and length filters) or 'raw' (the
+  utterances as written), for v1 / v2 CSVs; the other formats' text is used as given.
   """
   t0 = time.time()
   out, images_dir = pathlib.Path(out), pathlib.Path(images_dir)
@@ -98,12 +108,19 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
     raise ValueError(f"image_size must be positive, got {image_size}")
   report = artemis.Report()
   paintings, fmt, paths = artemis.read_annotations(inputs, fmt, report)
+  text = text_preprocessing if fmt in ("v1", "v2") else f"as given ({fmt})"
+  artemis_text.preprocess_text(paintings, text_preprocessing if fmt in ("v1", "v2") else "raw", progress)
   report.totals["paintings_read"] = len(paintings)
   if not any(p.emotions for p in paintings.values()):  # an empty data set is an error, not a result
     skipped = ", ".join(f"{e['count']} {reason}" for reason, e in report.skipped.items())
     raise InputError(f"no usable annotation in {', '.join(map(str, paths))}: "
                      f"{report.totals['annotations_read']} rows read" + (f", skipped: {skipped}" if skipped else ""))
   splits.assign_splits(paintings, seed=seed, split_loads=split_loads, too_high_repetition=too_high_repetition)
+  # Set aside, not dropped: heavily annotated paintings are written to the split 'rest'.
+  set_aside = [p for p in paintings.values() if p.split == "rest"]
+  report.totals["paintings_set_aside"] = len(set_aside)
+  report.totals["annotations_set_aside"] = sum(len(p.emotions) for p in set_aside)
+  length_filter = artemis_text.drop_by_length(paintings, report) if text == "artemis" else None
 
   jobs, by_id = [], {}
   for split in records.SPLITS:
@@ -162,10 +179,16 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
         "seed": seed,
         "split_loads": list(split_loads),
         "too_high_repetition": too_high_repetition,
+        "text_preprocessing": text,
+        "length_filter": length_filter,
         "splits": {s: {k: int(stats[s][k]) for k in _SPLIT_STATS} for s in records.SPLITS},
         "emotions": list(vocab.EMOTIONS),
         "dominant_rules": {"dominant_half": "histogram > 0.5 (public SEVLM code)",
                            "dominant_artemis": "histogram >= 0.5 (ArtEmis); tie -> lower EMOTIONS index"},
+        "histogram": ("every annotation with a known emotion, those the length filters dropped "
+                      "included (as ArtEmis's image-emotion-histogram.csv)" if length_filter else
+                      "origin_emotion_distribution where given, else the kept annotations"
+                      if fmt == "sevlm_json" else "the kept annotations"),
         "resize": "whole image, bicubic, to image_size x image_size (no crop)",
         "totals": dict(report.totals),
     }
@@ -198,6 +221,10 @@ def _define_flags() -> None:
                                    "train,val,test fractions of paintings.")
   _F['too_high'] = flags.DEFINE_integer("too_high_repetition", splits.ARTEMIS_TOO_HIGH_REPETITION,
                                    "Paintings with at least this many annotations go to split 'rest' (<= 0: off).")
+  _F['text'] = flags.DEFINE_enum("text_preprocessing", "artemis", ["artemis", "raw"],
+                                 "v1/v2 text: ArtEmis's preprocessing for deep nets (spelled tokens, "
+                                 "rows under 5 tokens or over the train split's 95th percentile dropped) "
+                                 "or the utterances as written.")
   _F['workers'] = flags.DEFINE_integer("workers", None, "Image-decoding processes (default: all CPUs; 0: none).")
   _F['overwrite'] = flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.")
 
@@ -216,7 +243,8 @@ def main(argv):
     raise app.UsageError(f"--split_loads needs train,val,test fractions, got {_F['split_loads'].value}")
   try:
     prepare(_F['csv'].value, _F['images'].value, _F['out'].value, fmt=_F['format'].value, image_size=_F['image_size'].value,
-            seed=_F['seed'].value, split_loads=loads, too_high_repetition=_F['too_high'].value, workers=_F['workers'].value,
+            seed=_F['seed'].value, split_loads=loads, too_high_repetition=_F['too_high'].value,
+            text_preprocessing=_F['text'].value, workers=_F['workers'].value,
             overwrite=_F['overwrite'].value)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     # Input problems get one clear line, not a traceback.

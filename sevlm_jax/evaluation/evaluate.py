@@ -18,6 +18,7 @@ from sevlm_jax import io_utils
 from sevlm_jax import parallel
 from sevlm_jax import run as run_lib
 from sevlm_jax import vocab
+from sevlm_jax.data import dominant as dominant_lib
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
 from sevlm_jax.evaluation import judge as judge_lib
@@ -69,11 +70,11 @@ def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.C
 def _references(ready_dir: str, split: str, preds, dominant_rule: str):
   annotations = records.load_annotations(ready_dir, split)  # text only: no image is decoded
   refs, dominant, ids = {}, [], []
-  key = "dominant_half" if dominant_rule == "half" else "dominant_artemis"
+  rule = dominant_lib.RULES[dominant_rule]
   for p in preds:
     rec = annotations[p["image_index"]]
     refs[p["image_index"]] = list(rec["utterances"])
-    dominant.append(int(rec[key]))
+    dominant.append(rule(rec["histogram"]))  # the stored dominant_* fields are these of it
     ids.append(rec["image_id"])
   return refs, dominant, ids
 
@@ -125,7 +126,9 @@ def score_predictions(preds, ready_dir: str, split: str, config, judge) -> dict[
   explanations = [p["explanation"] for p in preds]
   hyp = {p["image_index"]: p["explanation"] for p in preds}
   judge_pred = judge.predict(explanations) if preds else np.zeros((0,), np.int32)
-  correct = [metrics_lib.match_emotion(e) == d for e, d in zip(pred_emotions, dominant)]
+  # An image without a dominant emotion (-1) is never right, not even for a prediction that
+  # names no emotion (also -1).
+  correct = [d >= 0 and metrics_lib.match_emotion(e) == d for e, d in zip(pred_emotions, dominant)]
   results = {
       "split": split,
       "num_images": len(preds),

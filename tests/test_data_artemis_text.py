@@ -8,6 +8,7 @@ length filters) makes of tests/fixtures/artemis_small.csv.
 """
 
 import csv
+import importlib.util
 import pathlib
 import shutil
 
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from sevlm_jax import errors
+from sevlm_jax import run as run_lib
 from sevlm_jax.data import artemis
 from sevlm_jax.data import artemis_text
 from sevlm_jax.data import prepare
@@ -218,3 +220,28 @@ def test_raw_text_keeps_every_row_as_written(prepared_small, tmp_path):
                                     text_preprocessing="raw", progress=False, log=lambda *a: None)
   assert {k: v["count"] for k, v in report["skipped"].items()} == {"unknown_emotion": 1, "empty_utterance": 1}
   assert records.load_meta(tmp_path / "out")["length_filter"] is None
+
+
+def _sevlm_config(variant: str):
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "sevlm.py"
+  spec = importlib.util.spec_from_file_location("sevlm_config_for_text_tests", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def test_config_default_and_checks_of_text_preprocessing(prepared_small, tmp_path):
+  config = _sevlm_config("artemis_v1")
+  assert config.data.text_preprocessing == "artemis"
+  config.data.text_preprocessing = "spelled"
+  with pytest.raises(errors.ConfigError, match=r"data.text_preprocessing='spelled'; choose 'artemis'"):
+    run_lib.check_config(config)
+  # A data set prepared with the other preprocessing is named, not silently used.
+  out, _, _ = prepared_small
+  config.data.text_preprocessing = "raw"
+  config.data.ready_dir = str(out)
+  config.data.lexicon = str(pathlib.Path(run_lib.__file__).parent / "data" / "assets" / "demo_vad_lexicon.tsv")
+  config.pretrained.gpt2 = config.pretrained.clip = ""
+  with pytest.raises(errors.ConfigError, match=r"holds text preprocessed as 'artemis', the config "
+                                               r"data.text_preprocessing='raw'"):
+    run_lib.check_inputs_before_preparation(config, str(tmp_path / "work"))

@@ -119,7 +119,8 @@ def build_raw(tmp_path, n_plain=40):
 def prepared(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("artemis")
   csv_path, images, expected, bad_lines = build_raw(tmp)
-  out, report = prepare.prepare_ready(csv_path, images, tmp / "ready", image_size=SIZE, workers=0, text_preprocessing="raw",
+  out, report = prepare.prepare_ready(csv_path, images, tmp / "ready", image_size=SIZE, workers=0,
+                                      text_preprocessing="raw",
                                       progress=False, log=lambda *a: None)
   return out, report, expected, bad_lines, csv_path
 
@@ -229,7 +230,8 @@ def test_meta_and_completion(prepared):
 def test_refuses_to_overwrite_and_survives_a_crash(prepared, tmp_path, monkeypatch):
   out, _, _, _, csv_path = prepared
   with pytest.raises(FileExistsError, match="overwrite"):
-    prepare.prepare_ready(csv_path, csv_path.parent / "wikiart", out, image_size=SIZE, workers=0, text_preprocessing="raw", progress=False)
+    prepare.prepare_ready(csv_path, csv_path.parent / "wikiart", out, image_size=SIZE, workers=0,
+                          text_preprocessing="raw", progress=False)
   target = tmp_path / "crashed"
 
   def crash(self, record):
@@ -237,7 +239,8 @@ def test_refuses_to_overwrite_and_survives_a_crash(prepared, tmp_path, monkeypat
 
   monkeypatch.setattr(records.SplitWriter, "write", crash)
   with pytest.raises(RuntimeError, match="disk full"):
-    prepare.prepare_ready(csv_path, csv_path.parent / "wikiart", target, image_size=SIZE, workers=0, text_preprocessing="raw",
+    prepare.prepare_ready(csv_path, csv_path.parent / "wikiart", target, image_size=SIZE, workers=0,
+                          text_preprocessing="raw",
                           progress=False, log=lambda *a: None)
   assert not target.exists() and not list(tmp_path.iterdir())
   with pytest.raises(ValueError, match="COMPLETE"):
@@ -250,7 +253,8 @@ def test_missing_columns_give_a_clear_error(tmp_path):
   bad.write_text("art_style,painting,feeling,utterance\nA,b,awe,text\n")
   (tmp_path / "img").mkdir()
   with pytest.raises(ValueError, match=r"bad.csv: missing column\(s\) emotion"):
-    prepare.prepare_ready(bad, tmp_path / "img", tmp_path / "out", workers=0, text_preprocessing="raw", progress=False)
+    prepare.prepare_ready(bad, tmp_path / "img", tmp_path / "out", workers=0,
+                          text_preprocessing="raw", progress=False)
 
 
 def test_v2_combined_csvs(tmp_path):
@@ -263,7 +267,8 @@ def test_v2_combined_csvs(tmp_path):
   contrastive.write_text("art_style,painting,emotion,utterance,repetition,anchor_painting,version\n"
                          "Style,p0,sadness,lonely boat,5,Style/p9,new\n")
   assert artemis.detect_format([v1, contrastive]) == "v2"
-  out, report = prepare.prepare_ready([v1, contrastive], images, tmp_path / "out", image_size=8, workers=0, text_preprocessing="raw",
+  out, report = prepare.prepare_ready([v1, contrastive], images, tmp_path / "out", image_size=8, workers=0,
+                                      text_preprocessing="raw",
                                       split_loads=(0.5, 0.0, 0.5), progress=False, log=lambda *a: None)
   recs = {r["image_id"]: r for s in records.SPLITS for r in records.load_annotations(out, s)}
   assert recs["Style/p0"]["emotions"] == [1, 7]
@@ -284,7 +289,8 @@ def test_sevlm_json_per_split(tmp_path):
   for split, data in (("train", train), ("test", test)):
     paths[split] = tmp_path / f"{split}.json"
     paths[split].write_text(json.dumps(data))
-  out, report = prepare.prepare_ready(paths, images, tmp_path / "out", image_size=8, workers=0, text_preprocessing="raw",
+  out, report = prepare.prepare_ready(paths, images, tmp_path / "out", image_size=8, workers=0,
+                                      text_preprocessing="raw",
                                       progress=False, log=lambda *a: None)
   train_recs = {r["image_id"]: r for r in records.load_split(out, "train")}
   assert set(train_recs) == {"1", "2"}
@@ -340,7 +346,8 @@ def test_prepare_function_takes_the_command_spec(tmp_path):
   _save_image(images, "S", "a")
   (tmp_path / "t.json").write_text(json.dumps(
       {"k": {"emotions": ["awe", "fear"], "explanations": ["big", "dark"], "image_name": "S/a.jpg"}}))
-  out = prepare.prepare(f"train={tmp_path / 't.json'}", images, tmp_path / "out", image_size=8, workers=0, text_preprocessing="raw",
+  out = prepare.prepare(f"train={tmp_path / 't.json'}", images, tmp_path / "out", image_size=8, workers=0,
+                        text_preprocessing="raw",
                         progress=False)
   assert [r["image_id"] for r in records.load_annotations(out, "train")] == ["k"]
   with pytest.raises(ValueError, match="not a mix"):
@@ -358,7 +365,8 @@ def _csv_with(tmp_path, lines: list[str], name="a.csv") -> pathlib.Path:
 
 
 def _prepare(tmp_path, csv_path):
-  return prepare.prepare_ready(csv_path, tmp_path / "img", tmp_path / "out", workers=0, text_preprocessing="raw",
+  return prepare.prepare_ready(csv_path, tmp_path / "img", tmp_path / "out", workers=0,
+                               text_preprocessing="raw",
                                progress=False, log=lambda *a: None)
 
 
@@ -386,8 +394,8 @@ def test_a_quoted_line_break_inside_an_utterance_is_accepted(tmp_path):
   _save_image(tmp_path / "img", "Style", "p1")
   rows = ['Style,p0,awe,"a calm sea\nunder the sun",5', "Style,p1,fear,dark,5"]
   out, report = prepare.prepare_ready(_csv_with(tmp_path, rows), tmp_path / "img", tmp_path / "out",
-                                      workers=0, text_preprocessing="raw", progress=False, split_loads=(1.0, 0.0, 0.0),
-                                      log=lambda *a: None)
+                                      workers=0, text_preprocessing="raw", progress=False,
+                                      split_loads=(1.0, 0.0, 0.0), log=lambda *a: None)
   assert report["totals"]["annotations_kept"] == 2
 
 
@@ -419,7 +427,8 @@ def test_a_killed_prepare_leaves_a_folder_the_next_run_removes(tmp_path):
             "  return load(job)\n"
             "images.load_image_job = slow\n"
             f"prepare.prepare_ready({str(csv_path)!r}, {str(csv_path.parent / 'wikiart')!r}, "
-            f"{str(tmp_path / 'out')!r}, image_size=8, workers=0, text_preprocessing='raw', progress=False)\n")
+            f"{str(tmp_path / 'out')!r}, image_size=8, workers=0, text_preprocessing='raw', "
+            "progress=False)\n")
   proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
   try:
     deadline = time.monotonic() + 120
@@ -433,6 +442,7 @@ def test_a_killed_prepare_leaves_a_folder_the_next_run_removes(tmp_path):
   alive = tmp_path / f".out.incomplete-{os.getpid()}-0000beef"  # a live process's: not touched
   alive.mkdir()
   _, report = prepare.prepare_ready(csv_path, csv_path.parent / "wikiart", tmp_path / "out",
-                                    image_size=8, workers=0, text_preprocessing="raw", progress=False, log=lambda *a: None)
+                                    image_size=8, workers=0,
+                                    text_preprocessing="raw", progress=False, log=lambda *a: None)
   assert not leftover.exists() and alive.exists()
   assert records.is_complete(tmp_path / "out")

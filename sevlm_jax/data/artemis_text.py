@@ -168,7 +168,8 @@ def preprocess_text(paintings: dict, mode: str, progress: bool = True) -> None:
   """The text of every annotation of artemis.Painting's: surrounding space stripped ('raw') or
   ArtEmis's spelled tokens joined by spaces, with their count in Painting.token_counts ('artemis')."""
   if mode not in PREPROCESSINGS:
-    raise ValueError(f"unknown text preprocessing {mode!r}; expected one of {', '.join(PREPROCESSINGS)}")
+    raise ValueError(f"unknown text preprocessing {mode!r}; expected one of "
+                     f"{', '.join(PREPROCESSINGS)}")
   if mode == "raw":
     for p in paintings.values():
       p.utterances = [u.strip() for u in p.utterances]
@@ -188,7 +189,8 @@ def drop_by_length(paintings: dict, report) -> dict:
 
   Drops annotations under TOO_SHORT tokens or over the TOO_LONG_PERCENTILE-th percentile of
   the train split's token counts (every split, 'rest' included, as ArtEmis does), each counted
-  in `report` (an artemis.Report) with its file, line and text. Before that, a painting's emotion histogram is taken over all its annotations,
+  in `report` (an artemis.Report) with its file, line and text; a row both too short and too
+  long (a percentile under 5) counts as too short. Before that, a painting's emotion histogram is taken over all its annotations,
   as ArtEmis's image-emotion-histogram.csv (the public SEVLM JSON's
   origin_emotion_distribution) is, so the dominant emotion does not move with the text filters.
   Returns the bounds for the data set's meta.

@@ -109,7 +109,8 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
   report = artemis.Report()
   paintings, fmt, paths = artemis.read_annotations(inputs, fmt, report)
   text = text_preprocessing if fmt in ("v1", "v2") else f"as given ({fmt})"
-  artemis_text.preprocess_text(paintings, text_preprocessing if fmt in ("v1", "v2") else "raw", progress)
+  artemis_text.preprocess_text(paintings, text_preprocessing if fmt in ("v1", "v2") else "raw",
+                               progress)
   report.totals["paintings_read"] = len(paintings)
   if not any(p.emotions for p in paintings.values()):  # an empty data set is an error, not a result
     skipped = ", ".join(f"{e['count']} {reason}" for reason, e in report.skipped.items())

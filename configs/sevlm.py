@@ -46,7 +46,13 @@ def _base() -> ml_collections.ConfigDict:
   c.data.ready_dir = ""  # where the prepared data set lives (default: <workdir>/data)
   c.data.lexicon = ""  # NRC-VAD (v1 or v2.1) or Warriner-style norms file
   c.data.lexicon_format = "auto"
+  # How a token's VAD is found: word_then_lemma (the word if listed, else its lemma) | lemma_only
+  # (only its lemma, as the public code looks up; simplemma stands in for its WordNet lemmatiser).
+  c.data.vad_lookup = "word_then_lemma"
   c.data.image_size = 224
+  # bicubic (the filter CLIP's ViT was pretrained with) | bilinear (the public code's torchvision
+  # Resize). Recorded in the prepared data set: a data set made with the other one is an error.
+  c.data.resize_filter = "bicubic"
   c.data.max_len = 30
   c.data.worker_count = 0
   c.data.blank_images = False  # image-blind control: every image replaced by a constant grey
@@ -59,6 +65,10 @@ def _base() -> ml_collections.ConfigDict:
   c.pretrained = ml_collections.ConfigDict()
   c.pretrained.gpt2 = "distilgpt2"  # local directory or hub name; "" = random init
   c.pretrained.clip = "openai/clip-vit-base-patch16"
+  # The 4 added tokens' rows of GPT-2's word table: mean (each the mean of GPT-2's rows) | normal
+  # (independent N(0, 0.02) rows drawn from the run's seed, as transformers 4.x's
+  # resize_token_embeddings gave the public code).
+  c.pretrained.new_token_init = "mean"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.lm_weight = 1.0
@@ -71,6 +81,8 @@ def _base() -> ml_collections.ConfigDict:
   c.optim.vision_lr = 2e-5  # used only when train_vision is set
   c.optim.train_vision = False
   c.optim.weight_decay = 0.0
+  c.optim.adam_eps = 1e-8  # optax's and the Adam paper's default; transformers' AdamW used 1e-6
+  c.optim.adam_form = "optax"  # optax | transformers (see sevlm_jax/training/optim.py)
   c.optim.warmup_steps = 0
   c.optim.grad_clip_norm = 0.0  # 0 = off (the public recipe does not clip)
 
@@ -82,6 +94,9 @@ def _base() -> ml_collections.ConfigDict:
   c.train.eval_every = 2000
   c.train.checkpoint_every = 1000
   c.train.patience = 10  # evaluations without improvement before stopping; 0 = never stop early
+  # Which annotation anchors an image's pair each epoch: cycle (each in turn) | last (always the
+  # last one, as the public code trains; see sevlm_jax/data/pipeline.py).
+  c.train.pair_anchor = "cycle"
   c.train.eval_max_images = 0  # periodic validation on at most this many images; 0 = whole split
   # auto: with a frozen vision tower, its patch features are computed once into
   # <workdir>/features and read by the train step instead of running the tower (one
@@ -106,6 +121,9 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.decoding = "greedy"  # greedy | top_p
   c.eval.top_p = 0.9
   c.eval.temperature = 1.0
+  c.eval.stop_on = "eos"  # eos | any_special (any of <eos>, <pad>, <prefix>, <emotion>, <explanation>)
+  # The explanation is the text after the first_because | last_because (the public code's split).
+  c.eval.explanation_after = "first_because"
   c.eval.dominant = "half"  # half (> 0.5, as the public code) | artemis (>= half with tie rule)
   c.eval.checkpoint = "best_acc"  # best_acc | best_bleu | latest
   c.eval.spice = False

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from absl import flags
 
@@ -457,6 +458,52 @@ def test_frozen_vision_is_not_given_to_the_optimiser():
   lr = _first_update(_optim_config(), trainable)
   assert set(lr) == set(TOY) - {"vision"}
   np.testing.assert_allclose(lr["vad_encoder"], 4e-3, rtol=1e-4)
+
+
+def test_adam_eps_reaches_the_update():
+  trainable = {"decoder": {"w": np.zeros(3, np.float32)}}
+  tx = optim_lib.create_optimizer(_optim_config(adam_eps=1e-6), trainable, total_steps=100)
+  grads = {"decoder": {"w": np.full(3, 1e-6, np.float32)}}
+  updates, _ = tx.update(grads, tx.init(trainable), trainable)
+  # First step: -lr * g / (|g| + eps) = -lr / 2 when g = eps.
+  np.testing.assert_allclose(updates["decoder"]["w"], -1e-3 / 2, rtol=1e-4)
+
+
+def _transformers_adamw_reference(p, grads, lrs, *, b1=0.9, b2=0.999, eps=1e-6, wd=0.0):
+  """transformers 4.x AdamW.step (correct_bias=True), restated in float64 numpy."""
+  m, v = np.zeros_like(p), np.zeros_like(p)
+  for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    denom = np.sqrt(v) + eps
+    step_size = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    p = p - step_size * m / denom
+    p = p + p * (-lr * wd)
+  return p
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_transformers_adamw_matches_its_reference(weight_decay):
+  rng = np.random.default_rng(0)
+  p0 = rng.normal(size=5)
+  grads = [rng.normal(size=5) * 1e-5 for _ in range(4)]  # small: eps's placement matters
+  config = _optim_config(lr=0.1, adam_eps=1e-6, adam_form="transformers", weight_decay=weight_decay)
+  trainable = {"decoder": {"w": p0.astype(np.float32)}}
+  tx = optim_lib.create_optimizer(config, trainable, total_steps=8)
+  state = tx.init(trainable)
+  for g in grads:
+    updates, state = tx.update({"decoder": {"w": g.astype(np.float32)}}, state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+  schedule = optim_lib.learning_rate_schedule(0.1, 8, 0)
+  want = _transformers_adamw_reference(p0, grads, [float(schedule(k)) for k in range(4)],
+                                       wd=weight_decay)
+  np.testing.assert_allclose(trainable["decoder"]["w"], want, rtol=1e-5, atol=1e-7)
+  # optax's form with the same eps differs (eps outside the bias correction).
+  optax_tx = optim_lib.create_optimizer(_optim_config(lr=0.1, adam_eps=1e-6), {"decoder": {"w": p0}}, 8)
+  first, _ = optax_tx.update({"decoder": {"w": grads[0]}}, optax_tx.init({"decoder": {"w": p0}}),
+                             {"decoder": {"w": p0}})
+  hf_first = _transformers_adamw_reference(p0, grads[:1], [0.1], wd=0.0) - p0
+  assert not np.allclose(first["decoder"]["w"], hf_first, rtol=1e-3)
 
 
 def test_schedule_warms_up_then_decays_to_zero():

@@ -282,8 +282,10 @@ def initial_params(config: ml_collections.ConfigDict, run: Run) -> Any:
   """Random init, then the pretrained towers the config names."""
   params = sevlm_lib.init_params(run.model.config, jax.random.PRNGKey(config.seed))
   if config.pretrained.gpt2 or config.pretrained.clip:
-    params = weights.load_pretrained(params, run.model.config, gpt2=config.pretrained.gpt2 or None,
-                                     clip=config.pretrained.clip or None)
+    params = weights.load_pretrained(
+        params, run.model.config, gpt2=config.pretrained.gpt2 or None,
+        clip=config.pretrained.clip or None, seed=config.seed,
+        new_token_init=config.pretrained.get("new_token_init", "mean"))
     logging.info("loaded pretrained weights: gpt2=%s clip=%s", config.pretrained.gpt2,
                  config.pretrained.clip)
   return params

@@ -69,7 +69,8 @@ def resolve_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   fmt = check_data_source(config, ready_dir)
   if fmt is not None:
     # The split seed stays ArtEmis's own, whatever the training seed.
-    prepare.prepare(data.csv, data.images, ready_dir, fmt=fmt, image_size=data.image_size)
+    prepare.prepare(data.csv, data.images, ready_dir, fmt=fmt, image_size=data.image_size,
+                    resize_filter=resize_filter(config))
   return ready_dir
 
 
@@ -96,8 +97,13 @@ def check_data_source(config: ml_collections.ConfigDict, ready_dir: str) -> str 
   return fmt
 
 
+def resize_filter(config: ml_collections.ConfigDict) -> str:
+  return config.data.get("resize_filter", "bicubic")  # absent from older runs' configs
+
+
 def _demo_kwargs(config) -> dict:
-  kwargs = {"seed": config.seed, "image_size": config.data.image_size}
+  kwargs = {"seed": config.seed, "image_size": config.data.image_size,
+            "resize_filter": resize_filter(config)}
   if config.data.demo_num_images:
     kwargs["num_images"] = config.data.demo_num_images
   return kwargs
@@ -196,6 +202,18 @@ def build_model(config: ml_collections.ConfigDict) -> sevlm_lib.SEVLM:
   return sevlm_lib.SEVLM(model_config_lib.ModelConfig.from_dict(model))
 
 
+# The switches between our behaviour (first choice, the default) and the public code's.
+_CHOICES = {
+    "data.resize_filter": ("bicubic", "bilinear"),
+    "data.vad_lookup": ("word_then_lemma", "lemma_only"),
+    "pretrained.new_token_init": ("mean", "normal"),
+    "optim.adam_form": ("optax", "transformers"),
+    "train.pair_anchor": ("cycle", "last"),
+    "eval.stop_on": ("eos", "any_special"),
+    "eval.explanation_after": ("first_because", "last_because"),
+}
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Catches configs that would fail deep inside, before any data or compilation work."""
   if config.model.vision.image_size != config.data.image_size:
@@ -215,6 +233,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f"{', '.join(vad_lib.FORMATS)}")
   if config.output_vocab not in ("full", "train_tokens"):
     raise ConfigError(f"output_vocab={config.output_vocab!r}; choose 'full' or 'train_tokens'")
+  for field, choices in _CHOICES.items():
+    group, name = field.split(".")
+    value = config[group].get(name, choices[0])  # absent from older runs' configs: the default
+    if value not in choices:
+      raise ConfigError(f"{field}={value!r}; choose one of {', '.join(choices)}")
 
 
 def check_workdir(workdir: str) -> None:
@@ -254,6 +277,12 @@ def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: 
                         f"data.image_size={config.data.image_size}; set --config.data.image_size="
                         f"{size} --config.model.vision.image_size={size}, or use another "
                         "data.ready_dir")
+    made_with = records.load_meta(ready_dir).get("resize_filter", "bicubic")  # older sets: bicubic
+    if made_with != resize_filter(config):
+      raise ConfigError(f"the prepared data set {ready_dir} was resized with the {made_with} filter, "
+                        f"the config says data.resize_filter={resize_filter(config)}; set "
+                        f"--config.data.resize_filter={made_with}, or prepare the data again into "
+                        "another data.ready_dir")
   return lexicon
 
 

@@ -9,7 +9,7 @@ r"""One command from raw ArtEmis files to a ready data set.
       --csv=train=train.json,val=val.json,test=test.json --format=sevlm_json
 
 Steps: read the annotations (artemis.py), split the paintings as ArtEmis does (splits.py),
-decode every image once (images.py: RGB, the whole picture resized bicubically to image_size x
+decode every image once (images.py: RGB, the whole picture resized (data.resize_filter: bicubic or bilinear) to image_size x
 image_size, no crop, like the public code's Resize((224, 224)); inference uses the same
 function) in worker processes, streamed to the split files in a bounded window so memory does
 not grow with the number of paintings, with the dominant emotions by both rules (dominant.py).
@@ -55,7 +55,7 @@ def parse_inputs(spec: str):
 
 
 def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed: int = splits.ARTEMIS_SEED,
-            split_loads=splits.ARTEMIS_SPLIT_LOADS,
+            split_loads=splits.ARTEMIS_SPLIT_LOADS, resize_filter: str = "bicubic",
             too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION,
             workers: int | None = None, overwrite: bool = False, progress: bool = True):
   """The command as a function. `csv`: a path, a list of paths, {split: path}, or the --csv spec string.
@@ -64,6 +64,7 @@ def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed:
   """
   inputs = parse_inputs(csv) if isinstance(csv, str) else csv
   out, _ = prepare_ready(inputs, images, out, fmt=fmt, image_size=image_size, seed=seed,
+                         resize_filter=resize_filter,
                                  split_loads=split_loads, too_high_repetition=too_high_repetition,
                                  workers=workers, overwrite=overwrite, progress=progress)
   return out
@@ -81,12 +82,14 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
                   seed: int = splits.ARTEMIS_SEED, split_loads=splits.ARTEMIS_SPLIT_LOADS,
                   too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION, workers: int | None = None,
                   window: int | None = None, overwrite: bool = False, progress: bool = True,
-                  extra_meta: dict | None = None, log=print) -> tuple[pathlib.Path, dict]:
+                  extra_meta: dict | None = None, log=print, resize_filter: str = "bicubic"
+                  ) -> tuple[pathlib.Path, dict]:
   """Ingest annotations + images into the ready data set `out`; returns (out, report dict).
 
   inputs: a path, a list of paths (v2: concatenated), or for sevlm_json a dict {split: path}.
   workers: image-decoding processes (default: all CPUs; 0 decodes in this process).
   too_high_repetition: paintings with at least this many annotations go to 'rest' (<= 0: off).
+  resize_filter: bicubic | bilinear (images.RESIZE_FILTERS), recorded in meta.json.
   """
   t0 = time.time()
   out, images_dir = pathlib.Path(out), pathlib.Path(images_dir)
@@ -96,6 +99,8 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
     raise FileNotFoundError(f"images folder {images_dir} not found (expected {{art_style}}/{{painting}}.jpg inside)")
   if image_size <= 0:
     raise ValueError(f"image_size must be positive, got {image_size}")
+  if resize_filter not in images_lib.RESIZE_FILTERS:
+    raise ValueError(f"resize_filter must be one of {tuple(images_lib.RESIZE_FILTERS)}, got {resize_filter!r}")
   report = artemis.Report()
   paintings, fmt, paths = artemis.read_annotations(inputs, fmt, report)
   report.totals["paintings_read"] = len(paintings)
@@ -111,7 +116,7 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
       if not p.emotions:
         report.skip("no_valid_annotations", lost_annotations=0, image_id=p.image_id, rows=p.rows)
         continue
-      jobs.append((p.image_id, str(images_dir), p.image_rel, image_size))
+      jobs.append((p.image_id, str(images_dir), p.image_rel, image_size, resize_filter))
       by_id[p.image_id] = p
 
   workers = (os.cpu_count() or 1) if workers is None else workers
@@ -166,7 +171,8 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
         "emotions": list(vocab.EMOTIONS),
         "dominant_rules": {"dominant_half": "histogram > 0.5 (public SEVLM code)",
                            "dominant_artemis": "histogram >= 0.5 (ArtEmis); tie -> lower EMOTIONS index"},
-        "resize": "whole image, bicubic, to image_size x image_size (no crop)",
+        "resize": f"whole image, {resize_filter}, to image_size x image_size (no crop)",
+        "resize_filter": resize_filter,
         "totals": dict(report.totals),
     }
     if extra_meta:
@@ -193,6 +199,8 @@ def _define_flags() -> None:
   _F['out'] = flags.DEFINE_string("out", None, "Ready data set folder to create.")
   _F['format'] = flags.DEFINE_enum("format", "auto", list(artemis.FORMATS), "Input format (auto: from the files).")
   _F['image_size'] = flags.DEFINE_integer("image_size", 224, "Stored images are image_size x image_size RGB.")
+  _F['resize_filter'] = flags.DEFINE_enum("resize_filter", "bicubic", ["bicubic", "bilinear"],
+                                          "Resize filter (bilinear: the public code's).")
   _F['seed'] = flags.DEFINE_integer("seed", splits.ARTEMIS_SEED, "Split seed (2021 reproduces ArtEmis's split).")
   _F['split_loads'] = flags.DEFINE_list("split_loads", [str(x) for x in splits.ARTEMIS_SPLIT_LOADS],
                                    "train,val,test fractions of paintings.")
@@ -217,7 +225,7 @@ def main(argv):
   try:
     prepare(_F['csv'].value, _F['images'].value, _F['out'].value, fmt=_F['format'].value, image_size=_F['image_size'].value,
             seed=_F['seed'].value, split_loads=loads, too_high_repetition=_F['too_high'].value, workers=_F['workers'].value,
-            overwrite=_F['overwrite'].value)
+            overwrite=_F['overwrite'].value, resize_filter=_F['resize_filter'].value)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     # Input problems get one clear line, not a traceback.
     raise SystemExit(f"error: {e}") from None

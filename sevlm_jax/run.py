@@ -139,24 +139,35 @@ def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str,
     return np.load(path)
   lexicon_file = lexicon_path(config)
   lexicon = lexicon or vad_lib.load_lexicon(lexicon_file, fmt=config.data.lexicon_format)
-  table = vad_lib.token_vad_table(tokenizer, lexicon).astype(np.float32)
+  table = vad_lib.token_vad_table(tokenizer, lexicon, lookup=vad_lookup(config)).astype(np.float32)
   io_utils.save_npy_atomic(path, table)
   io_utils.write_json_atomic(provenance_path, {
       "lexicon": os.path.abspath(lexicon_file), "lexicon_sha256": _file_sha256(lexicon_file),
-      "lexicon_format": config.data.lexicon_format})
+      "lexicon_format": config.data.lexicon_format, "vad_lookup": vad_lookup(config)})
   return table
 
 
+def vad_lookup(config: ml_collections.ConfigDict) -> str:
+  return config.data.get("vad_lookup", "word_then_lemma")  # absent from older runs' configs
+
+
 def _check_same_lexicon(config: ml_collections.ConfigDict, provenance_path: str) -> None:
-  """Raises if the config names a lexicon other than the one the workdir's table came from."""
+  """Raises if the config names a lexicon or a lookup rule other than the ones the workdir's
+  table came from."""
   if not os.path.exists(provenance_path):  # a run from before the record existed
     return
+  with open(provenance_path, encoding="utf-8") as f:
+    recorded = json.load(f)
+  made_with = recorded.get("vad_lookup", "word_then_lemma")  # tables from before the switch
+  if made_with != vad_lookup(config):
+    raise ConfigError(
+        f"data.vad_lookup={vad_lookup(config)} differs from the rule this workdir's VAD table was "
+        f"built with ({made_with}); use a new --workdir, or delete "
+        f"{os.path.join(os.path.dirname(provenance_path), 'vad_table.npy')} to rebuild the table")
   try:
     lexicon = lexicon_path(config)
   except ConfigError:  # no lexicon given (e.g. evaluating elsewhere): the saved table is the truth
     return
-  with open(provenance_path, encoding="utf-8") as f:
-    recorded = json.load(f)
   if _file_sha256(lexicon) != recorded["lexicon_sha256"]:
     raise ConfigError(
         f"data.lexicon={lexicon} differs from the lexicon this workdir's VAD table was built from "

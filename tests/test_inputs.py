@@ -54,3 +54,14 @@ def test_prepared_data_of_another_resize_filter_is_refused(tmp_path, root):
   with pytest.raises(errors.ConfigError, match="resized with the bicubic filter.*"
                      "data.resize_filter=bilinear"):
     inputs.check_inputs_before_preparation(config, str(tmp_path))
+
+
+def test_vad_table_records_its_lookup_rule_and_refuses_another(tmp_path, root):
+  tokenizer = tokenizer_lib.load_tokenizer()
+  config = tiny_config(root)
+  config.data.vad_lookup = "lemma_only"
+  inputs.load_vad_table(config, tokenizer, str(tmp_path))
+  assert json.loads((tmp_path / "vad_table.json").read_text())["vad_lookup"] == "lemma_only"
+  config.data.vad_lookup = "word_then_lemma"
+  with pytest.raises(errors.ConfigError, match="data.vad_lookup=word_then_lemma differs"):
+    inputs.load_vad_table(config, tokenizer, str(tmp_path))

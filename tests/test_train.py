@@ -420,6 +420,27 @@ def test_global_norm_is_the_norm_of_all_leaves():
                              rtol=1e-6)
 
 
+# ----------------------------------------------------------------------------- early stopping
+
+@pytest.mark.parametrize("patience", [10, 11])
+def test_patience_is_the_number_of_evaluations_without_improvement_that_stops(patience):
+  """train.patience=11 is the public code's rule: it stops once more than 10 evaluations in a
+  row (its stop_after_evals) have not improved."""
+  from sevlm_jax.training import loop as loop_lib  # pylint: disable=import-outside-toplevel
+  config = load_config("demo")
+  config.train.patience = patience
+  scores = iter([0.5] + [0.1] * 20)  # one improvement, then none
+  ckpts = type("Ckpts", (), {"save_best": lambda self, step, params, val: (
+      {"best_acc"} if step == 1 else set())})()
+  writer = type("Writer", (), {"write": lambda self, *a: None})()
+  state = type("State", (), {"params": None})()
+  history = {"evals": 0, "evals_without_improvement": 0}
+  validate = lambda params: {"acc": next(scores), "bleu4": 0.0}
+  stops = [loop_lib._validate(config, validate, state, step, history, ckpts, writer)
+           for step in range(1, 16)]
+  assert stops.index(True) == patience  # evaluation patience + 1 (the first one improved)
+
+
 # ----------------------------------------------------------------------------- the optimiser
 
 def _optim_config(**overrides) -> ml_collections.ConfigDict:

@@ -66,3 +66,15 @@ def test_demo_official_trains_and_evaluates(tmp_path_factory):
   assert json.loads((workdir / "vad_table.json").read_text())["vad_lookup"] == "lemma_only"
   metrics = json.loads((workdir / "metrics_test.json").read_text())
   assert 0.0 <= metrics["ACC"] <= 1.0
+
+
+@pytest.mark.parametrize("field", [f for f in sorted(SWITCHES) if isinstance(SWITCHES[f][0], str)
+                                   and f != "model.image_norm"])
+def test_a_switch_set_to_an_unknown_value_is_a_config_error(field):
+  from sevlm_jax import errors  # pylint: disable=import-outside-toplevel
+  from sevlm_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+  config = load_config("demo")
+  group, name = field.split(".")
+  config[group][name] = "no_such_value"
+  with pytest.raises(errors.ConfigError, match=f"{field}='no_such_value'; choose one of"):
+    run_lib.check_config(config)

@@ -9,9 +9,9 @@ r"""One command from raw ArtEmis files to a ready data set.
       --csv=train=train.json,val=val.json,test=test.json --format=sevlm_json
 
 Steps: read the annotations (artemis.py), split the paintings as ArtEmis does (splits.py),
-decode every image once (images.py: RGB, the whole picture resized (data.resize_filter: bicubic or bilinear) to image_size x
-image_size, no crop, like the public code's Resize((224, 224)); inference uses the same
-function) in worker processes, streamed to the split files in a bounded window so memory does
+decode every image once (images.py: RGB, the whole picture resized to image_size x image_size,
+no crop, like the public code's Resize((224, 224)), with the bicubic or bilinear filter, which
+meta.json records; inference uses the same function) in worker processes, streamed to the split files in a bounded window so memory does
 not grow with the number of paintings, with the dominant emotions by both rules (dominant.py).
 
 Nothing is dropped silently: paintings whose image is missing or unreadable, and paintings left

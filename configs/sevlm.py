@@ -11,9 +11,14 @@ Variants:
   artemis_v1 (the default)  the paper's recipe on ArtEmis v1.0, pretrained CLIP ViT-B/16 + distilgpt2
   artemis_v2                the same on ArtEmis v2.0 ("Combined")
   demo                      the embedded procedurally generated data set, a tiny model, CPU, minutes
+  official                  the public code's behaviour (BetterZH/SEVLM-code) wherever ours differs:
+                            one switch per difference (OFFICIAL below; README "Differences from
+                            the public code"), on top of artemis_v1
   no_vad_embedding, no_vad_loss, no_contrastive
-                            the paper's ablations (each on top of artemis_v1; append ',demo' to run
-                            them on the demo data, e.g. configs/sevlm.py:demo,no_vad_loss)
+                            the paper's ablations (each on top of artemis_v1)
+
+Variants compose: configs/sevlm.py:demo,official or demo,no_vad_loss runs them on the demo data
+(demo is applied first, whatever its place in the list, so it never undoes another variant).
 """
 
 import importlib.util
@@ -32,7 +37,24 @@ def _judge_config(arg: str) -> ml_collections.ConfigDict:
   spec.loader.exec_module(module)
   return module.get_config(arg)
 
-VARIANTS = ("artemis_v1", "artemis_v2", "demo", "no_vad_embedding", "no_vad_loss", "no_contrastive")
+VARIANTS = ("artemis_v1", "artemis_v2", "demo", "official", "no_vad_embedding", "no_vad_loss",
+            "no_contrastive")
+
+# The `official` variant: field -> the public code's value. Our defaults differ on purpose (see the
+# README's table); each of these switches restores one behaviour of the public code.
+OFFICIAL = {
+    "model.vad.causal": False,  # bidirectional VAD encoder
+    "model.image_norm": "imagenet",  # ImageNet mean/std instead of CLIP's
+    "data.resize_filter": "bilinear",  # torchvision Resize's default
+    "data.vad_lookup": "lemma_only",  # utils/get_VADfeature.py
+    "pretrained.new_token_init": "normal",  # resize_token_embeddings of transformers 4.x
+    "optim.adam_eps": 1e-6,  # transformers' AdamW default
+    "optim.adam_form": "transformers",  # eps before the bias correction
+    "train.pair_anchor": "last",  # index_tracker advanced only in worker copies
+    "train.patience": 11,  # stops when more than stop_after_evals=10 evaluations did not improve
+    "eval.stop_on": "any_special",
+    "eval.explanation_after": "last_because",
+}
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -52,7 +74,13 @@ def _base() -> ml_collections.ConfigDict:
   c.data.ready_dir = ""  # where the prepared data set lives (default: <workdir>/data)
   c.data.lexicon = ""  # NRC-VAD (v1 or v2.1) or Warriner-style norms file
   c.data.lexicon_format = "auto"
+  # How a token's VAD is found: word_then_lemma (the word if listed, else its lemma) | lemma_only
+  # (only its lemma, as the public code looks up; simplemma stands in for its WordNet lemmatiser).
+  c.data.vad_lookup = "word_then_lemma"
   c.data.image_size = 224
+  # bicubic (the filter CLIP's ViT was pretrained with) | bilinear (the public code's torchvision
+  # Resize). Recorded in the prepared data set: a data set made with the other one is an error.
+  c.data.resize_filter = "bicubic"
   c.data.max_len = 30
   c.data.worker_count = 0
   c.data.blank_images = False  # image-blind control: every image replaced by a constant grey
@@ -65,6 +93,10 @@ def _base() -> ml_collections.ConfigDict:
   c.pretrained = ml_collections.ConfigDict()
   c.pretrained.gpt2 = "distilgpt2"  # local directory or hub name; "" = random init
   c.pretrained.clip = "openai/clip-vit-base-patch16"
+  # The 4 added tokens' rows of GPT-2's word table: mean (each the mean of GPT-2's rows) | normal
+  # (independent N(0, 0.02) rows drawn from the run's seed, as transformers 4.x's
+  # resize_token_embeddings gave the public code).
+  c.pretrained.new_token_init = "mean"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.lm_weight = 1.0
@@ -77,6 +109,8 @@ def _base() -> ml_collections.ConfigDict:
   c.optim.vision_lr = 2e-5  # used only when train_vision is set
   c.optim.train_vision = False
   c.optim.weight_decay = 0.0
+  c.optim.adam_eps = 1e-8  # optax's and the Adam paper's default; transformers' AdamW used 1e-6
+  c.optim.adam_form = "optax"  # optax | transformers (see sevlm_jax/training/optim.py)
   c.optim.warmup_steps = 0
   c.optim.grad_clip_norm = 0.0  # 0 = off (the public recipe does not clip)
 
@@ -88,6 +122,9 @@ def _base() -> ml_collections.ConfigDict:
   c.train.eval_every = 2000
   c.train.checkpoint_every = 1000
   c.train.patience = 10  # evaluations without improvement before stopping; 0 = never stop early
+  # Which annotation anchors an image's pair each epoch: cycle (each in turn) | last (always the
+  # last one, as the public code trains; see sevlm_jax/data/pipeline.py).
+  c.train.pair_anchor = "cycle"
   c.train.eval_max_images = 0  # periodic validation on at most this many images; 0 = whole split
   # auto: with a frozen vision tower, its patch features are computed once into
   # <workdir>/features and read by the train step instead of running the tower (one
@@ -112,6 +149,9 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.decoding = "greedy"  # greedy | top_p
   c.eval.top_p = 0.9
   c.eval.temperature = 1.0
+  c.eval.stop_on = "eos"  # eos | any_special (any of <eos>, <pad>, <prefix>, <emotion>, <explanation>)
+  # The explanation is the text after the first_because | last_because (the public code's split).
+  c.eval.explanation_after = "first_because"
   # Dominant emotion of an image (ACC and EA count only images that have one): half (> 0.5 of
   # the histogram: the public SEVLM code, so the paper's ACC) | artemis (>= half, a tie to the
   # lower index) | artemis_no_tie (>= half, none on a tie: ArtEmis's dominant_maximizer)
@@ -181,11 +221,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if unknown:
     raise ValueError(f"configs/sevlm.py: unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
   c = _base()
+  if "demo" in names:  # first: it replaces the model config, which other variants then change
+    _demo(c)
   for name in names:
     if name == "artemis_v2":
       c.data.source = "artemis_v2"
-    elif name == "demo":
-      _demo(c)
+    elif name == "official":
+      for field, value in OFFICIAL.items():
+        *groups, leaf = field.split(".")
+        node = c
+        for group in groups:
+          node = node[group]
+        node[leaf] = value
     elif name == "no_vad_embedding":
       c.model.use_vad_embedding = False
     elif name == "no_vad_loss":

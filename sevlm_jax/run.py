@@ -71,7 +71,8 @@ def resolve_ready_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   if fmt is not None:
     # The split seed stays ArtEmis's own, whatever the training seed.
     prepare.prepare(data.csv, data.images, ready_dir, fmt=fmt, image_size=data.image_size,
-                    text_preprocessing=data.text_preprocessing)
+                    text_preprocessing=data.text_preprocessing,
+                    resize_filter=resize_filter(config))
   return ready_dir
 
 
@@ -99,8 +100,13 @@ def check_data_source(config: ml_collections.ConfigDict, ready_dir: str) -> str 
   return fmt
 
 
+def resize_filter(config: ml_collections.ConfigDict) -> str:
+  return config.data.get("resize_filter", "bicubic")  # absent from older runs' configs
+
+
 def _demo_kwargs(config) -> dict:
-  kwargs = {"seed": config.seed, "image_size": config.data.image_size}
+  kwargs = {"seed": config.seed, "image_size": config.data.image_size,
+            "resize_filter": resize_filter(config)}
   if config.data.demo_num_images:
     kwargs["num_images"] = config.data.demo_num_images
   return kwargs
@@ -136,24 +142,35 @@ def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str,
     return np.load(path)
   lexicon_file = lexicon_path(config)
   lexicon = lexicon or vad_lib.load_lexicon(lexicon_file, fmt=config.data.lexicon_format)
-  table = vad_lib.token_vad_table(tokenizer, lexicon).astype(np.float32)
+  table = vad_lib.token_vad_table(tokenizer, lexicon, lookup=vad_lookup(config)).astype(np.float32)
   io_utils.save_npy_atomic(path, table)
   io_utils.write_json_atomic(provenance_path, {
       "lexicon": os.path.abspath(lexicon_file), "lexicon_sha256": _file_sha256(lexicon_file),
-      "lexicon_format": config.data.lexicon_format})
+      "lexicon_format": config.data.lexicon_format, "vad_lookup": vad_lookup(config)})
   return table
 
 
+def vad_lookup(config: ml_collections.ConfigDict) -> str:
+  return config.data.get("vad_lookup", "word_then_lemma")  # absent from older runs' configs
+
+
 def _check_same_lexicon(config: ml_collections.ConfigDict, provenance_path: str) -> None:
-  """Raises if the config names a lexicon other than the one the workdir's table came from."""
+  """Raises if the config names a lexicon or a lookup rule other than the ones the workdir's
+  table came from."""
   if not os.path.exists(provenance_path):  # a run from before the record existed
     return
+  with open(provenance_path, encoding="utf-8") as f:
+    recorded = json.load(f)
+  made_with = recorded.get("vad_lookup", "word_then_lemma")  # tables from before the switch
+  if made_with != vad_lookup(config):
+    raise ConfigError(
+        f"data.vad_lookup={vad_lookup(config)} differs from the rule this workdir's VAD table was "
+        f"built with ({made_with}); use a new --workdir, or delete "
+        f"{os.path.join(os.path.dirname(provenance_path), 'vad_table.npy')} to rebuild the table")
   try:
     lexicon = lexicon_path(config)
   except ConfigError:  # no lexicon given (e.g. evaluating elsewhere): the saved table is the truth
     return
-  with open(provenance_path, encoding="utf-8") as f:
-    recorded = json.load(f)
   if _file_sha256(lexicon) != recorded["lexicon_sha256"]:
     raise ConfigError(
         f"data.lexicon={lexicon} differs from the lexicon this workdir's VAD table was built from "
@@ -199,6 +216,18 @@ def build_model(config: ml_collections.ConfigDict) -> sevlm_lib.SEVLM:
   return sevlm_lib.SEVLM(model_config_lib.ModelConfig.from_dict(model))
 
 
+# The switches between our behaviour (first choice, the default) and the public code's.
+_CHOICES = {
+    "data.resize_filter": ("bicubic", "bilinear"),
+    "data.vad_lookup": ("word_then_lemma", "lemma_only"),
+    "pretrained.new_token_init": ("mean", "normal"),
+    "optim.adam_form": ("optax", "transformers"),
+    "train.pair_anchor": ("cycle", "last"),
+    "eval.stop_on": ("eos", "any_special"),
+    "eval.explanation_after": ("first_because", "last_because"),
+}
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Catches configs that would fail deep inside, before any data or compilation work."""
   if config.model.vision.image_size != config.data.image_size:
@@ -222,6 +251,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f"{', '.join(vad_lib.FORMATS)}")
   if config.output_vocab not in ("full", "train_tokens"):
     raise ConfigError(f"output_vocab={config.output_vocab!r}; choose 'full' or 'train_tokens'")
+  for field, choices in _CHOICES.items():
+    group, name = field.split(".")
+    value = config[group].get(name, choices[0])  # absent from older runs' configs: the default
+    if value not in choices:
+      raise ConfigError(f"{field}={value!r}; choose one of {', '.join(choices)}")
 
 
 def check_workdir(workdir: str) -> None:
@@ -267,6 +301,12 @@ def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: 
                         f"data.image_size={config.data.image_size}; set --config.data.image_size="
                         f"{size} --config.model.vision.image_size={size}, or use another "
                         "data.ready_dir")
+    made_with = records.load_meta(ready_dir).get("resize_filter", "bicubic")  # older sets: bicubic
+    if made_with != resize_filter(config):
+      raise ConfigError(f"the prepared data set {ready_dir} was resized with the {made_with} filter, "
+                        f"the config says data.resize_filter={resize_filter(config)}; set "
+                        f"--config.data.resize_filter={made_with}, or prepare the data again into "
+                        "another data.ready_dir")
   return lexicon
 
 
@@ -295,8 +335,10 @@ def initial_params(config: ml_collections.ConfigDict, run: Run) -> Any:
   """Random init, then the pretrained towers the config names."""
   params = sevlm_lib.init_params(run.model.config, jax.random.PRNGKey(config.seed))
   if config.pretrained.gpt2 or config.pretrained.clip:
-    params = weights.load_pretrained(params, run.model.config, gpt2=config.pretrained.gpt2 or None,
-                                     clip=config.pretrained.clip or None)
+    params = weights.load_pretrained(
+        params, run.model.config, gpt2=config.pretrained.gpt2 or None,
+        clip=config.pretrained.clip or None, seed=config.seed,
+        new_token_init=config.pretrained.get("new_token_init", "mean"))
     logging.info("loaded pretrained weights: gpt2=%s clip=%s", config.pretrained.gpt2,
                  config.pretrained.clip)
   return params

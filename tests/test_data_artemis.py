@@ -18,6 +18,7 @@ from sevlm_jax import errors
 from sevlm_jax.vocab import EMOTIONS
 from sevlm_jax.data import artemis
 from sevlm_jax.data import dominant
+from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import prepare
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
@@ -216,6 +217,7 @@ def test_meta_and_completion(prepared):
   meta = records.load_meta(out)
   recs = _all_records(out)
   assert meta["image_size"] == SIZE and meta["seed"] == splits.ARTEMIS_SEED
+  assert meta["resize_filter"] == "bicubic"
   assert meta["source"]["format"] == "v1"
   for split in records.SPLITS:
     assert meta["splits"][split]["images"] == len(recs[split])
@@ -225,6 +227,33 @@ def test_meta_and_completion(prepared):
   assert sum(m["images"] for m in meta["splits"].values()) == len(expected)
   assert (out / records.COMPLETE_MARKER).is_file()
   assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_resize_filters_are_pils_and_differ():
+  rng = np.random.default_rng(0)
+  picture = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+  for name, pil_filter in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
+    np.testing.assert_array_equal(images_lib.resize_square(picture, 16, name),
+                                  np.asarray(picture.resize((16, 16), pil_filter)))
+  assert not np.array_equal(images_lib.resize_square(picture, 16, "bicubic"),
+                            images_lib.resize_square(picture, 16, "bilinear"))
+  with pytest.raises(ValueError, match="resize_filter"):
+    images_lib.resize_square(picture, 16, "nearest")
+
+
+def test_bilinear_data_set_is_resized_bilinearly_and_says_so(tmp_path):
+  csv_path, image_dir, _, _ = build_raw(tmp_path, n_plain=10)
+  rng = np.random.default_rng(0)
+  for path in image_dir.rglob("*.jpg"):  # noise instead of flat colours, which any filter keeps
+    if path.name != "broken.jpg":
+      Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path, quality=95)
+  out, _ = prepare.prepare_ready(csv_path, image_dir, tmp_path / "ready", image_size=SIZE, workers=0,
+                                 progress=False, log=lambda *a: None, resize_filter="bilinear")
+  assert records.load_meta(out)["resize_filter"] == "bilinear"
+  rec = records.load_split(out, "train")[0]
+  path = image_dir / rec["art_style"] / (rec["painting"] + ".jpg")
+  np.testing.assert_array_equal(rec["image"], images_lib.load_image(path, SIZE, "bilinear"))
+  assert not np.array_equal(rec["image"], images_lib.load_image(path, SIZE, "bicubic"))
 
 
 def test_refuses_to_overwrite_and_survives_a_crash(prepared, tmp_path, monkeypatch):

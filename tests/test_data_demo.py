@@ -106,3 +106,12 @@ def test_emotion_is_learnable_from_pixels(full):
   majority = np.bincount(y_test).max() / len(y_test)
   print(f"linear probe accuracy {accuracy:.2f}, majority class {majority:.2f}")
   assert accuracy > 0.45 and majority < 0.2
+
+
+def test_demo_data_set_with_another_resize_filter_is_made_anew(tmp_path):
+  bicubic = demo.ensure_demo_dataset(tmp_path, num_images=20, image_size=16)
+  assert records.load_meta(bicubic)["resize_filter"] == "bicubic"
+  before = records.load_split(bicubic, "train")[0]["image"]
+  bilinear = demo.ensure_demo_dataset(tmp_path, num_images=20, image_size=16, resize_filter="bilinear")
+  assert records.load_meta(bilinear)["resize_filter"] == "bilinear"
+  assert not np.array_equal(records.load_split(bilinear, "train")[0]["image"], before)

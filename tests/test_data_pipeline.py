@@ -114,6 +114,26 @@ def test_epochs_visit_each_image_once_and_cycle_annotations(ready, tok):
     assert sorted(seq) == list(range(len(train[r]["emotions"])))
 
 
+def test_last_anchor_is_each_images_last_annotation_every_epoch(ready, tok):
+  images = pipeline.training_images(ready)
+  train = records.load_annotations(ready, "train")
+  ds = _loader(ready, tok, batch_size=len(images), num_epochs=3, pair_anchor="last")
+  partners = collections.defaultdict(set)
+  for batch in iter(ds):
+    for r, (a, b) in zip(batch["image_index"], batch["annotation_index"]):
+      emotions = train[int(r)]["emotions"]
+      assert a == len(emotions) - 1
+      assert emotions[b] != emotions[a]
+      partners[int(r)].add(int(b))
+  # The partner is still drawn afresh each epoch.
+  assert any(len(p) > 1 for p in partners.values())
+
+
+def test_unknown_pair_anchor_is_refused(ready, tok):
+  with pytest.raises(ValueError, match="pair_anchor"):
+    _loader(ready, tok, pair_anchor="first")
+
+
 def test_shards_are_disjoint_and_cover_the_epoch(ready, tok):
   images = pipeline.training_images(ready)
   per_shard = len(images) // 2

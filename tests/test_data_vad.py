@@ -126,6 +126,35 @@ def test_token_table_matches_per_word_lookups(tmp_path, monkeypatch):
   np.testing.assert_array_equal(vad.token_vad_table(tok, lex, cache_dir=tmp_path), table)
 
 
+def test_lemma_only_lookup_ignores_the_listed_inflected_form(tmp_path):
+  """The public code's rule: only the lemma is looked up."""
+  entries = {w: np.full(3, v, np.float32) for w, v in
+             (("loved", 0.9), ("love", 0.5), ("calm", 0.2))}
+  lex = vad.VadLexicon(entries)
+  assert lex.lookup("loved")[0] == np.float32(0.9)
+  assert lex.lookup("loved", "lemma_only")[0] == np.float32(0.5)
+  assert lex.lookup("calmer", "lemma_only")[0] == np.float32(0.2)  # through its lemma, as before
+  assert not lex.lookup("sky", "lemma_only").any()
+  tok = tokenizer_lib.load_tokenizer()
+  (loved,) = tok.encode(" loved")
+  assert vad.token_vad_table(tok, lex, lookup="lemma_only")[loved, 0] == np.float32(0.5)
+  assert vad.token_vad_table(tok, lex)[loved, 0] == np.float32(0.9)
+  with pytest.raises(ValueError, match="lookup"):
+    lex.lookup("loved", "lemma_first")
+
+
+def test_table_cache_is_keyed_by_lookup_rule(tmp_path):
+  tok = tokenizer_lib.load_tokenizer()
+  path = tmp_path / "lexicon.txt"
+  path.write_text("loved\t0.9\t0.9\t0.9\nlove\t0.5\t0.5\t0.5\n", encoding="utf-8")
+  lex = vad.load_lexicon(path)
+  (loved,) = tok.encode(" loved")
+  word = vad.token_vad_table(tok, lex, cache_dir=tmp_path / "cache")
+  lemma = vad.token_vad_table(tok, lex, cache_dir=tmp_path / "cache", lookup="lemma_only")
+  assert len(list((tmp_path / "cache").glob("token_vad_*.npy"))) == 2
+  assert word[loved, 0] != lemma[loved, 0]
+
+
 def test_table_cache_is_keyed_by_file_content(tmp_path):
   tok = tokenizer_lib.load_tokenizer()
   path = _write(tmp_path, "lex.tsv", "calm\t0.7\t-0.8\t0.3\n")

@@ -217,6 +217,60 @@ def test_parse_generation(text, expected):
   assert parse_generation(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("something else because it is odd, because why not", ("something else", "why not")),
+    (" sadness because the sky is dark", ("sadness", "the sky is dark")),
+    ("something else entirely", ("something else", "entirely")),
+])
+def test_parse_generation_after_the_last_because(text, expected):
+  """The public code's split: the emotion before the first "because", the explanation after the last."""
+  assert parse_generation(text, "last_because") == expected
+
+
+def test_unknown_explanation_rule_is_refused():
+  with pytest.raises(ValueError, match="explanation_after"):
+    parse_generation("awe because x", "middle_because")
+
+
+def test_stop_on_any_special_stops_on_each_of_the_five_added_or_eos_tokens(monkeypatch):
+  """make_generate_fn hands generate the stop tokens eval.stop_on names."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.inference import decode  # pylint: disable=import-outside-toplevel
+  assert decode.stop_ids("eos") == (vocab.EOS_ID,)
+  assert set(decode.stop_ids("any_special")) == {vocab.EOS_ID, *range(vocab.PAD_ID, vocab.VOCAB_SIZE)}
+  with pytest.raises(ValueError, match="stop_on"):
+    decode.stop_ids("newline")
+  seen = []
+
+  def fake_generate(model, params, patches, vad_table, prompt_ids, **kw):
+    seen.append(kw["eos_id"])
+    return jnp.zeros((patches.shape[0], 2), jnp.int32), None
+
+  monkeypatch.setattr(decode, "generate", fake_generate)
+  monkeypatch.setattr(SEVLM, "encode_image", lambda self, images: images)
+  model = SEVLM(ModelConfig.from_dict(model_config_dict("tiny")))
+  for stop_on in ("eos", "any_special"):
+    cfg = ml_collections.ConfigDict(dict(max_new_tokens=2, decoding="greedy", top_p=0.9,
+                                         temperature=1.0, steps_per_check=1, stop_on=stop_on))
+    fn = decode.make_generate_fn(model, cfg, tokenizer_lib.load_tokenizer())
+    fn({}, jnp.zeros((1, 4, 8)), jnp.zeros((vocab.VOCAB_SIZE, 3)), jax.random.key(0))
+    assert seen[-1] == decode.stop_ids(stop_on)
+
+
+def test_prediction_of_a_generation_stopped_by_a_segment_token():
+  """Tokens after a stop are padding; neither they nor the stop token reach the text."""
+  from sevlm_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.inference import decode  # pylint: disable=import-outside-toplevel
+  tok = tokenizer_lib.load_tokenizer()
+  ids = tok.encode(" awe because it is vast because of the sky") + [vocab.EMOTION_SEGMENT_ID,
+                                                                     vocab.PAD_ID, vocab.PAD_ID]
+  assert decode.prediction(tok, np.asarray(ids)) == {
+      "emotion": "awe", "explanation": "it is vast because of the sky",
+      "text": "the emotion is awe because it is vast because of the sky"}
+  assert decode.prediction(tok, np.asarray(ids), "last_because")["explanation"] == "of the sky"
+
+
 def test_weights_cast_once_for_bfloat16_decoding(setup):
   """Casting the towers' weights before the loop gives what casting at each use gives."""
   config, params, images, vad_table = setup

@@ -138,3 +138,15 @@ def test_an_image_blind_run_sees_grey_whatever_the_image(predictor, tiny_run, pi
   assert blind.predict(images) == predictor.predict([grey] * 3)
   np.testing.assert_allclose(blind.emotion_distribution(images),
                              predictor.emotion_distribution([grey] * 3), rtol=1e-5, atol=1e-6)
+
+
+def test_predictor_resizes_with_the_runs_filter(picture, tmp_path_factory):
+  """A run trained on bilinearly resized data gets bilinearly resized pictures in prediction."""
+  from sevlm_jax.data import images as images_lib  # pylint: disable=import-outside-toplevel
+  from test_train import tiny_config  # pylint: disable=import-outside-toplevel
+  path, _ = picture
+  for name in ("bicubic", "bilinear"):
+    config = tiny_config(demo_root(tmp_path_factory), **{"data.resize_filter": name})
+    predictor = inference.Predictor(config, params=None, vad_table=np.zeros((50261, 3), np.float32))
+    np.testing.assert_array_equal(predictor.preprocess([path])[0],
+                                  images_lib.load_image(path, config.data.image_size, name))

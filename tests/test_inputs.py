@@ -43,3 +43,25 @@ def test_evaluation_keeps_the_training_config(tmp_path, root):
   assert saved["eval"]["max_new_tokens"] == tiny_config(root).eval.max_new_tokens
   inputs.prepare_run(config, str(tmp_path))
   assert json.loads((tmp_path / "config.json").read_text())["eval"]["max_new_tokens"] == 3
+
+
+def test_prepared_data_of_another_resize_filter_is_refused(tmp_path, root):
+  config = tiny_config(root)
+  config.data.source, config.data.ready_dir = "ready", str(root / "ready")
+  config.data.lexicon = str(vad_lib.DEMO_LEXICON_PATH)
+  inputs.check_inputs_before_preparation(config, str(tmp_path))  # made bicubic, as configured
+  config.data.resize_filter = "bilinear"
+  with pytest.raises(errors.ConfigError, match="resized with the bicubic filter.*"
+                     "data.resize_filter=bilinear"):
+    inputs.check_inputs_before_preparation(config, str(tmp_path))
+
+
+def test_vad_table_records_its_lookup_rule_and_refuses_another(tmp_path, root):
+  tokenizer = tokenizer_lib.load_tokenizer()
+  config = tiny_config(root)
+  config.data.vad_lookup = "lemma_only"
+  inputs.load_vad_table(config, tokenizer, str(tmp_path))
+  assert json.loads((tmp_path / "vad_table.json").read_text())["vad_lookup"] == "lemma_only"
+  config.data.vad_lookup = "word_then_lemma"
+  with pytest.raises(errors.ConfigError, match="data.vad_lookup=word_then_lemma differs"):
+    inputs.load_vad_table(config, tokenizer, str(tmp_path))

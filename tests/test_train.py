@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from absl import flags
 
@@ -419,6 +420,27 @@ def test_global_norm_is_the_norm_of_all_leaves():
                              rtol=1e-6)
 
 
+# ----------------------------------------------------------------------------- early stopping
+
+@pytest.mark.parametrize("patience", [10, 11])
+def test_patience_is_the_number_of_evaluations_without_improvement_that_stops(patience):
+  """train.patience=11 is the public code's rule: it stops once more than 10 evaluations in a
+  row (its stop_after_evals) have not improved."""
+  from sevlm_jax.training import loop as loop_lib  # pylint: disable=import-outside-toplevel
+  config = load_config("demo")
+  config.train.patience = patience
+  scores = iter([0.5] + [0.1] * 20)  # one improvement, then none
+  ckpts = type("Ckpts", (), {"save_best": lambda self, step, params, val: (
+      {"best_acc"} if step == 1 else set())})()
+  writer = type("Writer", (), {"write": lambda self, *a: None})()
+  state = type("State", (), {"params": None})()
+  history = {"evals": 0, "evals_without_improvement": 0}
+  validate = lambda params: {"acc": next(scores), "bleu4": 0.0}
+  stops = [loop_lib._validate(config, validate, state, step, history, ckpts, writer)
+           for step in range(1, 16)]
+  assert stops.index(True) == patience  # evaluation patience + 1 (the first one improved)
+
+
 # ----------------------------------------------------------------------------- the optimiser
 
 def _optim_config(**overrides) -> ml_collections.ConfigDict:
@@ -457,6 +479,52 @@ def test_frozen_vision_is_not_given_to_the_optimiser():
   lr = _first_update(_optim_config(), trainable)
   assert set(lr) == set(TOY) - {"vision"}
   np.testing.assert_allclose(lr["vad_encoder"], 4e-3, rtol=1e-4)
+
+
+def test_adam_eps_reaches_the_update():
+  trainable = {"decoder": {"w": np.zeros(3, np.float32)}}
+  tx = optim_lib.create_optimizer(_optim_config(adam_eps=1e-6), trainable, total_steps=100)
+  grads = {"decoder": {"w": np.full(3, 1e-6, np.float32)}}
+  updates, _ = tx.update(grads, tx.init(trainable), trainable)
+  # First step: -lr * g / (|g| + eps) = -lr / 2 when g = eps.
+  np.testing.assert_allclose(updates["decoder"]["w"], -1e-3 / 2, rtol=1e-4)
+
+
+def _transformers_adamw_reference(p, grads, lrs, *, b1=0.9, b2=0.999, eps=1e-6, wd=0.0):
+  """transformers 4.x AdamW.step (correct_bias=True), restated in float64 numpy."""
+  m, v = np.zeros_like(p), np.zeros_like(p)
+  for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    denom = np.sqrt(v) + eps
+    step_size = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    p = p - step_size * m / denom
+    p = p + p * (-lr * wd)
+  return p
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_transformers_adamw_matches_its_reference(weight_decay):
+  rng = np.random.default_rng(0)
+  p0 = rng.normal(size=5)
+  grads = [rng.normal(size=5) * 1e-5 for _ in range(4)]  # small: eps's placement matters
+  config = _optim_config(lr=0.1, adam_eps=1e-6, adam_form="transformers", weight_decay=weight_decay)
+  trainable = {"decoder": {"w": p0.astype(np.float32)}}
+  tx = optim_lib.create_optimizer(config, trainable, total_steps=8)
+  state = tx.init(trainable)
+  for g in grads:
+    updates, state = tx.update({"decoder": {"w": g.astype(np.float32)}}, state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+  schedule = optim_lib.learning_rate_schedule(0.1, 8, 0)
+  want = _transformers_adamw_reference(p0, grads, [float(schedule(k)) for k in range(4)],
+                                       wd=weight_decay)
+  np.testing.assert_allclose(trainable["decoder"]["w"], want, rtol=1e-5, atol=1e-7)
+  # optax's form with the same eps differs (eps outside the bias correction).
+  optax_tx = optim_lib.create_optimizer(_optim_config(lr=0.1, adam_eps=1e-6), {"decoder": {"w": p0}}, 8)
+  first, _ = optax_tx.update({"decoder": {"w": grads[0]}}, optax_tx.init({"decoder": {"w": p0}}),
+                             {"decoder": {"w": p0}})
+  hf_first = _transformers_adamw_reference(p0, grads[:1], [0.1], wd=0.0) - p0
+  assert not np.allclose(first["decoder"]["w"], hf_first, rtol=1e-3)
 
 
 def test_schedule_warms_up_then_decays_to_zero():

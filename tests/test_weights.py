@@ -11,6 +11,7 @@ from sevlm_jax import vocab
 from sevlm_jax.models import SEVLM, ModelConfig, model_config_dict
 from sevlm_jax.errors import CheckpointError
 from sevlm_jax.weights import load_pretrained
+from sevlm_jax.weights import gpt2 as gpt2_map
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -219,6 +220,29 @@ def test_plain_gpt2_gets_new_weights(tiny, tmp_path):
                  params["decoder"][f"h_{i}"]["crossattention"])
   np.testing.assert_array_equal(loaded["h_0"]["attn"]["c_attn"]["kernel"],
                                 model.transformer.h[0].attn.c_attn.weight.detach().numpy())
+
+
+def test_normal_new_token_rows_are_independent_draws_from_the_seed(tiny, tmp_path):
+  """new_token_init='normal': N(0, 0.02) rows as transformers 4.x's resize_token_embeddings."""
+  config, params = tiny
+  model = hf_gpt2(config, cross_attention=False, resize=False)
+  model.save_pretrained(tmp_path)
+  wte = model.transformer.wte.weight.detach().numpy()
+  new_rows = lambda seed: np.asarray(load_pretrained(
+      params, config, gpt2=tmp_path, new_token_init="normal", seed=seed)["decoder"]["wte"]["embedding"])
+  got = new_rows(0)
+  np.testing.assert_array_equal(got[:vocab.GPT2_VOCAB_SIZE], wte)
+  np.testing.assert_array_equal(new_rows(0), got)
+  assert not np.allclose(new_rows(1)[vocab.GPT2_VOCAB_SIZE:], got[vocab.GPT2_VOCAB_SIZE:])
+  assert len({tuple(r) for r in got[vocab.GPT2_VOCAB_SIZE:]}) == 4  # not one shared row
+  # The draw itself: 4 x 768 values of N(0, 0.02).
+  grown = gpt2_map.grow_word_table(vocab.VOCAB_SIZE, "normal", seed=0)(
+      np.ones((vocab.GPT2_VOCAB_SIZE, 768), np.float32))
+  drawn = grown[vocab.GPT2_VOCAB_SIZE:]
+  assert drawn.dtype == np.float32 and abs(drawn.mean()) < 0.002
+  np.testing.assert_allclose(drawn.std(), 0.02, rtol=0.05)
+  with pytest.raises(ValueError, match="new_token_init"):
+    gpt2_map.grow_word_table(vocab.VOCAB_SIZE, "zeros")
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -244,12 +244,15 @@ def _read_json(path):
 
 
 def ensure_demo_dataset(root, *, seed: int = 0, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 32,
-                        annotators: int = 5, verbose: bool = False) -> pathlib.Path:
+                        annotators: int = 5, verbose: bool = False, resize_filter: str = "bicubic"
+                        ) -> pathlib.Path:
   """Ready demo data set under root/ready (made on first call, reused when complete and matching)."""
   root = pathlib.Path(root)
   ready, raw = root / "ready", root / "raw"
   raw_params = {"version": DEMO_VERSION, "seed": seed, "num_images": num_images, "annotators": annotators}
   params = dict(raw_params, image_size=image_size)
+  if resize_filter != "bicubic":  # only then, so that data sets made before the field still match
+    params["resize_filter"] = resize_filter
 
   def matches():
     return records.is_complete(ready) and (_read_json(ready / "meta.json") or {}).get("extra", {}).get("demo") == params
@@ -270,7 +273,7 @@ def ensure_demo_dataset(root, *, seed: int = 0, num_images: int = DEFAULT_NUM_IM
     prepare.prepare_ready(raw / CSV_NAME, raw / "images", ready, fmt="v1", image_size=image_size,
                           text_preprocessing="raw",
                           workers=0, overwrite=ready.exists(), progress=verbose, extra_meta={"demo": params},
-                          log=log)
+                          log=log, resize_filter=resize_filter)
   except OSError:
     if not matches():  # another process may have published the same data set first
       raise

@@ -36,6 +36,7 @@ from sevlm_jax.data import batching
 from sevlm_jax.data import records
 
 _TAG_ORDER, _TAG_CYCLE, _TAG_PARTNER = 0, 1, 2  # keep the three random streams apart
+PAIR_ANCHORS = ("cycle", "last")
 
 
 def training_images(ready_dir, split: str = "train") -> np.ndarray:
@@ -44,11 +45,20 @@ def training_images(ready_dir, split: str = "train") -> np.ndarray:
   return np.asarray([r["index"] for r in annotations if len(set(r["emotions"])) >= 2], np.int64)
 
 
-def choose_pair(emotions, *, seed: int, epoch: int, image_index: int) -> tuple[int, int]:
-  """(anchor, partner) annotation positions of one image in one epoch; emotions must differ."""
+def choose_pair(emotions, *, seed: int, epoch: int, image_index: int, anchor_rule: str = "cycle"
+                ) -> tuple[int, int]:
+  """(anchor, partner) annotation positions of one image in one epoch; emotions must differ.
+
+  anchor_rule: "cycle" (each annotation in turn over the epochs) or "last" (always the last one,
+  as the public code trains).
+  """
   n = len(emotions)
-  cycle = np.random.default_rng([seed, _TAG_CYCLE, image_index]).permutation(n)
-  anchor = int(cycle[epoch % n])
+  if anchor_rule == "last":
+    anchor = n - 1
+  elif anchor_rule == "cycle":
+    anchor = int(np.random.default_rng([seed, _TAG_CYCLE, image_index]).permutation(n)[epoch % n])
+  else:
+    raise ValueError(f"anchor_rule must be one of {PAIR_ANCHORS}, got {anchor_rule!r}")
   partners = [k for k in range(n) if emotions[k] != emotions[anchor]]
   if not partners:
     raise ValueError(f"record {image_index} has a single emotion; it cannot form a training pair")
@@ -60,9 +70,9 @@ class PairExample:
   """Global element index -> one training pair (a grain MapWithIndex callable; picklable)."""
 
   def __init__(self, source, images: np.ndarray, tokenizer, *, max_len: int, seed: int,
-               shard_index: int, shard_count: int, multiple_of: int = 1):
+               shard_index: int, shard_count: int, multiple_of: int = 1, anchor_rule: str = "cycle"):
     self.source, self.images, self.tokenizer = source, np.asarray(images, np.int64), tokenizer
-    self.max_len, self.seed = max_len, seed
+    self.max_len, self.seed, self.anchor_rule = max_len, seed, anchor_rule
     self.shard_index, self.shard_count = shard_index, shard_count
     self.block = multiple_of  # consecutive elements of a shard that are consecutive in the order
     per_shard = len(self.images) // shard_count
@@ -86,7 +96,8 @@ class PairExample:
   def __call__(self, index: int, _=None) -> dict:
     epoch, r = self.image_for(index)
     rec = self.source[r]
-    a, b = choose_pair(rec["emotions"], seed=self.seed, epoch=epoch, image_index=r)
+    a, b = choose_pair(rec["emotions"], seed=self.seed, epoch=epoch, image_index=r,
+                       anchor_rule=self.anchor_rule)
     seqs = [self.tokenizer.build_sequence(rec["emotions"][k], rec["utterances"][k], self.max_len)
             for k in (a, b)]
     out = {k: np.stack([s[k] for s in seqs]) for k in seqs[0]}
@@ -109,23 +120,28 @@ def _default_shard(shard_index, shard_count) -> tuple[int, int]:
 
 def train_loader(ready_dir, tokenizer, *, batch_size: int, max_len: int, seed: int, num_epochs: int | None = None,
                  worker_count: int = 0, shard_index: int | None = None, shard_count: int | None = None,
-                 drop_remainder: bool = True, split: str = "train", read_threads: int = 4) -> grain.IterDataset:
+                 drop_remainder: bool = True, split: str = "train", read_threads: int = 4,
+                 pair_anchor: str = "cycle") -> grain.IterDataset:
   """grain IterDataset of training-pair batches; iter() gives a checkpointable iterator.
 
   batch_size is this shard's part of a step's batch (the global batch / shard_count).
   num_epochs None repeats forever. worker_count > 0 decodes in that many
   processes (absl flags must be parsed: automatic under app.run). The
   iterator's get_state()/set_state() (or grain's Orbax handler) restore it.
+  pair_anchor: which annotation anchors each pair ("cycle" or "last"; see the module docstring).
   """
   if batch_size <= 0 or max_len <= 0:
     raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
+  if pair_anchor not in PAIR_ANCHORS:
+    raise ValueError(f"pair_anchor must be one of {PAIR_ANCHORS}, got {pair_anchor!r}")
   shard_index, shard_count = _default_shard(shard_index, shard_count)
   source = records.load_split(ready_dir, split)
   images = training_images(ready_dir, split)
   # With drop_remainder, an epoch is a whole number of batches, so no batch spans two epochs and
   # no image appears twice in a batch (the contrastive loss takes other images as negatives).
   example = PairExample(source, images, tokenizer, max_len=max_len, seed=seed, shard_index=shard_index,
-                        shard_count=shard_count, multiple_of=batch_size if drop_remainder else 1)
+                        shard_count=shard_count, multiple_of=batch_size if drop_remainder else 1,
+                        anchor_rule=pair_anchor)
   if example.per_epoch == 0:
     raise ValueError(f"{ready_dir} split {split!r} has {len(images)} images with two distinct emotions "
                      f"({len(images) // shard_count} per shard of {shard_count}), too few for batch_size "

@@ -13,9 +13,11 @@ r"""One command from raw ArtEmis files to a ready data set.
 
 Steps: read the annotations (artemis.py; by default with ArtEmis's text preprocessing for deep
 nets, artemis_text.py), split the paintings as ArtEmis does (splits.py), drop the utterances
-ArtEmis's length filters drop (too short, too long for the train split's 95th percentile), decode every image once (images.py: RGB, the whole picture resized bicubically to image_size x
-image_size, no crop, like the public code's Resize((224, 224)); inference uses the same
-function) in worker processes, streamed to the split files in a bounded window so memory does
+ArtEmis's length filters drop (too short, too long for the train split's 95th percentile), decode
+every image once (images.py: RGB, the whole picture resized to image_size x image_size, no crop,
+like the public code's Resize((224, 224)), with the bicubic or bilinear filter, which meta.json
+records; inference uses the same function) in worker processes, streamed to the split files in a
+bounded window so memory does
 not grow with the number of paintings, with the dominant emotions by both rules (dominant.py).
 
 Nothing is dropped silently: paintings whose image is missing or unreadable, and paintings left
@@ -60,7 +62,7 @@ def parse_inputs(spec: str):
 
 
 def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed: int = splits.ARTEMIS_SEED,
-            split_loads=splits.ARTEMIS_SPLIT_LOADS,
+            split_loads=splits.ARTEMIS_SPLIT_LOADS, resize_filter: str = "bicubic",
             too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION,
             text_preprocessing: str = "artemis",
             workers: int | None = None, overwrite: bool = False, progress: bool = True):
@@ -70,6 +72,7 @@ def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed:
   """
   inputs = parse_inputs(csv) if isinstance(csv, str) else csv
   out, _ = prepare_ready(inputs, images, out, fmt=fmt, image_size=image_size, seed=seed,
+                         resize_filter=resize_filter,
                                  split_loads=split_loads, too_high_repetition=too_high_repetition,
                                  text_preprocessing=text_preprocessing, workers=workers,
                                  overwrite=overwrite, progress=progress)
@@ -89,7 +92,8 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
                   too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION,
                   text_preprocessing: str = "artemis", workers: int | None = None,
                   window: int | None = None, overwrite: bool = False, progress: bool = True,
-                  extra_meta: dict | None = None, log=print) -> tuple[pathlib.Path, dict]:
+                  extra_meta: dict | None = None, log=print, resize_filter: str = "bicubic"
+                  ) -> tuple[pathlib.Path, dict]:
   """Ingest annotations + images into the ready data set `out`; returns (out, report dict).
 
   inputs: a path, a list of paths (v2: concatenated), or for sevlm_json a dict {split: path}.
@@ -97,6 +101,7 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
   too_high_repetition: paintings with at least this many annotations go to 'rest' (<= 0: off).
   text_preprocessing: 'artemis' (ArtEmis's spelled text and length filters) or 'raw' (the
   utterances as written), for v1 / v2 CSVs; the other formats' text is used as given.
+  resize_filter: bicubic | bilinear (images.RESIZE_FILTERS), recorded in meta.json.
   """
   t0 = time.time()
   out, images_dir = pathlib.Path(out), pathlib.Path(images_dir)
@@ -106,6 +111,8 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
     raise FileNotFoundError(f"images folder {images_dir} not found (expected {{art_style}}/{{painting}}.jpg inside)")
   if image_size <= 0:
     raise ValueError(f"image_size must be positive, got {image_size}")
+  if resize_filter not in images_lib.RESIZE_FILTERS:
+    raise ValueError(f"resize_filter must be one of {tuple(images_lib.RESIZE_FILTERS)}, got {resize_filter!r}")
   report = artemis.Report()
   paintings, fmt, paths = artemis.read_annotations(inputs, fmt, report)
   text = text_preprocessing if fmt in ("v1", "v2") else f"as given ({fmt})"
@@ -129,7 +136,7 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
       if not p.emotions:
         report.skip("no_valid_annotations", lost_annotations=0, image_id=p.image_id, rows=p.rows)
         continue
-      jobs.append((p.image_id, str(images_dir), p.image_rel, image_size))
+      jobs.append((p.image_id, str(images_dir), p.image_rel, image_size, resize_filter))
       by_id[p.image_id] = p
 
   workers = (os.cpu_count() or 1) if workers is None else workers
@@ -190,7 +197,8 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
                       "included (as ArtEmis's image-emotion-histogram.csv)" if length_filter else
                       "origin_emotion_distribution where given, else the kept annotations"
                       if fmt == "sevlm_json" else "the kept annotations"),
-        "resize": "whole image, bicubic, to image_size x image_size (no crop)",
+        "resize": f"whole image, {resize_filter}, to image_size x image_size (no crop)",
+        "resize_filter": resize_filter,
         "totals": dict(report.totals),
     }
     if extra_meta:
@@ -217,6 +225,8 @@ def _define_flags() -> None:
   _F['out'] = flags.DEFINE_string("out", None, "Ready data set folder to create.")
   _F['format'] = flags.DEFINE_enum("format", "auto", list(artemis.FORMATS), "Input format (auto: from the files).")
   _F['image_size'] = flags.DEFINE_integer("image_size", 224, "Stored images are image_size x image_size RGB.")
+  _F['resize_filter'] = flags.DEFINE_enum("resize_filter", "bicubic", ["bicubic", "bilinear"],
+                                          "Resize filter (bilinear: the public code's).")
   _F['seed'] = flags.DEFINE_integer("seed", splits.ARTEMIS_SEED, "Split seed (2021 reproduces ArtEmis's split).")
   _F['split_loads'] = flags.DEFINE_list("split_loads", [str(x) for x in splits.ARTEMIS_SPLIT_LOADS],
                                    "train,val,test fractions of paintings.")
@@ -246,7 +256,8 @@ def main(argv):
     prepare(_F['csv'].value, _F['images'].value, _F['out'].value, fmt=_F['format'].value, image_size=_F['image_size'].value,
             seed=_F['seed'].value, split_loads=loads, too_high_repetition=_F['too_high'].value,
             text_preprocessing=_F['text'].value, workers=_F['workers'].value,
-            overwrite=_F['overwrite'].value)
+            overwrite=_F['overwrite'].value,
+            resize_filter=_F['resize_filter'].value)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     # Input problems get one clear line, not a traceback.
     raise SystemExit(f"error: {e}") from None

@@ -24,7 +24,14 @@ project ships only its own small lexicon (assets/demo_vad_lexicon.tsv).
 Token lookup (`token_vad_table`): the token's text with the BPE space marker
 removed, stripped and lowercased; the word if listed, else its lemma
 (simplemma, English, offline), else [0, 0, 0]. Control tokens get [0, 0, 0].
-The (vocab x 3) table is cached on disk, keyed by the lexicon file's sha256.
+lookup="lemma_only" is the public code's rule instead (utils/get_VADfeature.py):
+only the lemma is looked up, so an inflected form the lexicon lists ("loved")
+gets its lemma's values or zeros. The public code lemmatises with NLTK's
+WordNet lemmatiser, each word with the part of speech NLTK's tagger gives it in
+its sentence; that data cannot be downloaded here, and this table holds one
+value per token, not per context, so simplemma's context-free lemma stands in.
+The (vocab x 3) table is cached on disk, keyed by the lexicon file's sha256 and
+the lookup rule.
 """
 
 import csv
@@ -52,6 +59,7 @@ _VALUE_COLUMNS = {
 }
 # Bump when the lookup rule changes, so cached tables are recomputed.
 _TABLE_VERSION = f"v1-simplemma{getattr(simplemma, '__version__', '')}"
+LOOKUPS = ("word_then_lemma", "lemma_only")
 
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent / "assets"
 DEMO_LEXICON_PATH = ASSETS_DIR / "demo_vad_lexicon.tsv"
@@ -70,12 +78,15 @@ class VadLexicon:
   def __len__(self):
     return len(self.entries)
 
-  def lookup(self, word: str) -> np.ndarray:
-    """VAD of `word` (lowercased), else of its lemma, else zeros."""
+  def lookup(self, word: str, rule: str = "word_then_lemma") -> np.ndarray:
+    """VAD of `word` (lowercased), else of its lemma, else zeros; rule="lemma_only": of its
+    lemma, else zeros (the public code's rule)."""
+    if rule not in LOOKUPS:
+      raise ValueError(f"VAD lookup rule must be one of {LOOKUPS}, got {rule!r}")
     w = word.strip().lower()
     if not w:
       return np.zeros(3, np.float32)
-    if w in self.entries:
+    if rule == "word_then_lemma" and w in self.entries:
       return self.entries[w]
     lemma = lemmatize(w)
     if lemma in self.entries:
@@ -205,12 +216,13 @@ def token_words(tokenizer) -> list[str]:
   return [tokenizer.token_text(i).strip().lower() for i in range(vocab.GPT2_VOCAB_SIZE)]
 
 
-def compute_token_vad_table(tokenizer, lexicon: VadLexicon) -> np.ndarray:
+def compute_token_vad_table(tokenizer, lexicon: VadLexicon, lookup: str = "word_then_lemma"
+                            ) -> np.ndarray:
   """float32[VOCAB_SIZE, 3]: lexicon VAD of every token (rows of control tokens are zero)."""
   table = np.zeros((vocab.VOCAB_SIZE, 3), np.float32)
   for i, word in enumerate(token_words(tokenizer)):
     if word:
-      table[i] = lexicon.lookup(word)
+      table[i] = lexicon.lookup(word, lookup)
   return table
 
 
@@ -220,12 +232,15 @@ def default_cache_dir() -> pathlib.Path:
   return pathlib.Path(base) / "vad"
 
 
-def token_vad_table(tokenizer, lexicon: VadLexicon, *, cache_dir=None) -> np.ndarray:
+def token_vad_table(tokenizer, lexicon: VadLexicon, *, cache_dir=None, lookup: str = "word_then_lemma"
+                    ) -> np.ndarray:
   """`compute_token_vad_table`, cached on disk when the lexicon came from a file."""
+  if lookup not in LOOKUPS:
+    raise ValueError(f"VAD lookup rule must be one of {LOOKUPS}, got {lookup!r}")
   if lexicon.sha256 is None:
-    return compute_token_vad_table(tokenizer, lexicon)
+    return compute_token_vad_table(tokenizer, lexicon, lookup)
   key = hashlib.sha256("|".join([lexicon.sha256, lexicon.format, _TABLE_VERSION,
-                                 str(vocab.VOCAB_SIZE)]).encode()).hexdigest()[:24]
+                                 str(vocab.VOCAB_SIZE), lookup]).encode()).hexdigest()[:24]
   cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
   path = cache_dir / f"token_vad_{key}.npy"
   if path.is_file():
@@ -235,7 +250,7 @@ def token_vad_table(tokenizer, lexicon: VadLexicon, *, cache_dir=None) -> np.nda
         return table
     except (OSError, ValueError):
       pass  # unreadable cache: recompute and overwrite
-  table = compute_token_vad_table(tokenizer, lexicon)
+  table = compute_token_vad_table(tokenizer, lexicon, lookup)
   try:
     cache_dir.mkdir(parents=True, exist_ok=True)
     io_utils.save_npy_atomic(path, table)  # readers see the old file or the complete new one

@@ -47,6 +47,7 @@ def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.C
   part, parts = parallel.process_part(mesh)
   batch_size = parallel.padded_batch_size(config.eval.batch_size, mesh)
   rng = jax.random.PRNGKey(config.seed)
+  explanation_after = config.eval.get("explanation_after", "first_because")  # older configs: default
   preds = []
   total = records.load_meta(run.ready_dir)["splits"][split]["images"]  # no second open of the split
   total = min(total, max_images or total)
@@ -60,7 +61,7 @@ def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.C
       tokens = parallel.to_host(generate(params, images, vad_table, step_rng))
       for row in np.flatnonzero(batch["valid"]):
         preds.append({"image_index": int(batch["image_index"][row]),
-                      **decode_lib.prediction(run.tokenizer, tokens[row])})
+                      **decode_lib.prediction(run.tokenizer, tokens[row], explanation_after)})
       bar.update(min(int(batch["valid"].sum()), total - bar.done))
       if max_images and len(preds) >= max_images:
         break

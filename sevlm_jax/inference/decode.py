@@ -256,12 +256,29 @@ def generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_ids,
   return (tokens, lengths, logits) if return_logits else (tokens, lengths)
 
 
+# What ends a generation (eval.stop_on): <eos> only, or any of the five special tokens, as the
+# public code stops (a stray <pad> or segment token then ends the text instead of being skipped).
+STOP_IDS = {
+    "eos": (vocab.EOS_ID,),
+    "any_special": (vocab.EOS_ID, vocab.PAD_ID, vocab.PREFIX_ID, vocab.EMOTION_SEGMENT_ID,
+                    vocab.EXPLANATION_SEGMENT_ID),
+}
+
+
+def stop_ids(stop_on: str) -> tuple[int, ...]:
+  if stop_on not in STOP_IDS:
+    raise ValueError(f"eval.stop_on={stop_on!r}; choose one of {', '.join(STOP_IDS)}")
+  return STOP_IDS[stop_on]
+
+
 def make_generate_fn(model, eval_cfg: ml_collections.ConfigDict, tokenizer, output_ids=None):
   """Jitted (params, images, vad_table, rng) -> generated token ids [B, T]."""
   prompt_ids = jnp.asarray(tokenizer.prompt_ids, jnp.int32)
   output_ids = None if output_ids is None else jnp.asarray(output_ids, jnp.int32)
 
-  steps_per_check = int(eval_cfg.get("steps_per_check", 1))  # absent from older runs' configs
+  # Absent from older runs' configs: their defaults.
+  steps_per_check = int(eval_cfg.get("steps_per_check", 1))
+  stops = stop_ids(eval_cfg.get("stop_on", "eos"))
 
   @jax.jit
   def generate_tokens(params, images, vad_table, rng):
@@ -269,7 +286,7 @@ def make_generate_fn(model, eval_cfg: ml_collections.ConfigDict, tokenizer, outp
     patches = model.apply({"params": params}, images, method=model.encode_image)
     tokens, _ = generate(
         model, params, patches, vad_table, prompt_ids, max_new_tokens=eval_cfg.max_new_tokens,
-        because_id=tokenizer.because_id, eos_id=vocab.EOS_ID, pad_id=vocab.PAD_ID,
+        because_id=tokenizer.because_id, eos_id=stops, pad_id=vocab.PAD_ID,
         method=eval_cfg.decoding, top_p=eval_cfg.top_p, temperature=eval_cfg.temperature, rng=rng,
         output_ids=output_ids, steps_per_check=steps_per_check)
     return tokens
@@ -287,19 +304,28 @@ def _clean(text: str) -> str:
   return " ".join(text.split())
 
 
-def parse_generation(text: str) -> tuple[str, str]:
+EXPLANATION_AFTER = ("first_because", "last_because")
+
+
+def parse_generation(text: str, explanation_after: str = "first_because") -> tuple[str, str]:
   """(emotion text, explanation text) of a generation.
 
   The emotion is the text before the first "because" and the explanation the
-  text after it (a leading "the emotion is" prompt is dropped). Without
-  "because", a leading emotion name (e.g. "something else") is split off as
-  the emotion and the rest is the explanation; otherwise the whole text is the
-  emotion and the explanation is empty.
+  text after it (a leading "the emotion is" prompt is dropped); with
+  explanation_after="last_because", the text after the last "because", as the
+  public code splits (an explanation that itself says "because" loses its
+  start). Without "because", a leading emotion name (e.g. "something else") is
+  split off as the emotion and the rest is the explanation; otherwise the whole
+  text is the emotion and the explanation is empty.
   """
+  if explanation_after not in EXPLANATION_AFTER:
+    raise ValueError(f"eval.explanation_after={explanation_after!r}; choose one of "
+                     f"{', '.join(EXPLANATION_AFTER)}")
   text = _PROMPT.sub("", text, count=1)
-  m = _BECAUSE.search(text)
-  if m:
-    return _clean(text[:m.start()]), _clean(text[m.end():])
+  found = list(_BECAUSE.finditer(text))
+  if found:
+    last = found[-1] if explanation_after == "last_because" else found[0]
+    return _clean(text[:found[0].start()]), _clean(text[last.end():])
   words = text.split()
   lowered = [w.lower() for w in words]
   for name in sorted(EMOTIONS, key=len, reverse=True):
@@ -310,7 +336,8 @@ def parse_generation(text: str) -> tuple[str, str]:
 
 
 def token_text(tokenizer, ids: np.ndarray) -> str:
-  """Generated ids up to the first <eos>, as text."""
+  """Generated ids up to the first <eos>, as text; the added tokens (among them the other stop
+  tokens of eval.stop_on='any_special', and the padding after a stop) are left out."""
   ids = [int(i) for i in ids]
   if vocab.EOS_ID in ids:
     ids = ids[:ids.index(vocab.EOS_ID)]
@@ -322,8 +349,8 @@ def full_sentence(generated: str) -> str:
   return (vocab.PROMPT + generated).strip()
 
 
-def prediction(tokenizer, ids: np.ndarray) -> dict[str, str]:
+def prediction(tokenizer, ids: np.ndarray, explanation_after: str = "first_because") -> dict[str, str]:
   """One generation's emotion, explanation and whole sentence."""
   text = token_text(tokenizer, ids)
-  emotion, explanation = parse_generation(text)
+  emotion, explanation = parse_generation(text, explanation_after)
   return {"emotion": emotion, "explanation": explanation, "text": full_sentence(text)}

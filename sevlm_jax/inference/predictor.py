@@ -92,6 +92,8 @@ class Predictor:
     self.vad_table = jax.numpy.asarray(vad_table)
     self.batch_size = batch_size or config.eval.batch_size
     self.image_size = config.data.image_size
+    self.resize_filter = config.data.get("resize_filter", "bicubic")  # as the training data was
+    self.explanation_after = config.eval.get("explanation_after", "first_because")
     self._generate = decode_lib.make_generate_fn(self.model, config.eval, self.tokenizer,
                                                output_ids)
     self._emotion_probs = make_emotion_fn(self.model, self.tokenizer, output_ids)
@@ -115,7 +117,8 @@ class Predictor:
     return cls(config, params, np.load(table_path), batch_size=batch_size, output_ids=output_ids)
 
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
-    return np.stack([images_lib.to_pixels(im, self.image_size, f"image {i}") for i, im in enumerate(images)])
+    return np.stack([images_lib.to_pixels(im, self.image_size, f"image {i}", self.resize_filter)
+                     for i, im in enumerate(images)])
 
   def _batches(self, images):
     """(padded uint8 batch, number of real rows) chunks: a fixed batch shape compiles once."""
@@ -144,5 +147,6 @@ class Predictor:
     for padded, n in self._batches(images):
       self._rng, rng = jax.random.split(self._rng)
       tokens = np.asarray(self._generate(self.params, padded, self.vad_table, rng))
-      out += [decode_lib.prediction(self.tokenizer, tokens[row]) for row in range(n)]
+      out += [decode_lib.prediction(self.tokenizer, tokens[row], self.explanation_after)
+              for row in range(n)]
     return out

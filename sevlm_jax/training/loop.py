@@ -163,7 +163,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run, mes
                                  batch_size=config.train.batch_size // parts,
                                  max_len=config.data.max_len, seed=config.seed,
                                  worker_count=config.data.worker_count, shard_index=part,
-                                 shard_count=parts)
+                                 shard_count=parts,
+                                 pair_anchor=config.train.get("pair_anchor", "cycle"))
   total_steps = total_train_steps(config, run.ready_dir)
   trainable, _ = optim_lib.split_params(run.abstract_params, config.optim.train_vision)
   tx = optim_lib.create_optimizer(config.optim, trainable, total_steps)

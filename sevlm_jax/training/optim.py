@@ -4,10 +4,21 @@ Parameters are grouped by their top-level collection name in the SEVLM params tr
 ('vision', 'decoder', 'vad_encoder', 'vad_fusion', 'vad_head', 'contrastive_head').
 A frozen vision tower is not given to the optimiser at all: the train step takes
 gradients only of the trainable part, so the tower's gradients are never computed.
+
+Two forms of AdamW (optim.adam_form):
+  optax         optax.adamw: m_hat / (sqrt(v_hat) + eps), then lr * weight_decay * p, both on
+                the weights before the step (Kingma & Ba's Algorithm 1; torch.optim.AdamW too).
+  transformers  the AdamW of transformers 4.x that the public code imports (correct_bias=True):
+                eps is added to sqrt(v) before the bias correction, so it acts as
+                eps / sqrt(1 - b2^t) on the corrected moments (31.6 x eps at step 1), and the
+                decay lr * weight_decay * p is applied to the weights after the Adam step.
+With weight_decay 0 (the recipe) the forms differ only in where eps sits.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -35,6 +46,45 @@ def learning_rate_schedule(peak_lr: float, total_steps: int, warmup_steps: int) 
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
+ADAM_FORMS = ("optax", "transformers")
+
+
+class TransformersAdamState(NamedTuple):
+  count: jax.Array  # steps taken
+  mu: Params
+  nu: Params
+
+
+def transformers_adamw(learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9, b2: float = 0.999,
+                       eps: float = 1e-6, weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """transformers' (4.x) AdamW with correct_bias=True, as an optax transformation (see above)."""
+
+  def init(params):
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    return TransformersAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
+
+  def update(grads, state, params=None):
+    if weight_decay and params is None:
+      raise ValueError("transformers_adamw with weight_decay needs the params")
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, grads)
+    count = optax.safe_increment(state.count)
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    t = count.astype(jnp.float32)
+    step_size = lr * jnp.sqrt(1 - b2**t) / (1 - b1**t)
+
+    def one(m, v, p):
+      step = step_size * m / (jnp.sqrt(v) + eps)
+      if not weight_decay:
+        return -step
+      return -step - lr * weight_decay * (p - step)  # decay of the already updated weights
+
+    updates = jax.tree.map(one, mu, nu, grads if params is None else params)
+    return updates, TransformersAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init, update)
+
+
 def _group_of(name: str) -> str:
   if name == "vision":
     return "vision"
@@ -48,9 +98,16 @@ def create_optimizer(optim: ml_collections.ConfigDict, trainable: Params, total_
   """AdamW for the trainable params, one learning-rate schedule per group."""
   peak = {"decoder": optim.lr, "vad_encoder": optim.vad_encoder_lr, "vision": optim.vision_lr}
 
+  eps = optim.get("adam_eps", 1e-8)  # absent from older runs' configs
+  form = optim.get("adam_form", "optax")
+  if form not in ADAM_FORMS:
+    raise ValueError(f"optim.adam_form={form!r}; choose one of {ADAM_FORMS}")
+
   def adamw(lr):
-    return optax.adamw(learning_rate_schedule(lr, total_steps, optim.warmup_steps),
-                       weight_decay=optim.weight_decay)
+    schedule = learning_rate_schedule(lr, total_steps, optim.warmup_steps)
+    if form == "transformers":
+      return transformers_adamw(schedule, eps=eps, weight_decay=optim.weight_decay)
+    return optax.adamw(schedule, eps=eps, weight_decay=optim.weight_decay)
 
   labels = {k: _group_of(k) for k in trainable}
   groups = sorted(set(labels.values()))

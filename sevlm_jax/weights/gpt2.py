@@ -8,7 +8,11 @@ Tolerated, explicitly:
   GPT-2 checkpoints: all present, or all absent (then they keep their fresh
   initialisation);
 - the word table growing from GPT-2's 50257 rows to the configured vocabulary
-  (SEVLM's 4 added tokens), the new rows set to the mean of the existing ones;
+  (SEVLM's 4 added tokens), the new rows set to the mean of the existing ones
+  (new_token_init="mean": the added tokens start where an average token is, so the
+  segment embeddings they double as do not shift every position's input), or drawn
+  independently from N(0, 0.02) ("normal": what transformers 4.x's
+  resize_token_embeddings did for the public code, GPT-2's initializer_range);
 - a position table longer than model.decoder.max_positions (truncated);
 - causal-mask buffers (attn.bias, attn.masked_bias) and lm_head.weight, which
   must equal the word table (SEVLM ties them).
@@ -31,13 +35,25 @@ def detect_prefix(tensors: dict[str, np.ndarray]) -> str:
   return "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
 
 
-def grow_word_table(vocab_size: int):
+NEW_TOKEN_INITS = ("mean", "normal")
+NEW_ROW_STD = 0.02  # GPT-2's initializer_range
+_NEW_ROWS_TAG = 4  # keeps this random stream apart from others drawn from the run's seed
+
+
+def grow_word_table(vocab_size: int, new_token_init: str = "mean", seed: int = 0):
+  if new_token_init not in NEW_TOKEN_INITS:
+    raise ValueError(f"new_token_init must be one of {NEW_TOKEN_INITS}, got {new_token_init!r}")
+
   def fn(wte: np.ndarray) -> np.ndarray:
     rows = wte.shape[0]
     if rows == vocab_size or rows != vocab.GPT2_VOCAB_SIZE or vocab_size < rows:
       return wte  # a mismatch other than GPT-2 -> SEVLM is reported by the shape check
-    new = np.broadcast_to(wte.mean(axis=0, keepdims=True), (vocab_size - rows, wte.shape[1]))
-    return np.concatenate([wte, new], axis=0)
+    shape = (vocab_size - rows, wte.shape[1])
+    if new_token_init == "normal":
+      new = np.random.default_rng([seed, _NEW_ROWS_TAG]).normal(0.0, NEW_ROW_STD, shape)
+    else:
+      new = np.broadcast_to(wte.mean(axis=0, keepdims=True), shape)
+    return np.concatenate([wte, new.astype(wte.dtype)], axis=0)
   return fn
 
 
@@ -47,10 +63,11 @@ def truncate_positions(max_positions: int):
   return fn
 
 
-def key_map(config: DecoderConfig, prefix: str) -> KeyMap:
+def key_map(config: DecoderConfig, prefix: str, new_token_init: str = "mean", seed: int = 0) -> KeyMap:
   p = prefix
   rules = [
-      Rule(p + "wte.weight", ("wte", "embedding"), grow_word_table(config.vocab_size)),
+      Rule(p + "wte.weight", ("wte", "embedding"),
+           grow_word_table(config.vocab_size, new_token_init, seed)),
       Rule(p + "wpe.weight", ("wpe", "embedding"), truncate_positions(config.max_positions)),
   ]
   for i in range(config.layers):

@@ -38,16 +38,18 @@ def _replace(subtree: dict, converted: dict) -> dict:
   return unflatten(flat)
 
 
-def load_gpt2(decoder_params: dict, config: ModelConfig, source: Source) -> dict:
-  """params['decoder'] with the GPT-2 weights of `source` in place."""
+def load_gpt2(decoder_params: dict, config: ModelConfig, source: Source, new_token_init: str = "mean",
+              seed: int = 0) -> dict:
+  """params['decoder'] with the GPT-2 weights of `source` in place; the added tokens' rows as
+  new_token_init says (weights/gpt2.py), "normal" ones drawn from `seed`."""
   tensors, where = read_tensors(source)
   prefix = gpt2_map.detect_prefix(tensors)
-  key_map = gpt2_map.key_map(config.decoder, prefix)
+  key_map = gpt2_map.key_map(config.decoder, prefix, new_token_init, seed)
   converted, absent = apply_key_map(tensors, key_map, flatten(decoder_params), where, "decoder")
   gpt2_map.check_tied_head(tensors, prefix, where)
   rows = tensors[prefix + "wte.weight"].shape[0]
   logging.info("loaded GPT-2 weights from %s (%d word rows%s%s)", where, rows,
-               f", {config.decoder.vocab_size - rows} new rows = mean"
+               f", {config.decoder.vocab_size - rows} new rows: {new_token_init}"
                if rows < config.decoder.vocab_size else "",
                ", cross-attention newly initialised" if absent else "")
   return _replace(decoder_params, converted)
@@ -63,7 +65,7 @@ def load_clip(vision_params: dict, config: ModelConfig, source: Source) -> dict:
 
 
 def load_pretrained(params: dict, config: ModelConfig | dict, *, gpt2: Source | None = None,
-                    clip: Source | None = None) -> dict:
+                    clip: Source | None = None, new_token_init: str = "mean", seed: int = 0) -> dict:
   """A copy of `params` with the decoder from `gpt2` and the vision tower from `clip`.
 
   Either source may be None (that tower keeps its current values). Raises
@@ -76,7 +78,7 @@ def load_pretrained(params: dict, config: ModelConfig | dict, *, gpt2: Source | 
       raise CheckpointError(f"params have no '{name}' collection; pass the output of init_params")
   out = dict(params)
   if gpt2 is not None:
-    out["decoder"] = load_gpt2(params["decoder"], config, gpt2)
+    out["decoder"] = load_gpt2(params["decoder"], config, gpt2, new_token_init, seed)
   if clip is not None:
     out["vision"] = load_clip(params["vision"], config, clip)
   return out

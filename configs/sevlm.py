@@ -59,11 +59,16 @@ def _base() -> ml_collections.ConfigDict:
   c.pretrained = ml_collections.ConfigDict()
   c.pretrained.gpt2 = "distilgpt2"  # local directory or hub name; "" = random init
   c.pretrained.clip = "openai/clip-vit-base-patch16"
+  # The authors' released SEVLM (a directory holding nle_model_*/ and ckpt_stats_*.tar, or the
+  # hub name jing5566/SEVLM): every part but the vision tower; "" = none. See README.
+  c.pretrained.sevlm = ""
 
   c.loss = ml_collections.ConfigDict()
   c.loss.lm_weight = 1.0
   c.loss.vad_weight = 1.0
   c.loss.contrastive_weight = 1.0
+  # 0: exact InfoNCE; > 0: the public code's -log(eps + e^s+ / (eps + sum)) form (1e-8 there).
+  c.loss.contrastive_eps = 0.0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-5  # decoder, fusion, heads
@@ -92,6 +97,9 @@ def _base() -> ml_collections.ConfigDict:
   # per image shared by the two sequences of its pair.
   c.train.pad_vocab_to = 128
   c.train.pair_kv_once = True
+  # Other-image negatives of the contrastive loss: 'random' (one random shift per batch) or
+  # 'public' (the public code's neg_ids draw).
+  c.train.negatives = "random"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

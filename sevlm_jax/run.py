@@ -215,6 +215,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f"{', '.join(vad_lib.FORMATS)}")
   if config.output_vocab not in ("full", "train_tokens"):
     raise ConfigError(f"output_vocab={config.output_vocab!r}; choose 'full' or 'train_tokens'")
+  negatives = config.train.get("negatives", "random")
+  if negatives not in ("random", "public"):
+    raise ConfigError(f"train.negatives={negatives!r}; choose 'random' or 'public'")
+  eps = config.loss.get("contrastive_eps", 0.0)
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
+    raise ConfigError(f"loss.contrastive_eps={eps!r}; use 0 (exact InfoNCE) or a small positive"
+                      " number (1e-8 in the public code)")
 
 
 def check_workdir(workdir: str) -> None:

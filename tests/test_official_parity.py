@@ -316,3 +316,33 @@ def test_invalid_switch_values_are_named():
                                                    "mean_over_padding": 1}})
   with pytest.raises(ValueError, match="eps must be >= 0"):
     losses.contrastive_loss(np.zeros(2), np.zeros((2, 2)), eps=-1.0)
+
+
+# --- evaluating and predicting with the released model ---------------------------------------------
+
+
+def test_evaluate_and_predict_the_released_model_without_a_training_checkpoint(tmp_path_factory):
+  from sevlm_jax import main as main_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.inference import predictor as inference  # pylint: disable=import-outside-toplevel
+  import test_train  # pylint: disable=import-outside-toplevel
+  demo_root = test_train.demo_root(tmp_path_factory)
+  overrides = {"model.contrastive.layers": 4, "model.fixed_emotion_len": 6,
+               "model.vad.causal": False, "model.vad.mask_padding": False,
+               "model.contrastive.mean_over_padding": True}
+  config = test_train.tiny_config(demo_root, **overrides)
+  model_config = ModelConfig.from_dict(config.model)
+  model, emo = torch_models(model_config)
+  released_dir = tmp_path_factory.mktemp("released_tiny")
+  public.save_public_checkpoint(model, emo, str(released_dir), name="2")
+  config.pretrained.sevlm = str(released_dir)
+  workdir = tmp_path_factory.mktemp("evaluate_released")
+  results = main_lib.evaluate(config, str(workdir))
+  assert results["checkpoint"] == {"kind": "pretrained.sevlm", "step": 0}
+  assert 0.0 <= results["ACC"] <= 1.0
+  # The workdir now holds config.json and the VAD table: prediction runs the same weights.
+  predictor = inference.Predictor.from_workdir(str(workdir))
+  np.testing.assert_allclose(np.asarray(predictor.params["vad_head"]["kernel"]),
+                             model.VAD_head.weight.detach().numpy().T)
+  image = np.zeros((32, 32, 3), np.uint8)
+  (pred,) = predictor.predict([image])
+  assert set(pred) >= {"emotion", "explanation"}

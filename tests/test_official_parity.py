@@ -346,3 +346,32 @@ def test_evaluate_and_predict_the_released_model_without_a_training_checkpoint(t
   image = np.zeros((32, 32, 3), np.uint8)
   (pred,) = predictor.predict([image])
   assert set(pred) >= {"emotion", "explanation"}
+
+
+def test_generation_with_the_public_switches_sees_only_the_tokens_so_far(vad_table):
+  """Generation re-runs the full pass; the unfilled slots stay masked even with
+  vad.mask_padding=False, as the public code generates over the exact prefix."""
+  from sevlm_jax.inference.decode import generate  # pylint: disable=import-outside-toplevel
+  from conftest import random_params  # pylint: disable=import-outside-toplevel
+  config = config_with(**OFFICIAL)
+  params = random_params(config, seed=2, std=0.2)
+  model = SEVLM(config)
+  patches = np.random.default_rng(0).standard_normal((2, 16, 64)).astype(np.float32)
+  prompt = np.array([vocab.BOS_ID, 262, 9942, 318], np.int32)
+  n = 5
+  tokens, lengths, logits = generate(model, params, patches, vad_table, prompt, max_new_tokens=n,
+                                     because_id=BECAUSE_ID, eos_id=vocab.EOS_ID,
+                                     pad_id=vocab.PAD_ID, return_logits=True)
+  tokens, logits = np.asarray(tokens), np.asarray(logits)
+  steps = min(n, int(np.min(lengths)) + 1)  # while no sequence has ended
+  assert steps >= 3
+  for i in range(steps):
+    ids = np.concatenate([np.tile(prompt, (2, 1)), tokens[:, :i]], axis=1)
+    segs = np.full(ids.shape, vocab.EMOTION_SEGMENT_ID, np.int32)
+    for row in range(2):  # from a generated " because" on: explanation
+      hits = np.flatnonzero(ids[row] == BECAUSE_ID)
+      if hits.size:
+        segs[row, hits[0]:] = vocab.EXPLANATION_SEGMENT_ID
+    ref = model.apply({"params": params}, patches, ids, segs, vad_table[ids],
+                      np.ones(ids.shape, np.int32))["logits"][:, -1]
+    assert rel_err(logits[:, i], ref) <= TOL, i

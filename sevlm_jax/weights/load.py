@@ -69,8 +69,8 @@ def load_sevlm(params: dict, config: ModelConfig, source: Source) -> dict:
   model_dir, stats = sevlm_map.locate(str(source))
   tensors, where = sevlm_map.read_decoder_tensors(model_dir)
   parts = {k: params[k] for k in sevlm_map.DECODER_PARTS if k in params}
-  converted, _ = apply_key_map(tensors, sevlm_map.decoder_key_map(config), flatten(parts), where,
-                               "params")
+  key_map = sevlm_map.decoder_key_map(config, gpt2_map.key_map(config.decoder, "transformer."))
+  converted, _ = apply_key_map(tensors, key_map, flatten(parts), where, "params")
   gpt2_map.check_tied_head(tensors, "transformer.", where)
   out = dict(params)
   out.update(_replace(parts, converted))

@@ -24,7 +24,6 @@ import numpy as np
 
 from sevlm_jax.errors import CheckpointError
 from sevlm_jax.models.config import ModelConfig
-from sevlm_jax.weights import gpt2 as gpt2_map
 from sevlm_jax.weights import io as weights_io
 from sevlm_jax.weights import torch_zip
 from sevlm_jax.weights.mapping import KeyMap, Rule, transpose
@@ -132,10 +131,14 @@ def _linear(src: str, dst: tuple[str, ...]) -> list[Rule]:
   return [Rule(src + ".weight", dst + ("kernel",), transpose), Rule(src + ".bias", dst + ("bias",))]
 
 
-def decoder_key_map(config: ModelConfig) -> KeyMap:
-  """nle_model_* keys -> params paths under DECODER_PARTS (cross-attention required)."""
+def decoder_key_map(config: ModelConfig, gpt2_key_map: KeyMap) -> KeyMap:
+  """nle_model_* keys -> params paths under DECODER_PARTS (cross-attention required).
+
+  gpt2_key_map: weights.gpt2.key_map(config.decoder, 'transformer.'), whose rules are the
+  decoder's and whose ignore predicate skips the causal-mask buffers and the tied lm_head.
+  """
   rules = []
-  for r in gpt2_map.key_map(config.decoder, "transformer.").rules:
+  for r in gpt2_key_map.rules:
     # The word table already has SEVLM's 50261 rows: no growing, and nothing optional.
     transform = (lambda x: x) if r.target == ("wte", "embedding") else r.transform
     rules.append(Rule(r.source, ("decoder",) + r.target, transform))
@@ -147,21 +150,21 @@ def decoder_key_map(config: ModelConfig) -> KeyMap:
                           f" contrastive head has {len(_CONTRASTIVE_LAYERS) - 1}")
   for index, name in zip(_CONTRASTIVE_LAYERS, names):
     rules += _linear(f"sim_mlp.pred.{index}", ("contrastive_head", name))
-
-  def ignore(key: str) -> bool:
-    return key == "lm_head.weight" or (key.startswith("transformer.h.")
-                                       and key.endswith(gpt2_map._BUFFERS))  # pylint: disable=protected-access
-
-  return KeyMap(tuple(rules), ignore,
+  return KeyMap(tuple(rules), gpt2_key_map.ignore,
                 hint=f"Expected the public SEVLM GPT-2 subclass with {config.decoder.layers} layers,"
                      f" width {config.decoder.width}, cross-attention, VAD_linear, VAD_head and"
                      " the contrastive head (model.*).")
 
 
+def _first_rows(rows: int):
+  """The public encoder's position table has 5000 rows; the first model.vad.max_positions are used."""
+  return lambda table: table[:rows] if table.shape[0] > rows else table
+
+
 def vad_encoder_key_map(config: ModelConfig) -> KeyMap:
   """emo_encoder_state_dict keys -> params['vad_encoder'] paths."""
   rules = [Rule("pos_encoder.weight", ("position_embedding",),
-                gpt2_map.truncate_positions(config.vad.max_positions)),
+                _first_rows(config.vad.max_positions)),
            Rule("norm.weight", ("norm", "scale")), Rule("norm.bias", ("norm", "bias"))]
   for i in range(config.vad.layers):
     src, dst = f"encoder.layers.{i}.", (f"layers_{i}",)

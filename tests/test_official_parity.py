@@ -348,12 +348,15 @@ def test_evaluate_and_predict_the_released_model_without_a_training_checkpoint(t
   assert set(pred) >= {"emotion", "explanation"}
 
 
-def test_generation_with_the_public_switches_sees_only_the_tokens_so_far(vad_table):
-  """Generation re-runs the full pass; the unfilled slots stay masked even with
-  vad.mask_padding=False, as the public code generates over the exact prefix."""
+@pytest.mark.parametrize("switches", [OFFICIAL, dict(fixed_emotion_len=6)],
+                         ids=["public_switches_full_pass", "fixed_emotion_len_kv_cache"])
+def test_generation_equals_the_full_pass_over_the_tokens_so_far(vad_table, switches):
+  """With the public switches generation re-runs the full pass, and the unfilled slots stay
+  masked even with vad.mask_padding=False, as the public code generates over the exact prefix;
+  with a causal encoder the KV-cached steps fuse VAD from position fixed_emotion_len on."""
   from sevlm_jax.inference.decode import generate  # pylint: disable=import-outside-toplevel
   from conftest import random_params  # pylint: disable=import-outside-toplevel
-  config = config_with(**OFFICIAL)
+  config = config_with(**switches)
   params = random_params(config, seed=2, std=0.2)
   model = SEVLM(config)
   patches = np.random.default_rng(0).standard_normal((2, 16, 64)).astype(np.float32)
@@ -364,7 +367,7 @@ def test_generation_with_the_public_switches_sees_only_the_tokens_so_far(vad_tab
                                      pad_id=vocab.PAD_ID, return_logits=True)
   tokens, logits = np.asarray(tokens), np.asarray(logits)
   steps = min(n, int(np.min(lengths)) + 1)  # while no sequence has ended
-  assert steps >= 3
+  assert steps >= 4  # prefixes reach position 6, the first fused one in fixed mode
   for i in range(steps):
     ids = np.concatenate([np.tile(prompt, (2, 1)), tokens[:, :i]], axis=1)
     segs = np.full(ids.shape, vocab.EMOTION_SEGMENT_ID, np.int32)
@@ -375,3 +378,22 @@ def test_generation_with_the_public_switches_sees_only_the_tokens_so_far(vad_tab
     ref = model.apply({"params": params}, patches, ids, segs, vad_table[ids],
                       np.ones(ids.shape, np.int32))["logits"][:, -1]
     assert rel_err(logits[:, i], ref) <= TOL, i
+
+
+def test_config_fields_default_to_our_behaviour_and_bad_values_are_named():
+  from sevlm_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  import test_train  # pylint: disable=import-outside-toplevel
+  config = test_train.load_config("artemis_v1")
+  assert config.model.fixed_emotion_len == 0 and config.model.vad.mask_padding
+  assert not config.model.contrastive.mean_over_padding
+  assert config.loss.contrastive_eps == 0.0 and config.train.negatives == "random"
+  assert config.pretrained.sevlm == ""
+  run_lib.check_config(config)
+  for field, value, match in (("train.negatives", "nearest", "train.negatives='nearest'"),
+                              ("loss.contrastive_eps", -1e-8, "loss.contrastive_eps=-1e-08")):
+    bad = test_train.load_config("artemis_v1")
+    section, name = field.split(".")
+    bad[section][name] = value
+    with pytest.raises(ConfigError, match=match):
+      run_lib.check_config(bad)

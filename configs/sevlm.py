@@ -45,6 +45,11 @@ VARIANTS = ("artemis_v1", "artemis_v2", "demo", "official", "no_vad_embedding", 
 OFFICIAL = {
     "model.vad.causal": False,  # bidirectional VAD encoder
     "model.image_norm": "imagenet",  # ImageNet mean/std instead of CLIP's
+    "model.vad.mask_padding": False,  # the VAD encoder gets no mask: it attends to padding too
+    "model.fixed_emotion_len": 6,  # positions < 6 are the emotion part, whatever the emotion
+    "model.contrastive.mean_over_padding": True,  # explanation mean over padding positions too
+    "loss.contrastive_eps": 1e-8,  # -log(eps + softmax)
+    "train.negatives": "public",  # the neg_ids draw of the other-image negatives
     "data.resize_filter": "bilinear",  # torchvision Resize's default
     "data.vad_lookup": "lemma_only",  # utils/get_VADfeature.py
     "pretrained.new_token_init": "normal",  # resize_token_embeddings of transformers 4.x
@@ -97,11 +102,16 @@ def _base() -> ml_collections.ConfigDict:
   # (independent N(0, 0.02) rows drawn from the run's seed, as transformers 4.x's
   # resize_token_embeddings gave the public code).
   c.pretrained.new_token_init = "mean"
+  # The authors' released SEVLM (a directory holding nle_model_*/ and ckpt_stats_*.tar, or the
+  # hub name jing5566/SEVLM): every part but the vision tower; "" = none. See README.
+  c.pretrained.sevlm = ""
 
   c.loss = ml_collections.ConfigDict()
   c.loss.lm_weight = 1.0
   c.loss.vad_weight = 1.0
   c.loss.contrastive_weight = 1.0
+  # 0: exact InfoNCE; > 0: the public code's -log(eps + e^s+ / (eps + sum)) form (1e-8 there).
+  c.loss.contrastive_eps = 0.0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-5  # decoder, fusion, heads
@@ -135,6 +145,9 @@ def _base() -> ml_collections.ConfigDict:
   # per image shared by the two sequences of its pair.
   c.train.pad_vocab_to = 128
   c.train.pair_kv_once = True
+  # Other-image negatives of the contrastive loss: 'random' (one random shift per batch) or
+  # 'public' (the public code's neg_ids draw).
+  c.train.negatives = "random"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

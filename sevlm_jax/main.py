@@ -169,10 +169,12 @@ def _run_mode(mode: str, config: ml_collections.ConfigDict | None, workdir: str)
     raise app.UsageError(f"--config is required for {mode}, e.g. --config=configs/sevlm.py:demo")
   if _CHECKPOINT.value:
     config.eval.checkpoint = _CHECKPOINT.value
-  if mode == "evaluate" and not checkpoints.has_checkpoint(workdir):
+  if (mode == "evaluate" and not checkpoints.has_checkpoint(workdir)
+      and not config.pretrained.get("sevlm", "")):
     raise errors.CheckpointNotFoundError(
         f"no checkpoint in {os.path.abspath(workdir)}: train first (--mode=train with the same "
-        "--workdir) or point --workdir at a trained run")
+        "--workdir), point --workdir at a trained run, or evaluate the authors' released model "
+        "(--config.pretrained.sevlm=DIR)")
   parallel.maybe_initialize_distributed(config.parallel)  # before anything touches a device
   if mode == "train":
     if config.demo_blind_baseline:

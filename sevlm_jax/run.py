@@ -31,6 +31,7 @@ from sevlm_jax.models import config as model_config_lib
 from sevlm_jax.models import sevlm as sevlm_lib
 from sevlm_jax.weights import io as weights_io
 from sevlm_jax.weights import load as weights
+from sevlm_jax.weights import sevlm as sevlm_weights
 
 ARTEMIS_HELP = (
     "ArtEmis is not downloadable from here: get artemis_dataset_release_v0.csv (v1.0) or the v2.0 "
@@ -225,6 +226,7 @@ _CHOICES = {
     "train.pair_anchor": ("cycle", "last"),
     "eval.stop_on": ("eos", "any_special"),
     "eval.explanation_after": ("first_because", "last_because"),
+    "train.negatives": ("random", "public"),
 }
 
 
@@ -256,6 +258,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     value = config[group].get(name, choices[0])  # absent from older runs' configs: the default
     if value not in choices:
       raise ConfigError(f"{field}={value!r}; choose one of {', '.join(choices)}")
+  eps = config.loss.get("contrastive_eps", 0.0)
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
+    raise ConfigError(f"loss.contrastive_eps={eps!r}; use 0 (exact InfoNCE) or a small positive"
+                      " number (1e-8 in the public code)")
 
 
 def check_workdir(workdir: str) -> None:
@@ -283,11 +289,16 @@ def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: 
   if not ckpt_lib.has_checkpoint(workdir, ("latest",)):  # a resumed run reads no pretrained weights
     for field in ("gpt2", "clip"):
       source = config.pretrained[field]
-      if source:
+      if source and not (field == "gpt2" and config.pretrained.get("sevlm", "")):
         try:
           weights_io.resolve(source)
         except errors.CheckpointError as e:
           raise ConfigError(f"pretrained.{field}={source!r}: {e}") from None
+    if config.pretrained.get("sevlm", ""):
+      try:
+        sevlm_weights.locate(config.pretrained.sevlm)
+      except errors.CheckpointError as e:
+        raise ConfigError(f"pretrained.sevlm={config.pretrained.sevlm!r}: {e}") from None
   if config.data.source != "demo" and records.is_complete(ready_dir):
     meta = records.load_meta(ready_dir)
     text = meta.get("text_preprocessing", "raw")  # data sets prepared before the switch: raw
@@ -333,12 +344,24 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str, write_config: b
 
 def initial_params(config: ml_collections.ConfigDict, run: Run) -> Any:
   """Random init, then the pretrained towers the config names."""
-  params = sevlm_lib.init_params(run.model.config, jax.random.PRNGKey(config.seed))
-  if config.pretrained.gpt2 or config.pretrained.clip:
-    params = weights.load_pretrained(
-        params, run.model.config, gpt2=config.pretrained.gpt2 or None,
-        clip=config.pretrained.clip or None, seed=config.seed,
-        new_token_init=config.pretrained.get("new_token_init", "mean"))
-    logging.info("loaded pretrained weights: gpt2=%s clip=%s", config.pretrained.gpt2,
-                 config.pretrained.clip)
+  return pretrained_params(config, run.model.config)
+
+
+def pretrained_params(config: ml_collections.ConfigDict, model_config) -> Any:
+  """Random init, then the pretrained weights the config names (pretrained.sevlm, the authors'
+  released model, replaces pretrained.gpt2)."""
+  params = sevlm_lib.init_params(model_config, jax.random.PRNGKey(config.seed))
+  sevlm = config.pretrained.get("sevlm", "")
+  if config.pretrained.gpt2 or config.pretrained.clip or sevlm:
+    params = weights.load_pretrained(params, model_config, gpt2=config.pretrained.gpt2 or None,
+                                     clip=config.pretrained.clip or None, sevlm=sevlm or None, seed=config.seed,
+                                     new_token_init=config.pretrained.get("new_token_init", "mean"))
+    logging.info("loaded pretrained weights: gpt2=%s clip=%s sevlm=%s",
+                 "" if sevlm else config.pretrained.gpt2, config.pretrained.clip, sevlm)
   return params
+
+
+def evaluates_imported_weights(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """No trained checkpoint in the workdir, and the authors' released model is named: evaluation
+  and prediction then run the imported weights."""
+  return bool(config.pretrained.get("sevlm", "")) and not ckpt_lib.has_checkpoint(workdir)

@@ -10,6 +10,11 @@ from test_train import TINY, compile_cache, load_config, run_main
 SWITCHES = {
     "model.vad.causal": (True, False),
     "model.image_norm": ("clip", "imagenet"),
+    "model.vad.mask_padding": (True, False),
+    "model.fixed_emotion_len": (0, 6),
+    "model.contrastive.mean_over_padding": (False, True),
+    "loss.contrastive_eps": (0.0, 1e-8),
+    "train.negatives": ("random", "public"),
     "data.resize_filter": ("bicubic", "bilinear"),
     "data.vad_lookup": ("word_then_lemma", "lemma_only"),
     "pretrained.new_token_init": ("mean", "normal"),

@@ -171,7 +171,12 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: run_lib.R
   mesh = parallel.make_mesh(config.parallel)
   target = parallel.with_shardings(
       run.abstract_params, parallel.tree_shardings(run.abstract_params, mesh, config.parallel))
-  params, meta = ckpt_lib.restore_params(workdir, config.eval.checkpoint, abstract_params=target)
+  if run_lib.evaluates_imported_weights(config, workdir):  # the authors' released model
+    params = parallel.put(run_lib.pretrained_params(config, run.model.config),
+                          jax.tree.map(lambda x: x.sharding, target))
+    meta = {"checkpoint": "pretrained.sevlm", "step": 0}
+  else:
+    params, meta = ckpt_lib.restore_params(workdir, config.eval.checkpoint, abstract_params=target)
   split = config.eval.split
   t0 = time.time()
   preds = predict_split(run, params, split, config)

@@ -13,6 +13,7 @@ step (still jitted), which is what the public code does.
 
 """
 
+import dataclasses
 import functools
 import re
 from typing import Sequence
@@ -95,6 +96,10 @@ def _generate(model: SEVLM, params, images_or_patches, vad_table_Vx3, prompt_L, 
   else:
     ids_BxT = jnp.full((b, total), pad_id, jnp.int32).at[:, :lp].set(prompt_BxL)
     segs_BxT = jnp.full((b, total), emo)
+    # The buffer's unfilled slots are not tokens: even where training attends to padding
+    # (model.vad.mask_padding=False, as the public code), they stay masked here, as the public
+    # code generates over the tokens so far only.
+    model = SEVLM(dataclasses.replace(c, vad=dataclasses.replace(c.vad, mask_padding=True)))
 
     def run(ids_BxT, segs_BxT, length):
       mask_BxT = jnp.broadcast_to(jnp.arange(total) < length, (b, total)).astype(jnp.int32)

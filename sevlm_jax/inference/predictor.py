@@ -111,7 +111,10 @@ class Predictor:
             "python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=DIR)")
     with open(config_path, encoding="utf-8") as f:
       config = ml_collections.ConfigDict(json.load(f))
-    params, _ = ckpt_lib.restore_params(workdir, checkpoint)
+    if run_lib.evaluates_imported_weights(config, workdir):  # the authors' released model
+      params = run_lib.pretrained_params(config, run_lib.build_model(config).config)
+    else:
+      params, _ = ckpt_lib.restore_params(workdir, checkpoint)
     vocab_path = os.path.join(workdir, "output_vocab.npy")
     output_ids = np.load(vocab_path) if os.path.exists(vocab_path) else None
     return cls(config, params, np.load(table_path), batch_size=batch_size, output_ids=output_ids)

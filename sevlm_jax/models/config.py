@@ -55,6 +55,9 @@ class VADConfig:
   mlp_dim: int = 128
   max_positions: int = 1024
   causal: bool = True  # False reproduces the public code's bidirectional encoder
+  # False: padding keys are attended to as well, as the public encoder is given no mask
+  # (with causal=False, real tokens then see the padding after them).
+  mask_padding: bool = True
   dropout: float = 0.1
 
 
@@ -63,6 +66,9 @@ class HeadConfig:
   """Contrastive MLP over (image, emotion, explanation) features."""
   hidden: int = 768
   layers: int = 4  # hidden Linear+ReLU layers before the scalar output
+  # True: the explanation mean also covers the padding positions, as in the public code (the
+  # decoder then computes padding positions as the public code does, see SEVLM.__call__).
+  mean_over_padding: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +87,11 @@ class ModelConfig:
   blank_images: bool = False
   emotion_segment_id: int = vocab.EMOTION_SEGMENT_ID
   explanation_segment_id: int = vocab.EXPLANATION_SEGMENT_ID
+  # 0: the emotion / explanation parts come from the segment ids. N > 0: the first N positions
+  # are the emotion part and the rest (padding included) the explanation part, for the VAD
+  # fusion, the VAD loss and the contrastive means; the public code hard-codes 6, so for the
+  # seven 5-token emotions " because" counts as emotion part.
+  fixed_emotion_len: int = 0
 
   def __post_init__(self):
     _validate(self)
@@ -158,6 +169,15 @@ def _validate(c: ModelConfig) -> None:
            f" (model.decoder.vocab_size={c.decoder.vocab_size})")
   if c.emotion_segment_id == c.explanation_segment_id:
     fail("model.emotion_segment_id and model.explanation_segment_id must differ")
+  for name, value in (("vad.mask_padding", c.vad.mask_padding),
+                      ("contrastive.mean_over_padding", c.contrastive.mean_over_padding)):
+    if not isinstance(value, bool):
+      fail(f"model.{name}={value!r}; expected True or False")
+  if (isinstance(c.fixed_emotion_len, bool) or not isinstance(c.fixed_emotion_len, int)
+      or not 0 <= c.fixed_emotion_len < c.decoder.max_positions):
+    fail(f"model.fixed_emotion_len={c.fixed_emotion_len!r}; expected 0 (parts from the segment"
+         " ids) or the number of leading emotion-part positions (6 in the public code), below"
+         f" model.decoder.max_positions={c.decoder.max_positions}")
 
 
 def _preset(preset: str) -> ModelConfig:

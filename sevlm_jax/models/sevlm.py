@@ -27,6 +27,7 @@ from sevlm_jax.models import layers
 from sevlm_jax.models.clip_vit import VisionTower
 from sevlm_jax.models.config import ModelConfig
 from sevlm_jax.models.heads import ContrastiveHead
+from sevlm_jax.models.segments import config_part_masks
 from sevlm_jax.models.vad import VADEncoder, fuse_explanation_vad
 # The pure masked mean of the losses module: the contrastive head reads the same reduction.
 from sevlm_jax.training.losses import masked_mean
@@ -88,8 +89,8 @@ class SEVLM(nn.Module):
     x_BxLxD = self.decoder.embed(input_ids_BxL, segment_ids_BxL, jnp.arange(l), deterministic)
     if self.config.use_vad_embedding:
       vad_BxLx3 = self.vad_encoder(token_vad_BxLx3, token_mask_BxL, deterministic)
-      x_BxLxD = fuse_explanation_vad(x_BxLxD, vad_BxLx3, segment_ids_BxL,
-                                     self.config.explanation_segment_id, self.vad_fusion)
+      _, explanation_BxL = config_part_masks(segment_ids_BxL, self.config)
+      x_BxLxD = fuse_explanation_vad(x_BxLxD, vad_BxLx3, explanation_BxL, self.vad_fusion)
     return x_BxLxD
 
   def __call__(self, patches_BxPxD, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3,
@@ -104,16 +105,29 @@ class SEVLM(nn.Module):
     (see GPT2Decoder.logits).
     Returns a dict: logits BxLxV (logits_dtype), hidden BxLxD, vad_pred BxLx3 (at t,
     for token t+1), image_feat BxD (mean of patches), emotion_feat and
-    explanation_feat BxD (masked means of hidden over each segment, no padding).
+    explanation_feat BxD (masked means of hidden over each part, see models/segments.py; no
+    padding unless model.contrastive.mean_over_padding).
+
+    With mean_over_padding the padding positions' hidden states enter the explanation mean, so
+    they are computed as the public code computes them: padding has the explanation segment
+    and the decoder's self-attention masks nothing but the future. Real positions are
+    unaffected (right padding, causal decoder).
     """
     self._check_text(input_ids_BxL, segment_ids_BxL, token_vad_BxLx3)
     self._check_patches(patches_BxPxD, input_ids_BxL.shape[0])
+    c = self.config
+    real_BxL = token_mask_BxL.astype(bool)
+    decoder_mask_BxL = token_mask_BxL
+    if c.contrastive.mean_over_padding:
+      segment_ids_BxL = jnp.where(real_BxL, segment_ids_BxL, c.explanation_segment_id)
+      decoder_mask_BxL = jnp.ones_like(token_mask_BxL)
     x_BxLxD = self.embed_inputs(input_ids_BxL, segment_ids_BxL, token_vad_BxLx3, token_mask_BxL,
                                 deterministic)
-    hidden_BxLxD, _ = self.decoder.transform(x_BxLxD, layers.causal_mask(token_mask_BxL),
+    hidden_BxLxD, _ = self.decoder.transform(x_BxLxD, layers.causal_mask(decoder_mask_BxL),
                                              patches_BxPxD, deterministic=deterministic)
-    real_BxL = token_mask_BxL.astype(bool)
-    c = self.config
+    emotion_BxL, explanation_BxL = config_part_masks(segment_ids_BxL, c)
+    if not c.contrastive.mean_over_padding:
+      explanation_BxL = explanation_BxL & real_BxL
     per_image = input_ids_BxL.shape[0] // patches_BxPxD.shape[0]
     return {
         "logits": self.decoder.logits(hidden_BxLxD, output_ids, logits_dtype, pad_vocab_to),
@@ -121,10 +135,8 @@ class SEVLM(nn.Module):
         "vad_pred": self.vad_head(hidden_BxLxD.astype(jnp.float32)),
         "image_feat": jnp.repeat(jnp.mean(patches_BxPxD.astype(jnp.float32), axis=1), per_image,
                                  axis=0),
-        "emotion_feat": masked_mean(hidden_BxLxD,
-                                    real_BxL & (segment_ids_BxL == c.emotion_segment_id)),
-        "explanation_feat": masked_mean(hidden_BxLxD,
-                                        real_BxL & (segment_ids_BxL == c.explanation_segment_id)),
+        "emotion_feat": masked_mean(hidden_BxLxD, real_BxL & emotion_BxL),
+        "explanation_feat": masked_mean(hidden_BxLxD, explanation_BxL),
     }
 
   def score(self, image_feat_BxD, emotion_feat_BxD, explanation_feat_BxD):
@@ -166,8 +178,8 @@ class SEVLM(nn.Module):
     new_cache = {"index": index + t}
     if c.use_vad_embedding:
       vad_BxTx3, new_cache["vad"] = self.vad_encoder.step(token_vad_BxTx3, cache["vad"], index)
-      x_BxTxD = fuse_explanation_vad(x_BxTxD, vad_BxTx3, segment_ids_BxT,
-                                     c.explanation_segment_id, self.vad_fusion)
+      _, explanation_BxT = config_part_masks(segment_ids_BxT, c, index + jnp.arange(t))
+      x_BxTxD = fuse_explanation_vad(x_BxTxD, vad_BxTx3, explanation_BxT, self.vad_fusion)
     mask_1xTxS = layers.cached_causal_mask(index, t, max_length)
     hidden_BxTxD, new_cache["decoder"] = self.decoder.transform(
         x_BxTxD, mask_1xTxS, cache=cache["decoder"], index=index)

@@ -11,8 +11,11 @@ causal by default (and then has an exact KV-cached incremental path);
 `causal=False` restores the bidirectional behaviour.
 
 `fuse_explanation_vad` concatenates the encoder output to the input embedding
-of every explanation token (found from the segment ids) and projects back to
+of every explanation token (see models/segments.py) and projects back to
 the decoder width; all other tokens keep their embedding.
+
+`mask_padding=False` lets every query attend to padding keys too, as the
+public encoder is given no mask.
 """
 
 from typing import Callable
@@ -119,9 +122,11 @@ class VADEncoder(nn.Module):
     return x, (tuple(new_cache) if cache is not None else None)
 
   def __call__(self, vad_BxLx3, token_mask_BxL, deterministic=True):
-    """Full pass; padding keys (token_mask == 0) are never attended to."""
+    """Full pass; padding keys (token_mask == 0) are attended to only with mask_padding=False."""
     l = vad_BxLx3.shape[1]
     self._check_length(l)
+    if not self.config.mask_padding:
+      token_mask_BxL = jnp.ones_like(token_mask_BxL)
     if self.config.causal:
       mask_BxLxL = layers.causal_mask(token_mask_BxL)
     else:
@@ -146,10 +151,10 @@ class VADEncoder(nn.Module):
     return self._run(vad_BxTx3, index + jnp.arange(t), mask_1xTxS, cache, index, True)
 
 
-def fuse_explanation_vad(x_BxLxD: jax.Array, vad_BxLx3: jax.Array, segment_ids_BxL: jax.Array,
-                         explanation_segment_id: int,
+def fuse_explanation_vad(x_BxLxD: jax.Array, vad_BxLx3: jax.Array, explanation_BxL: jax.Array,
                          project: Callable[[jax.Array], jax.Array]) -> jax.Array:
-  """Explanation tokens: project([embedding, vad]) (D+3 -> D); every other token unchanged."""
+  """Explanation tokens (explanation_BxL set): project([embedding, vad]) (D+3 -> D); every other
+  token unchanged."""
   fused_BxLxD = project(jnp.concatenate([x_BxLxD, vad_BxLx3.astype(x_BxLxD.dtype)], axis=-1))
-  is_expl_BxLx1 = (segment_ids_BxL == explanation_segment_id)[..., None]
+  is_expl_BxLx1 = explanation_BxL.astype(bool)[..., None]
   return jnp.where(is_expl_BxLx1, fused_BxLxD.astype(x_BxLxD.dtype), x_BxLxD)

@@ -125,22 +125,37 @@ def vad_loss(pred_BxLx3: Array, target_BxLx3: Array, mask_BxL: Array) -> Array:
 
 
 def contrastive_loss(pos_scores_B: Array, neg_scores_BxK: Array, *, mask_B: Array | None = None,
-                     neg_mask_BxK: Array | None = None) -> Array:
+                     neg_mask_BxK: Array | None = None, eps: float = 0.0) -> Array:
   """InfoNCE with one positive and K negatives per example, averaged over the batch.
 
   loss_b = -log(e^s+ / (e^s+ + sum_k e^s_k)) = logsumexp([s+, s_1..s_K]) - s+,
   computed with logsumexp in float32. SEVLM uses K=2: the pair partner's
   explanation and another image's explanation.
 
+  eps > 0 gives the public code's form instead,
+  loss_b = -log(eps + e^s+ / (eps + e^s+ + sum_k e^s_k)) (eps 1e-8 there): it
+  saturates at -log(eps) (18.42 for 1e-8) with no gradient once s+ is far
+  below the negatives. Computed in log space, so it equals the public form
+  wherever that is finite, and stays finite where its float32 exponentials
+  overflow (scores above ~88, NaN there).
+
   mask_B drops whole examples (mean over the rest; 0 if none); neg_mask_BxK
-  drops single negatives (a row without negatives has loss 0).
+  drops single negatives (a row without negatives has loss 0, or
+  -log(eps + 1/(1 + eps)) with eps).
   """
+  if eps < 0:
+    raise ValueError(f"contrastive_loss: eps must be >= 0, got {eps}")
   pos_B = pos_scores_B.astype(jnp.float32)
   neg_BxK = neg_scores_BxK.astype(jnp.float32)
   if neg_mask_BxK is not None:
     neg_BxK = jnp.where(neg_mask_BxK.astype(bool), neg_BxK, -jnp.inf)
   scores_BxK1 = jnp.concatenate([pos_B[:, None], neg_BxK], axis=-1)
-  loss_B = jax.nn.logsumexp(scores_BxK1, axis=-1) - pos_B
+  if eps:
+    log_eps_Bx1 = jnp.full_like(pos_B[:, None], jnp.log(jnp.float32(eps)))
+    log_ratio_B = pos_B - jax.nn.logsumexp(jnp.concatenate([log_eps_Bx1, scores_BxK1], -1), -1)
+    loss_B = -jnp.logaddexp(log_eps_Bx1[:, 0], log_ratio_B)
+  else:
+    loss_B = jax.nn.logsumexp(scores_BxK1, axis=-1) - pos_B
   if mask_B is None:
     return jnp.mean(loss_B)
   weights_B = mask_B.astype(jnp.float32)

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from sevlm_jax.models.segments import config_part_masks
 from sevlm_jax.training import losses
 from sevlm_jax.training import optim as optim_lib
-from sevlm_jax import vocab
 
 Params = Any
 
@@ -44,11 +44,36 @@ def flatten_pairs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return out
 
 
-def other_image_rows(rng: jax.Array, num_images: int) -> jax.Array:
-  """For each of the 2B sequences, a row of the same pair slot from a different image."""
+NEGATIVES = ("random", "public")
+
+
+def other_image_rows(rng: jax.Array, num_images: int, negatives: str = "random") -> jax.Array:
+  """For each of the 2B sequences, a row of the same pair slot from a different image.
+
+  'random': every image takes image (i + s) mod B, one random shift s in 1..B-1 per batch.
+  'public': the public code's draw (`neg_ids`), one per pair slot, see public_negative_images.
+  """
+  if negatives == "public":
+    slot_keys = jax.random.split(rng)
+    images_2xB = jnp.stack([public_negative_images(k, num_images) for k in slot_keys])
+    return (2 * images_2xB + jnp.arange(2)[:, None]).T.reshape(-1)  # rows 2i, 2i+1
+  if negatives != "random":
+    raise ValueError(f"train.negatives={negatives!r}; choose one of {', '.join(NEGATIVES)}")
   shift = jax.random.randint(rng, (), 1, max(num_images, 2))
   rows = jnp.arange(2 * num_images)
   return (rows + 2 * shift) % (2 * num_images)
+
+
+def public_negative_images(rng: jax.Array, num_images: int) -> jax.Array:
+  """The public code's other image for each of B images: with m = B // 2, image 0 takes m,
+  images 1..B-m-1 a random permutation of m+1..B-1 and images B-m..B-1 one of 0..m-1 (for
+  B = 32: image 0 always gets 16, images 1-15 draw only from the upper half). Never the image
+  itself for B >= 2."""
+  mid = num_images // 2
+  upper_key, lower_key = jax.random.split(rng)
+  upper = mid + 1 + jax.random.permutation(upper_key, num_images - mid - 1)
+  lower = jax.random.permutation(lower_key, mid)
+  return jnp.concatenate([jnp.asarray([mid]), upper, lower]).astype(jnp.int32)
 
 
 def restricted_labels(labels: jax.Array, output_ids: jax.Array, vocab_size: int) -> jax.Array:
@@ -61,7 +86,7 @@ def restricted_labels(labels: jax.Array, output_ids: jax.Array, vocab_size: int)
 def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: jax.Array,
                loss_cfg: ml_collections.ConfigDict, rng: jax.Array, *, patches=None,
                deterministic: bool = False, output_ids: jax.Array | None = None,
-               pad_vocab_to: int = 128, pair_kv_once: bool = True
+               pad_vocab_to: int = 128, pair_kv_once: bool = True, negatives: str = "random"
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted SEVLM loss of one batch of pairs and its parts.
 
@@ -70,6 +95,8 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
   its GEMMs run on aligned kernels; 1 = no padding. pair_kv_once: both sequences of a pair read
   their image's cross-attention K/V, projected once; False repeats the patches per sequence.
   Both are exact rewrites (config.train fields; the benchmark's baseline switches them off).
+  negatives: how the other-image negatives are drawn (other_image_rows). loss_cfg.contrastive_eps
+  (absent = 0) selects the contrastive loss's form (losses.contrastive_loss's eps).
   """
   dropout_rng, negative_rng = jax.random.split(rng)
   if patches is None:
@@ -96,15 +123,17 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
     return losses.lm_loss(*losses.shift_for_next_token(out["logits"], labels))
 
   def vad():
-    target_is_explanation = (seq["segment_ids"][:, 1:] == vocab.EXPLANATION_SEGMENT_ID) & (
-        seq["token_mask"][:, 1:] > 0)
+    # The public code's own VAD loss does not mask padding: the <pad> row of the VAD table is
+    # [0, 0, 0], so padding is never a target either way.
+    _, explanation = config_part_masks(seq["segment_ids"], model.config)
+    target_is_explanation = explanation[:, 1:] & (seq["token_mask"][:, 1:] > 0)
     target_vad = token_vad_NxLx3[:, 1:]
     mask = losses.vad_loss_mask(target_vad, target_is_explanation)
     return losses.vad_loss(out["vad_pred"][:, :-1], target_vad, mask)
 
   def contrastive():
     partner = jnp.arange(2 * num_images) ^ 1  # 2i <-> 2i+1
-    other = other_image_rows(negative_rng, num_images)
+    other = other_image_rows(negative_rng, num_images, negatives)
     img, emo, expl = out["image_feat"], out["emotion_feat"], out["explanation_feat"]
     # The three triples of each row scored in one pass of the head (a third of its launches).
     n = expl.shape[0]
@@ -113,7 +142,7 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
                          jnp.concatenate([expl, expl[partner], expl[other]]), method=model.score)
     pos, neg = scores[:n], jnp.stack([scores[n:2 * n], scores[2 * n:]], axis=-1)
     metrics["contrastive_acc"] = jnp.mean(pos > jnp.max(neg, axis=-1))
-    return losses.contrastive_loss(pos, neg)
+    return losses.contrastive_loss(pos, neg, eps=float(loss_cfg.get("contrastive_eps", 0.0)))
 
   # A term whose weight is 0 is never computed.
   total, terms = losses.total_loss(
@@ -152,6 +181,7 @@ def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.Gradient
   train_vision = config.optim.train_vision
   pad_vocab_to = int(config.train.get("pad_vocab_to", 128))
   pair_kv_once = bool(config.train.get("pair_kv_once", True))
+  negatives = str(config.train.get("negatives", "random"))
 
   def train_step(state: TrainState, batch, vad_table, rng):
     trainable, frozen = optim_lib.split_params(state.params, train_vision)
@@ -168,7 +198,8 @@ def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.Gradient
     def loss_fn(p):
       return sevlm_loss(model, optim_lib.merge_params(p, frozen), batch, vad_table, config.loss,
                         rng, patches=patches, output_ids=output_ids,
-                        pad_vocab_to=pad_vocab_to, pair_kv_once=pair_kv_once)
+                        pad_vocab_to=pad_vocab_to, pair_kv_once=pair_kv_once,
+                        negatives=negatives)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     # NaN/inf guard: a non-finite loss or gradient leaves the state untouched. The update is

@@ -23,17 +23,24 @@ def _looks_like_hub_name(source: str) -> bool:
       (".safetensors", ".npz", ".pt", ".bin", ".pth"))
 
 
-def _download(name: str) -> pathlib.Path:
+_SAFETENSORS_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.json")
+
+
+def download(name: str, allow_patterns=_SAFETENSORS_PATTERNS,
+             local_hint: str = "a local directory holding model.safetensors") -> pathlib.Path:
+  """A hub repository's files matching allow_patterns, downloaded (or cached) locally."""
   try:
     import huggingface_hub  # pylint: disable=import-outside-toplevel
-    path = huggingface_hub.snapshot_download(
-        repo_id=name, allow_patterns=["*.safetensors", "*.safetensors.index.json", "*.json"])
+    path = huggingface_hub.snapshot_download(repo_id=name, allow_patterns=list(allow_patterns))
   except Exception as e:  # network, auth, unknown repo: all end the same way for the user
     raise CheckpointError(
         f"'{name}' is not a local file or directory, and downloading it from the Hugging Face hub"
-        f" failed ({type(e).__name__}: {e}); pass a local directory holding model.safetensors"
-    ) from None
+        f" failed ({type(e).__name__}: {e}); pass {local_hint}") from None
   return pathlib.Path(path)
+
+
+def looks_like_hub_name(source: str) -> bool:
+  return _looks_like_hub_name(source)
 
 
 def resolve(source: str | os.PathLike) -> list[pathlib.Path]:
@@ -42,7 +49,7 @@ def resolve(source: str | os.PathLike) -> list[pathlib.Path]:
   path = pathlib.Path(text).expanduser()
   if not path.exists():
     if isinstance(source, str) and _looks_like_hub_name(text):
-      path = _download(text)
+      path = download(text)
     else:
       raise CheckpointError(f"checkpoint '{text}' does not exist")
   if path.is_file():

@@ -19,6 +19,7 @@ from sevlm_jax.errors import CheckpointError
 from sevlm_jax.models.config import ModelConfig
 from sevlm_jax.weights import clip as clip_map
 from sevlm_jax.weights import gpt2 as gpt2_map
+from sevlm_jax.weights import sevlm as sevlm_map
 from sevlm_jax.weights.io import read_tensors
 from sevlm_jax.weights.mapping import apply_key_map, flatten, unflatten
 
@@ -64,11 +65,35 @@ def load_clip(vision_params: dict, config: ModelConfig, source: Source) -> dict:
   return _replace(vision_params, converted)
 
 
-def load_pretrained(params: dict, config: ModelConfig | dict, *, gpt2: Source | None = None,
-                    clip: Source | None = None, new_token_init: str = "mean", seed: int = 0) -> dict:
-  """A copy of `params` with the decoder from `gpt2` and the vision tower from `clip`.
+def load_sevlm(params: dict, config: ModelConfig, source: Source) -> dict:
+  """A copy of `params` with every part but the vision tower from the authors' released
+  checkpoint (see weights/sevlm.py): decoder, VAD encoder and fusion, VAD and contrastive heads."""
+  model_dir, stats = sevlm_map.locate(str(source))
+  tensors, where = sevlm_map.read_decoder_tensors(model_dir)
+  parts = {k: params[k] for k in sevlm_map.DECODER_PARTS if k in params}
+  key_map = sevlm_map.decoder_key_map(config, gpt2_map.key_map(config.decoder, "transformer."))
+  converted, _ = apply_key_map(tensors, key_map, flatten(parts), where, "params")
+  gpt2_map.check_tied_head(tensors, "transformer.", where)
+  out = dict(params)
+  out.update(_replace(parts, converted))
+  if config.use_vad_embedding:
+    vad_tensors, vad_where = sevlm_map.read_vad_encoder_tensors(stats)
+    converted, _ = apply_key_map(vad_tensors, sevlm_map.vad_encoder_key_map(config),
+                                 flatten(params["vad_encoder"]), vad_where, "vad_encoder")
+    out["vad_encoder"] = _replace(params["vad_encoder"], converted)
+  logging.info("loaded the released SEVLM weights from %s and %s", model_dir, stats)
+  return out
 
-  Either source may be None (that tower keeps its current values). Raises
+
+def load_pretrained(params: dict, config: ModelConfig | dict, *, gpt2: Source | None = None,
+                    clip: Source | None = None, sevlm: Source | None = None,
+                    new_token_init: str = "mean", seed: int = 0) -> dict:
+  """A copy of `params` with the decoder from `gpt2`, the vision tower from `clip`, and every
+  part but the vision tower from `sevlm` (the authors' released checkpoint; `gpt2` is then not
+  read, as sevlm replaces all it would give). `new_token_init` and `seed` set GPT-2's 4 added
+  token rows (see gpt2.py's resize); the released checkpoint brings its own.
+
+  Any source may be None (those parts keep their current values). Raises
   CheckpointError naming the file and key on any missing, unexpected or
   mis-shaped weight.
   """
@@ -77,7 +102,9 @@ def load_pretrained(params: dict, config: ModelConfig | dict, *, gpt2: Source | 
     if name not in params:
       raise CheckpointError(f"params have no '{name}' collection; pass the output of init_params")
   out = dict(params)
-  if gpt2 is not None:
+  if sevlm is not None:
+    out = load_sevlm(out, config, sevlm)
+  elif gpt2 is not None:
     out["decoder"] = load_gpt2(params["decoder"], config, gpt2, new_token_init, seed)
   if clip is not None:
     out["vision"] = load_clip(params["vision"], config, clip)

@@ -397,3 +397,16 @@ def test_config_fields_default_to_our_behaviour_and_bad_values_are_named():
     bad[section][name] = value
     with pytest.raises(ConfigError, match=match):
       run_lib.check_config(bad)
+
+
+def test_the_official_variant_sets_the_switches_parity_is_proven_with():
+  """configs/sevlm.py:official carries exactly the model switches and eps proven above."""
+  from test_train import load_config  # pylint: disable=import-outside-toplevel
+  for arg in ("official", "demo,official"):
+    config = load_config(arg)
+    model = ModelConfig.from_dict(config.model)
+    got = dict(fixed_emotion_len=model.fixed_emotion_len, causal=model.vad.causal,
+               mask_padding=model.vad.mask_padding,
+               mean_over_padding=model.contrastive.mean_over_padding)
+    assert got == OFFICIAL, arg
+    assert config.loss.contrastive_eps == 1e-8 and config.train.negatives == "public"

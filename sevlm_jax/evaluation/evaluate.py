@@ -45,7 +45,7 @@ def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.C
   vad_table = parallel.put(run.vad_table, parallel.replicated(mesh))
   part, parts = parallel.process_part(mesh)
   batch_size = parallel.padded_batch_size(config.eval.batch_size, mesh)
-  rng = jax.random.PRNGKey(config.seed)
+  rng = jax.random.PRNGKey(config.eval.get("seed", config.seed))  # top_p sampling's
   preds = []
   total = records.load_meta(run.ready_dir)["splits"][split]["images"]  # no second open of the split
   total = min(total, max_images or total)

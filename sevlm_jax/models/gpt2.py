@@ -88,6 +88,10 @@ class CrossAttention(nn.Module):
     q_BxGTxHxK = split_heads(self.q_attn(x_NxTxD).reshape(b, (n // b) * t, d), self.config.heads)
     probs = self.attn_dropout(attention_probs(q_BxGTxHxK, k_BxPxHxK, None),
                               deterministic=deterministic)
+    if self.is_mutable_collection("intermediates"):  # asked for (where the text looks); else no-op
+      h, p = probs.shape[1], probs.shape[-1]
+      self.sow("intermediates", "cross_attention", probs.reshape(b, h, n // b, t, p).transpose(
+          0, 2, 1, 3, 4).reshape(n, h, t, p))
     out_BxGTxD = self.c_proj(merge_heads(attend(probs, v_BxPxHxK)))
     return self.resid_dropout(out_BxGTxD.reshape(n, t, d), deterministic=deterministic)
 

@@ -2,15 +2,19 @@
 VAD, the emotion distribution from the first decoding step, and decoding choices, on the shared
 tiny run with large random weights (so that images get different outputs)."""
 
+import json
+import subprocess
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from sevlm_jax import errors
 from sevlm_jax import vocab
 from sevlm_jax.data import records
 from sevlm_jax.inference import predictor as inference
 from sevlm_jax.inference import trace as trace_lib
-from test_train import demo_root, trained_run
+from test_train import REPO, compile_cache, demo_root, main_command, subprocess_env, trained_run
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +118,14 @@ def test_decoding_choices_in_the_api(predictor, images):
     predictor.with_decoding(decoding="nucleus")
   with pytest.raises(errors.ConfigError, match="unknown decoding option"):
     predictor.with_decoding(beams=3)
+
+
+def test_command_line_explains_the_given_emotion(tiny_run, images, tmp_path, tmp_path_factory):
+  path = tmp_path / "painting.png"
+  Image.fromarray(images[0]).save(path)
+  args = ["--mode=predict", f"--workdir={tiny_run}", f"--images={path}", "--emotion=sadness"]
+  result = subprocess.run(main_command(args), cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=subprocess_env(compile_cache(tmp_path_factory)), check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  pred = json.loads(result.stdout.strip().splitlines()[-1])
+  assert pred["image"] == str(path) and pred["text"].startswith("the emotion is sadness because")

@@ -174,6 +174,27 @@ def test_demo_page_predicts_a_chosen_image(driver, demo_server, tmp_path, tmp_pa
   assert_screenshot(driver, tmp_path / "demo.png")
   assert console_errors(driver) == []
 
+  # A chosen emotion: the page asks again and shows its explanation.
+  from selenium.webdriver.support.ui import Select  # pylint: disable=import-outside-toplevel
+  Select(driver.find_element(By.ID, "emotion-choice")).select_by_value("fear")
+  WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "emotion").text == "fear")
+  WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#words .word"))
+  # Clicking a word draws its attention map over the picture; clicking it again hides it.
+  word = driver.find_elements(By.CSS_SELECTOR, "#words .word")[0]
+  assert not driver.find_element(By.ID, "overlay").is_displayed()
+  word.click()
+  overlay = driver.find_element(By.ID, "overlay")
+  assert overlay.is_displayed() and "on" in word.get_attribute("class")
+  cells = len(overlay.find_elements(By.TAG_NAME, "rect"))  # one per image patch, a square grid
+  assert cells >= 4 and round(cells ** 0.5) ** 2 == cells
+  assert overlay.size["width"] == driver.find_element(By.ID, "preview").size["width"]
+  assert len(driver.find_elements(By.CSS_SELECTOR, "#vad-chart polyline")) == 3
+  assert_screenshot(driver, tmp_path / "demo_attention.png")
+  word.click()
+  assert not driver.find_element(By.ID, "overlay").is_displayed()
+  assert console_errors(driver) == []
+  Select(driver.find_element(By.ID, "emotion-choice")).select_by_value("")
+
   # Not an image: the server's reason is shown, and the next image works again.
   notes = tmp_path / "notes.png"
   notes.write_text("not a picture")

@@ -257,10 +257,11 @@ class Predictor:
     out, start = [], 0
     for padded, n in self._batches(images):
       self._rng, rng = jax.random.split(self._rng)
-      forced = None
+      # Nothing forced is a forced start of -1s: one compile serves both.
+      forced = np.full((self.batch_size, self.forced_ids(vocab.EMOTIONS[:1]).shape[1]), -1,
+                       np.int32)
       if emotions is not None:
-        forced = batching.pad_rows(self.forced_ids(emotions[start:start + n]), self.batch_size,
-                                    fill=-1)
+        forced[:n] = self.forced_ids(emotions[start:start + n])
       start += n
       got = self._traced_fn(self.params, padded, self.vad_table, rng, forced)
       probs = np.asarray(emotion_probs(got["first_logits"], *self._columns))

@@ -117,6 +117,10 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.spice = False
   c.eval.judge_max_train = 0  # cap on the EA judge's training utterances; 0 = all
   c.eval.report = True  # write <workdir>/report_<split>.html (metrics, curves, gallery)
+  # With the report: the first images (by index, the gallery's) decoded again in the traced loop
+  # for <workdir>/trace_<split>.npz, each explanation word's attention map and each token's VAD,
+  # drawn in the gallery. 0: none.
+  c.eval.trace_images = 600
 
   # Devices and processes (see launch/README.md). train.batch_size is the global batch: each of
   # the P processes loads batch_size / P images per step, and the mesh splits it over devices.

@@ -14,6 +14,10 @@ fuse VAD features into the input embeddings between the first two. The cache
 is an explicit pytree (a tuple with one dict per block): a self-attention K/V
 buffer of a fixed maximum length (K and V in one array, written by one update
 per step), and the cross-attention K/V, computed once per image by `init_cache`.
+
+Where the text looks: applied with mutable=['intermediates'], each block's cross-attention sows
+its weights (NxHxTxP, one row per text sequence) as 'cross_attention'; otherwise the sow is
+skipped and the computation is unchanged (sevlm.mean_cross_attention reads them).
 """
 
 from typing import Any

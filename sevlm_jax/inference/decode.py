@@ -11,6 +11,11 @@ behaviour) earlier outputs change as tokens arrive, so a cache cannot be
 exact: generation then re-runs the full pass over a fixed-size buffer every
 step (still jitted), which is what the public code does.
 
+Beside greedy (the paper's choice and the default): top_p sampling and beam search
+(`_beam_search`, over the same cache, rows reordered by gathering). `generate_details` also
+forces each sequence's first tokens (an explanation of a chosen emotion) and, with trace=True,
+records each token's cross-attention map and VAD prediction in a separately compiled loop, so
+the default loop is the same program as without these features.
 """
 
 import functools

@@ -140,7 +140,7 @@ def test_beam_of_width_one_is_greedy(setup):
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0, 0.6])
 def test_beam_score_is_the_length_normalised_log_probability(setup, length_penalty):
   """score = sum of log p(token) over the generated tokens (the stop token included) / L ** lp,
-  from a full pass; a wider beam never finds a worse raw log-probability when lp = 0."""
+  from a full pass."""
   config, params, images, vad_table = setup
   greedy = run(config, params, images, vad_table)
   eos = (int(greedy["tokens"][0, 4]), NEVER)  # row 0 may stop early
@@ -154,10 +154,6 @@ def test_beam_score_is_the_length_normalised_log_probability(setup, length_penal
     tok = got["tokens"][row, :counted]
     total = float(np.sum(np.asarray(logp)[row, np.arange(counted), tok]))
     np.testing.assert_allclose(got["scores"][row], total / counted ** length_penalty, rtol=1e-4)
-  if length_penalty == 0.0:
-    one = run(config, params, images, vad_table, eos_id=eos, method="beam", beam_width=1,
-              length_penalty=0.0)
-    assert np.all(got["scores"] >= one["scores"] - 1e-5)
 
 
 def test_beam_with_forced_start_and_trace(setup):

@@ -159,12 +159,18 @@ def _base() -> ml_collections.ConfigDict:
   # waits for it every time; benchmark/aot.py counts these). On an H200, 4 was 6% slower than 1
   # (25.2 vs 23.7 ms for 64 images).
   c.eval.steps_per_check = 0
-  c.eval.decoding = "greedy"  # greedy | top_p
+  # greedy (the paper's) | top_p (nucleus sampling at temperature, seeded by eval.seed) | beam
+  # (eval.beam_width beams; the winner has the best summed log-probability of its tokens over
+  # length ** eval.length_penalty, the stop token counted; 0 ranks by the sum alone).
+  c.eval.decoding = "greedy"
   c.eval.top_p = 0.9
   c.eval.temperature = 1.0
   c.eval.stop_on = "eos"  # eos | any_special (any of <eos>, <pad>, <prefix>, <emotion>, <explanation>)
   # The explanation is the text after the first_because | last_because (the public code's split).
   c.eval.explanation_after = "first_because"
+  c.eval.beam_width = 4
+  c.eval.length_penalty = 1.0
+  c.eval.seed = 0  # random numbers of top_p sampling (evaluation and the Python API)
   # Dominant emotion of an image (ACC and EA count only images that have one): half (> 0.5 of
   # the histogram: the public SEVLM code, so the paper's ACC) | artemis (>= half, a tie to the
   # lower index) | artemis_no_tie (>= half, none on a tie: ArtEmis's dominant_maximizer)
@@ -173,6 +179,10 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.spice = False
   c.eval.judge_max_train = 0  # cap on the EA judge's training utterances; 0 = all
   c.eval.report = True  # write <workdir>/report_<split>.html (metrics, curves, gallery)
+  # With the report: the first images (by index, the gallery's) decoded again in the traced loop
+  # for <workdir>/trace_<split>.npz, each explanation word's attention map and each token's VAD,
+  # drawn in the gallery. 0: none.
+  c.eval.trace_images = 600
 
   # Devices and processes (see launch/README.md). train.batch_size is the global batch: each of
   # the P processes loads batch_size / P images per step, and the mesh splits it over devices.

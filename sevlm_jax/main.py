@@ -39,6 +39,8 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "ser
                           "train (then evaluate), evaluate a run, predict for --images, or serve "
                           "a local web page for trying the model.")
 _IMAGES = flags.DEFINE_list("images", [], "predict: image files to describe.")
+_EMOTION = flags.DEFINE_string("emotion", None, "predict: explain this emotion (one of the nine "
+                               "ArtEmis emotions) for every image instead of the model's choice.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", None, list(checkpoints.ALL_KINDS),
                                 "evaluate/predict/serve: which checkpoint (default: the config's "
                                 "eval.checkpoint; best_acc for predict and serve).")
@@ -162,7 +164,9 @@ def _run_mode(mode: str, config: ml_collections.ConfigDict | None, workdir: str)
     if mode == "serve":
       serve_lib.serve(predictor, port=_PORT.value, name=f"{workdir} (checkpoint {checkpoint})")
       return
-    for path, pred in zip(_IMAGES.value, predictor.predict(_IMAGES.value)):
+    preds = (predictor.predict(_IMAGES.value) if _EMOTION.value is None
+             else predictor.explain(_IMAGES.value, emotion=_EMOTION.value))
+    for path, pred in zip(_IMAGES.value, preds):
       print(json.dumps({"image": path, **pred}, ensure_ascii=False))
     return
   if config is None:

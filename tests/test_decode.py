@@ -193,8 +193,8 @@ def test_generate_input_errors(setup):
     generate(model, params, images, vad_table, PROMPT, max_new_tokens=61, **kw)
   with pytest.raises(ValueError, match="non-empty 1-D"):
     generate(model, params, images, vad_table, [], **kw)
-  with pytest.raises(ValueError, match="'greedy' or 'top_p'"):
-    generate(model, params, images, vad_table, PROMPT, method="beam", **kw)
+  with pytest.raises(ValueError, match="one of greedy, top_p, beam; got 'sample'"):
+    generate(model, params, images, vad_table, PROMPT, method="sample", **kw)
   bidirectional = dataclasses.replace(config, vad=dataclasses.replace(config.vad, causal=False))
   with pytest.raises(ValueError, match=r"needs model\.vad\.causal=True"):
     jax.eval_shape(lambda: SEVLM(bidirectional).apply(

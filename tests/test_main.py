@@ -53,6 +53,8 @@ def _error_cases(demo, run, tmp):
                               ["configs/no_such_config.py", "No such file"]),
       "unknown_field_suggestion": (tiny("--config.train.batchsize=3"),
                                    ["no field 'batchsize'", "did you mean 'batch_size'?"]),
+      "predict_unknown_emotion": (["--mode=predict", f"--workdir={run}", "--images=a.png",
+                                   "--emotion=joy"], ["'joy' is not one of the nine", "amusement"]),
       "checkpoint_not_a_kind": (["--mode=predict", f"--workdir={run}", "--images=a.png",
                                  "--checkpoint=best"], ["--checkpoint=best", "best_acc"]),
       "evaluate_without_checkpoint": (main_args(demo, tmp / "w_eval", "--mode=evaluate"),

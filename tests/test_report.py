@@ -5,6 +5,7 @@ majority cases, and escaping, are checked on reports rebuilt from the same run w
 predictions.
 """
 
+import base64
 import html
 import io
 import json
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image
 
 from sevlm_jax.evaluation import report
+from sevlm_jax.evaluation import traces as traces_lib
 from sevlm_jax.data import records
 from sevlm_jax.vocab import EMOTIONS
 from test_train import demo_root, load_config, trained_run  # the tiny run shared by the test modules
@@ -64,8 +66,10 @@ class Page(HTMLParser):
     if tag in ("img", "meta", "link", "input", "br"):  # void elements
       if tag == "img":
         self.images.append(attrs)
-        if self.stack and "item" in self.stack[-1][1].get("class", ""):
-          self.stack[-1][1]["img"] = attrs["src"]
+        card = next((a for t, a in reversed(self.stack)
+                     if t == "div" and "item" in a.get("class", "").split()), None)
+        if card is not None:  # the thumbnail of the card it is in
+          card["img"] = attrs["src"]
       return
     self.stack.append((tag, attrs))
     if tag == "div" and "item" in attrs.get("class", "").split():
@@ -217,13 +221,67 @@ def test_training_curves_are_charts(tiny_run):
 
 
 def test_report_rebuilt_from_the_saved_files_is_the_same(tiny_run, ready_dir, tmp_path):
-  for name in ("metrics.jsonl", "metrics_test.json", "predictions_test.json"):
+  for name in ("metrics.jsonl", "metrics_test.json", "predictions_test.json", "trace_test.npz"):
     shutil.copy(tiny_run / name, tmp_path / name)
   path = report.write_report_from_files(str(tmp_path), "test", str(ready_dir))
   assert path == str(tmp_path / "report_test.html")
   assert (tmp_path / "report_test.html").read_bytes() == (tiny_run / "report_test.html").read_bytes()
   for png in (tiny_run / "report_test").iterdir():
     assert (tmp_path / "report_test" / png.name).read_bytes() == png.read_bytes()
+
+
+def test_evaluation_saves_small_traces_of_the_gallery(tiny_run, saved):
+  """trace_<split>.npz: float16 maps and VAD for the gallery's images, whose words are those of
+  the saved predictions."""
+  _, preds = saved
+  with np.load(tiny_run / "trace_test.npz", allow_pickle=False) as f:
+    assert f["attention"].dtype == np.float16 and f["vad"].dtype == np.float16
+  traces = traces_lib.load_traces(str(tiny_run / "trace_test.npz"))
+  assert sorted(traces) == sorted(p["image_index"] for p in preds)  # fewer than MAX_GALLERY
+  for p in preds:
+    t = traces[p["image_index"]]
+    generated = p["text"][len("the emotion is"):].split()
+    assert t["words"] == (p["explanation"].split() if "because" in generated else generated)
+    assert t["attention"].shape[0] == len(t["words"]) and t["vad"].shape == (len(t["tokens"]), 3)
+    np.testing.assert_allclose(t["attention"].sum(axis=(1, 2)), 1.0, atol=1e-2)  # float16
+
+
+def test_traces_round_trip(tmp_path):
+  rng = np.random.default_rng(0)
+  entries = {7: {"words": ["dark", "sky,"], "attention": rng.random((2, 3, 3), np.float32),
+                 "tokens": [" dark", " sky", ","], "vad": rng.random((3, 3), np.float32)},
+             2: {"words": [], "attention": np.zeros((0, 3, 3), np.float32), "tokens": [],
+                 "vad": np.zeros((0, 3), np.float32)}}
+  traces_lib.save_traces(str(tmp_path / "t.npz"), entries)
+  got = traces_lib.load_traces(str(tmp_path / "t.npz"))
+  assert sorted(got) == [2, 7] and got[2]["words"] == [] and got[2]["attention"].shape == (0, 3, 3)
+  assert got[7]["words"] == ["dark", "sky,"] and got[7]["tokens"] == [" dark", " sky", ","]
+  np.testing.assert_allclose(got[7]["attention"], entries[7]["attention"], atol=1e-3)
+  np.testing.assert_allclose(got[7]["vad"], entries[7]["vad"], atol=1e-3)
+
+
+def test_cards_carry_each_words_map_and_a_vad_chart(tiny_run):
+  text = (tiny_run / "report_test.html").read_text(encoding="utf-8")
+  text = text[text.index('id="gallery"'):]  # the gallery's cards (worst cases repeat some)
+  traces = traces_lib.load_traces(str(tiny_run / "trace_test.npz"))
+  cards = []
+  for chunk in text.split('<div class="item ')[1:]:
+    data = re.search(r'data-grid="(\d+)" data-attn="([^"]*)"', chunk.split(">", 1)[0])
+    if data:
+      cards.append((int(data.group(1)), data.group(2),
+                    int(re.search(r"#(\d+)\)</div>", chunk).group(1)), chunk))
+  assert len(cards) == sum(1 for t in traces.values() if t["words"])
+  for grid, data, index, chunk in cards:
+    t = traces[index]
+    maps = np.frombuffer(base64.b64decode(data), np.uint8).reshape(-1, grid, grid)
+    assert len(maps) == len(t["words"]) and np.all(maps.max(axis=(1, 2)) == 255)
+    # The brightest patch of each word is where its attention peaks.
+    for m, a in zip(maps, t["attention"]):
+      assert m.ravel()[np.argmax(a)] == 255
+    assert re.findall(r'<span class="w" data-k="\d+"[^>]*>([^<]*)</span>', chunk) == \
+        [html.escape(w) for w in t["words"]]
+    chart = re.search(r'<svg class="chart vad-chart".*?</svg>', chunk, re.S).group(0)
+    assert len(re.findall("<polyline", chart)) == 3
 
 
 # ----------------------------------------------------------------------------- edited predictions

@@ -16,6 +16,7 @@ from PIL import Image
 
 from sevlm_jax.inference import predictor as inference
 from sevlm_jax.evaluation import report
+from sevlm_jax.evaluation import traces as traces_lib
 from sevlm_jax.inference import serve
 from sevlm_jax.data import records
 from test_report import EVIL, edited_predictions  # predictions with every outcome, hostile text
@@ -87,7 +88,8 @@ def report_page(tmp_path_factory):
   results = json.loads((run / "metrics_test.json").read_text())
   preds, _ = edited_predictions(json.loads((run / "predictions_test.json").read_text()))
   path = report.write_report(str(workdir), "test", results, preds,
-                             str(demo_root(tmp_path_factory) / "ready"), worst_k=4)
+                             str(demo_root(tmp_path_factory) / "ready"), worst_k=4,
+                             traces=traces_lib.load_traces(str(run / "trace_test.npz")))
   return path, preds
 
 
@@ -109,6 +111,38 @@ def test_report_shows_every_image_without_console_errors(driver, report_page, tm
   assert driver.execute_script("return document.querySelectorAll('script').length") == 1
   assert len(driver.find_elements(By.CSS_SELECTOR, "svg.chart polyline")) >= 3
   assert_screenshot(driver, tmp_path / "report.png")
+  assert console_errors(driver) == []
+
+
+def test_clicking_a_word_draws_its_attention_over_the_thumbnail(driver, report_page, tmp_path):
+  from selenium.webdriver.common.by import By  # pylint: disable=import-outside-toplevel
+  path, _ = report_page
+  driver.get_log("browser")
+  driver.get("file://" + path)
+  card = next(c for c in driver.find_elements(By.CSS_SELECTOR, "#gallery .item")
+              if c.find_elements(By.CSS_SELECTOR, ".w"))
+  grid = int(card.get_attribute("data-grid"))
+  overlay = card.find_element(By.CSS_SELECTOR, "svg.attn")
+  words = card.find_elements(By.CSS_SELECTOR, ".w")
+  assert not overlay.is_displayed()
+  words[0].click()
+  assert overlay.is_displayed() and "on" in words[0].get_attribute("class")
+  rects = overlay.find_elements(By.TAG_NAME, "rect")
+  assert len(rects) == grid * grid
+  assert max(float(r.get_attribute("fill-opacity")) for r in rects) == 0.75  # the map's peak
+  thumb = card.find_element(By.TAG_NAME, "img")
+  assert overlay.rect == thumb.rect  # drawn exactly over the thumbnail
+  if len(words) > 1:  # another word moves the selection
+    words[1].click()
+    assert "on" not in words[0].get_attribute("class") and overlay.is_displayed()
+    words[1].click()
+  else:
+    words[0].click()
+  assert not overlay.is_displayed()
+  card.find_element(By.CSS_SELECTOR, "details.vad summary").click()
+  assert len(card.find_elements(By.CSS_SELECTOR, "svg.vad-chart polyline")) == 3
+  words[0].click()
+  assert_screenshot(driver, tmp_path / "report_attention.png")
   assert console_errors(driver) == []
 
 
@@ -173,6 +207,27 @@ def test_demo_page_predicts_a_chosen_image(driver, demo_server, tmp_path, tmp_pa
   assert driver.execute_script("return document.getElementById('preview').naturalWidth") == 96
   assert_screenshot(driver, tmp_path / "demo.png")
   assert console_errors(driver) == []
+
+  # A chosen emotion: the page asks again and shows its explanation.
+  from selenium.webdriver.support.ui import Select  # pylint: disable=import-outside-toplevel
+  Select(driver.find_element(By.ID, "emotion-choice")).select_by_value("fear")
+  WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "emotion").text == "fear")
+  WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#words .word"))
+  # Clicking a word draws its attention map over the picture; clicking it again hides it.
+  word = driver.find_elements(By.CSS_SELECTOR, "#words .word")[0]
+  assert not driver.find_element(By.ID, "overlay").is_displayed()
+  word.click()
+  overlay = driver.find_element(By.ID, "overlay")
+  assert overlay.is_displayed() and "on" in word.get_attribute("class")
+  cells = len(overlay.find_elements(By.TAG_NAME, "rect"))  # one per image patch, a square grid
+  assert cells >= 4 and round(cells ** 0.5) ** 2 == cells
+  assert overlay.size["width"] == driver.find_element(By.ID, "preview").size["width"]
+  assert len(driver.find_elements(By.CSS_SELECTOR, "#vad-chart polyline")) == 3
+  assert_screenshot(driver, tmp_path / "demo_attention.png")
+  word.click()
+  assert not driver.find_element(By.ID, "overlay").is_displayed()
+  assert console_errors(driver) == []
+  Select(driver.find_element(By.ID, "emotion-choice")).select_by_value("")
 
   # Not an image: the server's reason is shown, and the next image works again.
   notes = tmp_path / "notes.png"

@@ -158,11 +158,27 @@ def test_posted_image_gets_a_prediction(server, predictor, test_images):
   # The same as the Python API on the same picture.
   expected = predictor.predict([image])[0]
   assert {k: answer[k] for k in expected} == expected
-  np.testing.assert_allclose(probs, predictor.emotion_distribution([image])[0], atol=1e-6)
+  # From the generation's first step, equal to a separate pass.
+  np.testing.assert_allclose(probs, predictor.emotion_distribution([image])[0], atol=1e-5)
+  grid = predictor.config.data.image_size // predictor.model.config.vision.patch_size
+  attention = np.asarray(answer["attention"])
+  assert attention.shape == (len(answer["words"]), grid, grid)
+  np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-3)
+  assert np.asarray(answer["vad"]).shape == (len(answer["tokens"]), 3)
   # Another format of another size works too.
   big = np.asarray(Image.fromarray(image).resize((80, 60)))
   status, answer = request(server, "POST", "/api/predict", body=png_bytes(big, "JPEG"))
   assert status == 200 and len(answer["probabilities"]) == 9
+
+
+def test_a_chosen_emotion_is_explained(server, test_images):
+  body = png_bytes(test_images[2])
+  status, answer = request(server, "POST", "/api/predict?emotion=something%20else", body=body)
+  assert status == 200, answer
+  assert answer["text"].startswith("the emotion is something else because")
+  status, answer = request(server, "POST", "/api/predict?emotion=joy", body=body)
+  assert status == 400 and "'joy' is not one of the nine ArtEmis emotions" in answer["error"]
+  assert_still_answers(server)
 
 
 def test_garbage_gets_a_clear_400(server):

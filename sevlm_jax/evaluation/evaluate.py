@@ -1,7 +1,9 @@
 """Evaluation of a run: generate for every image of a split, then ACC, EA, Unique and caption metrics.
 
 Writes <workdir>/predictions_<split>.json (one entry per image: generated text, parsed emotion
-and explanation, the dominant emotion, the human explanations) and <workdir>/metrics_<split>.json.
+and explanation, the dominant emotion, the human explanations), <workdir>/metrics_<split>.json
+and, for the report's gallery, <workdir>/trace_<split>.npz (the first eval.trace_images images'
+attention map per explanation word and VAD per token; see evaluation.traces).
 """
 
 import os
@@ -23,7 +25,9 @@ from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
 from sevlm_jax.evaluation import judge as judge_lib
 from sevlm_jax.evaluation import metrics as metrics_lib
+from sevlm_jax.evaluation import traces as traces_lib
 from sevlm_jax.inference import decode as decode_lib
+from sevlm_jax.inference import trace as trace_lib
 
 
 def generator(run: run_lib.Run) -> Callable:
@@ -31,41 +35,73 @@ def generator(run: run_lib.Run) -> Callable:
   return decode_lib.make_generate_fn(run.model, run.config.eval, run.tokenizer, run.output_ids)
 
 
-def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
-                  max_images: int = 0, generate: Callable | None = None) -> list[dict[str, Any]]:
-  """Generates emotion + explanation for the images of a split (the first max_images if > 0).
+def _over_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
+                max_images: int, call: Callable, what: str):
+  """Yields (call's outputs on the host, batch) for the batches of a split, until max_images
+  (> 0) real images are done.
 
   Runs over every device of config.parallel: each batch of config.eval.batch_size images
   (rounded up to a multiple of the device count) is split over the devices, each process
-  reads only its block of it, and every process gets all the predictions. Every process
-  must call this (it is collective). generate: from generator(run), to reuse its compilation.
+  reads only its block of it, and every process gets all the outputs. Every process must
+  iterate it (it is collective). call(params, images, vad_table, rng): a pytree of arrays.
   """
-  generate = generate or generator(run)
   mesh = parallel.make_mesh(config.parallel)
   params = parallel.put(params, parallel.tree_shardings(params, mesh, config.parallel))
   vad_table = parallel.put(run.vad_table, parallel.replicated(mesh))
   part, parts = parallel.process_part(mesh)
   batch_size = parallel.padded_batch_size(config.eval.batch_size, mesh)
-  rng = jax.random.PRNGKey(config.seed)
-  explanation_after = config.eval.get("explanation_after", "first_because")  # older configs: default
-  preds = []
+  rng = jax.random.PRNGKey(config.eval.get("seed", config.seed))  # top_p sampling's
   total = records.load_meta(run.ready_dir)["splits"][split]["images"]  # no second open of the split
   total = min(total, max_images or total)
-  with io_utils.Progress(f"generating ({split})", total=total, unit="img",
+  done = 0
+  with io_utils.Progress(f"{what} ({split})", total=total, unit="img",
                          enabled=jax.process_index() == 0) as bar:
     for batch in pipeline.eval_batch_parts(run.ready_dir, split, batch_size=batch_size,
                                            part_index=part, part_count=parts):
       rng, step_rng = jax.random.split(rng)
       images = parallel.shard_host_batch({"image": batch["image"]}, mesh)["image"]
       step_rng = parallel.put(step_rng, parallel.replicated(mesh))
-      tokens = parallel.to_host(generate(params, images, vad_table, step_rng))
-      for row in np.flatnonzero(batch["valid"]):
-        preds.append({"image_index": int(batch["image_index"][row]),
-                      **decode_lib.prediction(run.tokenizer, tokens[row], explanation_after)})
+      yield jax.tree.map(parallel.to_host, call(params, images, vad_table, step_rng)), batch
+      done += int(batch["valid"].sum())
       bar.update(min(int(batch["valid"].sum()), total - bar.done))
-      if max_images and len(preds) >= max_images:
+      if max_images and done >= max_images:
         break
+
+
+def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
+                  max_images: int = 0, generate: Callable | None = None) -> list[dict[str, Any]]:
+  """Generates emotion + explanation for the images of a split (the first max_images if > 0),
+  on every device (see _over_split). generate: from generator(run), to reuse its compilation.
+  """
+  explanation_after = config.eval.get("explanation_after", "first_because")  # older configs: default
+  preds = []
+  for tokens, batch in _over_split(run, params, split, config, max_images,
+                                   generate or generator(run), "generating"):
+    for row in np.flatnonzero(batch["valid"]):
+      preds.append({"image_index": int(batch["image_index"][row]),
+                    **decode_lib.prediction(run.tokenizer, tokens[row], explanation_after)})
   return preds[:max_images] if max_images else preds
+
+
+def trace_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
+                max_images: int) -> dict[int, dict[str, Any]]:
+  """image_index -> inference.trace's words + attention maps and tokens + VAD, for the first
+  max_images images of a split. The traced loop chooses the same tokens as predict_split's (the
+  same random numbers per batch), so the words are those of the saved explanations."""
+  details = decode_lib.make_details_fn(run.model, config.eval, run.tokenizer, run.output_ids,
+                                       trace=True)
+  call = lambda params, images, vad_table, rng: {
+      k: v for k, v in details(params, images, vad_table, rng, None).items()
+      if k in ("tokens", "lengths", "attention", "vad")}
+  entries = {}
+  for got, batch in _over_split(run, params, split, config, max_images, call, "tracing"):
+    for row in np.flatnonzero(batch["valid"]):
+      index = int(batch["image_index"][row])
+      if len(entries) < max_images:
+        entries[index] = trace_lib.trace_entry(
+            run.tokenizer, got["tokens"][row], int(got["lengths"][row]), got["attention"][row],
+            got["vad"][row], run.tokenizer.because_id)
+  return entries
 
 
 def _references(ready_dir: str, split: str, preds, dominant_rule: str):
@@ -185,8 +221,12 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: run_lib.R
   results = score_predictions(preds, run.ready_dir, split, config, judge)
   results["checkpoint"] = {"kind": meta.get("checkpoint"), "step": meta.get("step")}
   results["generation_seconds"] = gen_s
+  trace_images = int(config.eval.get("trace_images", 0)) if config.eval.get("report", True) else 0
+  traces = trace_split(run, params, split, config, trace_images) if trace_images else None
   if jax.process_index() != 0:  # every process holds the same results; one writes them
     return results
+  if traces is not None:
+    traces_lib.save_traces(os.path.join(workdir, f"trace_{split}.npz"), traces)
   io_utils.write_json_atomic(os.path.join(workdir, f"predictions_{split}.json"), preds)
   io_utils.write_json_atomic(os.path.join(workdir, f"metrics_{split}.json"), results)
   logging.info("%s: %s", split, scalar_metrics(results))

@@ -17,9 +17,16 @@ names none) whose explanation has the least word overlap with the closest human 
 a person wrote. Overlap needs no second model pass, so the report can be rebuilt from the saved
 predictions alone; a confidence ranking would need the model again.
 
+With <workdir>/trace_<split>.npz (evaluation.traces: the gallery's images decoded again in the
+traced loop), each card's explanation words can be clicked: the word's attention map over the
+image patches is drawn over the thumbnail as red squares (opacity relative to the map's peak; the
+maps go into the page as uint8 base64, a quarter of float32), and a chart shows the VAD head's
+valence, arousal and dominance per explanation token.
+
 Every text from the data or the model goes through html.escape: explanations are user data.
 """
 
+import base64
 import html
 import io
 import json
@@ -36,6 +43,7 @@ from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.data import records
 from sevlm_jax.evaluation import metrics as metrics_lib
+from sevlm_jax.evaluation import traces as traces_lib
 
 MAX_GALLERY = 600  # items in the gallery (a full ArtEmis test split has ~8,000); worst cases always show
 WORST_K = 12
@@ -285,8 +293,28 @@ def confusion_html(results: dict) -> str:
 # ----------------------------------------------------------------------------- gallery
 
 
+def attention_data(attention_WxGxG: np.ndarray) -> str:
+  """The maps of a card's words as base64 of uint8 (each map scaled to its own peak = 255): what
+  the overlay draws (opacity relative to the peak), at a quarter of float32's size."""
+  maps = np.asarray(attention_WxGxG, np.float32).reshape(len(attention_WxGxG), -1)
+  peak = np.maximum(maps.max(axis=1, keepdims=True), 1e-12) if maps.size else 1.0
+  return base64.b64encode(np.round(255 * maps / peak).astype(np.uint8).tobytes()).decode("ascii")
+
+
+def vad_chart_svg(trace: dict) -> str:
+  """The VAD head's valence, arousal and dominance per explanation token, as a line chart."""
+  vad = np.asarray(trace["vad"], np.float32).reshape(-1, 3)
+  series = [(name, [(float(t), float(vad[t, d])) for t in range(len(vad))])
+            for d, name in enumerate(("valence", "arousal", "dominance"))]
+  svg = line_chart_svg("VAD per explanation token", series, width=340, height=170,
+                       x_label="token (" + " | ".join(trace["tokens"])[:60] + ")")
+  return svg.replace('<svg class="chart"', '<svg class="chart vad-chart"', 1)
+
+
 def card_html(item: dict, thumbs: str, eager: bool) -> str:
-  """One artwork: thumbnail, prediction, and the human annotations."""
+  """One artwork: thumbnail, prediction, and the human annotations; with a trace, the words of
+  the explanation can be clicked to draw their attention maps over the thumbnail, and the VAD
+  per token is a chart."""
   src = f"{quote(thumbs)}/{item['index']}.png"
   loading = "eager" if eager else "lazy"
   humans = "".join(f"<li><b>{esc(e)}</b>: {esc(u)}</li>" for e, u in item["annotations"])
@@ -294,18 +322,29 @@ def card_html(item: dict, thumbs: str, eager: bool) -> str:
   dominant = item["dominant"] if item["dominant"] is not None else "none (no majority)"
   explanation = (f"&ldquo;{esc(item['explanation'])}&rdquo;" if item["explanation"]
                  else "(no explanation)")
+  trace, data, overlay, vad = item.get("trace"), "", "", ""
+  if trace is not None and len(trace["words"]):
+    grid = trace["attention"].shape[-1]
+    data = f' data-grid="{grid}" data-attn="{attention_data(trace["attention"])}"'
+    words = " ".join(f'<span class="w" data-k="{k}" role="button" tabindex="0">{esc(w)}</span>'
+                     for k, w in enumerate(trace["words"]))
+    explanation = (f'{explanation}<div class="words" title="click a word: where the model looked'
+                   f' while writing it">{words}</div>')
+    overlay = f'<svg class="attn" viewBox="0 0 {grid} {grid}" preserveAspectRatio="none" hidden></svg>'
+  if trace is not None and len(trace["vad"]):
+    vad = f'<details class="vad"><summary>VAD per token</summary>{vad_chart_svg(trace)}</details>'
   return (
       f'<div class="item {item["outcome"]}" data-true="{esc(item["dominant"] or "none")}" '
-      f'data-pred="{esc(item["predicted"])}" data-outcome="{item["outcome"]}">'
-      f'<img src="{src}" alt="{esc(item["image_id"])}" loading="{loading}" width="{THUMB_SIZE}" '
-      f'height="{THUMB_SIZE}">'
+      f'data-pred="{esc(item["predicted"])}" data-outcome="{item["outcome"]}"{data}>'
+      f'<div class="pic"><img src="{src}" alt="{esc(item["image_id"])}" loading="{loading}" '
+      f'width="{THUMB_SIZE}" height="{THUMB_SIZE}">{overlay}</div>'
       f'<div class="text"><div class="id">{esc(item["image_id"])} (#{item["index"]})</div>'
       f'<div class="pred"><span class="tag {item["outcome"]}">{item["outcome"]}</span> '
       f'predicted <b>{esc(item["emotion_text"] or "(nothing)")}</b>, annotators: '
       f'<b>{esc(dominant)}</b>{judge}</div>'
       f'<div class="expl">{explanation}</div>'
       f'<div class="overlap">word overlap with the closest annotation: {item["overlap"]:.2f}</div>'
-      f'<details><summary>{len(item["annotations"])} human annotations</summary>'
+      f'{vad}<details><summary>{len(item["annotations"])} human annotations</summary>'
       f'<ul>{humans}</ul></details></div></div>')
 
 
@@ -343,6 +382,28 @@ _SCRIPT = """
   }
   controls.forEach(function (c) { c.addEventListener('change', apply); });
   apply();
+
+  // A clicked word draws its attention map (uint8 per patch, base64 in the card's data-attn)
+  // as red squares over the thumbnail; a second click, or another word, clears it.
+  function drawWord(card, word) {
+    var svg = card.querySelector('svg.attn'), on = !word.classList.contains('on');
+    Array.prototype.forEach.call(card.querySelectorAll('.w.on'), function (w) { w.classList.remove('on'); });
+    while (svg.firstChild) { svg.removeChild(svg.firstChild); }
+    if (!on) { svg.setAttribute('hidden', ''); return; }
+    var g = Number(card.dataset.grid), bytes = atob(card.dataset.attn), k = Number(word.dataset.k);
+    for (var p = 0; p < g * g; p++) {
+      var r = document.createElementNS(svg.namespaceURI, 'rect');
+      r.setAttribute('x', p % g); r.setAttribute('y', Math.floor(p / g));
+      r.setAttribute('width', 1); r.setAttribute('height', 1); r.setAttribute('fill', '#d62728');
+      r.setAttribute('fill-opacity', (0.75 * bytes.charCodeAt(k * g * g + p) / 255).toFixed(3));
+      svg.appendChild(r);
+    }
+    word.classList.add('on'); svg.removeAttribute('hidden');
+  }
+  document.addEventListener('click', function (e) {
+    var word = e.target.closest ? e.target.closest('.w') : null;
+    if (word) { drawWord(word.closest('.item'), word); }
+  });
 })();
 """
 
@@ -367,6 +428,10 @@ svg .grid { stroke: #e6e6e6; } svg .ctitle { font-size: 13px; font-weight: 600; 
 .item .overlap { color: #666; font-size: 12px; } .item ul { margin: 4px 0; padding-left: 18px; }
 .tag { font-size: 11px; padding: 0 4px; border-radius: 3px; color: #fff; background: #999; }
 .tag.right { background: #2ca02c; } .tag.wrong { background: #d62728; }
+.item .pic { position: relative; flex: none; width: 128px; height: 128px; }
+.item svg.attn { position: absolute; left: 0; top: 0; width: 128px; height: 128px; pointer-events: none; }
+.item .words { font-style: normal; margin-top: 2px; } .item .w { cursor: pointer; border-bottom: 1px dotted #999; }
+.item .w.on { background: #ffd7d7; border-bottom-color: #d62728; }
 """
 
 
@@ -418,9 +483,15 @@ human annotation: wrong about the feeling and far from anything a person wrote.<
 
 def write_report(workdir: str, split: str, results: dict, preds: Sequence[dict], ready_dir: str, *,
                  images_blanked: bool = False, max_gallery: int = MAX_GALLERY,
-                 worst_k: int = WORST_K) -> str:
-  """Writes <workdir>/report_<split>.html and its thumbnails; returns the HTML's path."""
+                 worst_k: int = WORST_K, traces: dict[int, dict] | None = None) -> str:
+  """Writes <workdir>/report_<split>.html and its thumbnails; returns the HTML's path.
+
+  traces: image_index -> evaluation.traces' entry (attention per word, VAD per token), drawn
+  on the cards of those images."""
   items = gallery_items(preds, records.load_annotations(ready_dir, split))
+  for it in items:
+    if traces and it["index"] in traces:
+      it["trace"] = traces[it["index"]]
   items.sort(key=lambda it: it["index"])
   gallery, worst = items[:max_gallery], worst_cases(items, worst_k)
   thumbs = f"report_{split}"
@@ -434,9 +505,13 @@ def write_report(workdir: str, split: str, results: dict, preds: Sequence[dict],
 
 
 def write_report_from_files(workdir: str, split: str, ready_dir: str, **kwargs) -> str:
-  """The report rebuilt from <workdir>/metrics_<split>.json and predictions_<split>.json."""
+  """The report rebuilt from <workdir>/metrics_<split>.json and predictions_<split>.json, with
+  trace_<split>.npz when there is one."""
   with open(os.path.join(workdir, f"metrics_{split}.json"), encoding="utf-8") as f:
     results = json.load(f)
   with open(os.path.join(workdir, f"predictions_{split}.json"), encoding="utf-8") as f:
     preds = json.load(f)
+  trace_path = os.path.join(workdir, f"trace_{split}.npz")
+  if "traces" not in kwargs and os.path.exists(trace_path):
+    kwargs["traces"] = traces_lib.load_traces(trace_path)
   return write_report(workdir, split, results, preds, ready_dir, **kwargs)

@@ -8,6 +8,12 @@
   predictor.emotion_distribution(["painting.jpg"])
   # -> float32 [1, 9]: probabilities of the nine emotions (vocab.EMOTIONS order)
 
+  predictor.explain(["painting.jpg"], emotion="fear", return_attention=True, return_vad=True)
+  # -> [{"emotion": "fear", "explanation": ..., "probabilities": [9 floats],
+  #      "words": [...], "attention": float32 [words, G, G], "tokens": [...], "vad": [tokens, 3]}]
+
+  predictor.with_decoding(decoding="beam", beam_width=4, length_penalty=1.0).predict([...])
+
 Everything the predictor needs is in the workdir (config.json, vad_table.npy, checkpoints),
 so no data set or lexicon is read. Images are resized as the data set's were, padded to a
 fixed batch so the jitted generation compiles once.
@@ -29,8 +35,9 @@ from sevlm_jax import vocab
 from sevlm_jax.data import batching
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import tokenizer as tokenizer_lib
-from sevlm_jax.errors import CheckpointNotFoundError
+from sevlm_jax.errors import CheckpointNotFoundError, ConfigError, InputError
 from sevlm_jax.inference import decode as decode_lib
+from sevlm_jax.inference import trace as trace_lib
 
 
 def emotion_first_tokens(tokenizer) -> np.ndarray:
@@ -45,6 +52,27 @@ def emotion_first_tokens(tokenizer) -> np.ndarray:
   return np.asarray(ids, np.int32)
 
 
+def emotion_columns(tokenizer, output_ids=None) -> tuple[np.ndarray, np.ndarray]:
+  """(columns int32[9], known bool[9]): where each emotion's first token sits among the logits,
+  and whether it is there at all (a restricted output vocabulary may lack it)."""
+  first = emotion_first_tokens(tokenizer)
+  if output_ids is None:
+    return first, np.ones(len(first), bool)
+  position = {int(t): k for k, t in enumerate(np.asarray(output_ids))}
+  columns = np.asarray([position.get(int(t), 0) for t in first], np.int32)
+  known = np.asarray([int(t) in position for t in first])
+  if not known.any():
+    raise ValueError("no emotion word is in the run's output vocabulary")
+  return columns, known
+
+
+def emotion_probs(logits_BxV, columns, known) -> jax.Array:
+  """float32 [B, 9]: the softmax of the logits after "the emotion is" over the emotions' first
+  tokens (an emotion missing from the output vocabulary gets 0)."""
+  logits_Bx9 = jnp.where(jnp.asarray(known), logits_BxV[:, jnp.asarray(columns)], -jnp.inf)
+  return jax.nn.softmax(logits_Bx9.astype(jnp.float32), axis=-1)
+
+
 def make_emotion_fn(model, tokenizer, output_ids=None):
   """Jitted (params, images, vad_table) -> float32 [B, 9] emotion probabilities.
 
@@ -54,30 +82,37 @@ def make_emotion_fn(model, tokenizer, output_ids=None):
   it gets probability 0 (the model cannot write it).
   """
   prompt_L = jnp.asarray(tokenizer.prompt_ids, jnp.int32)
-  first = emotion_first_tokens(tokenizer)
-  if output_ids is None:
-    columns, known = first, np.ones(len(first), bool)
-  else:
-    position = {int(t): k for k, t in enumerate(np.asarray(output_ids))}
-    columns = np.asarray([position.get(int(t), 0) for t in first], np.int32)
-    known = np.asarray([int(t) in position for t in first])
-    if not known.any():
-      raise ValueError("no emotion word is in the run's output vocabulary")
+  columns, known = emotion_columns(tokenizer, output_ids)
+  if output_ids is not None:
     output_ids = jnp.asarray(output_ids, jnp.int32)
-  columns, known = jnp.asarray(columns), jnp.asarray(known)
 
   @jax.jit
-  def emotion_probs(params, images, vad_table):
+  def emotion_probs_fn(params, images, vad_table):
     variables = {"params": params}
     patches = model.apply(variables, images, method=model.encode_image)
     ids_BxL = jnp.broadcast_to(prompt_L, (images.shape[0], prompt_L.shape[0]))
     segs_BxL = jnp.full_like(ids_BxL, model.config.emotion_segment_id)
     out = model.apply(variables, patches, ids_BxL, segs_BxL, vad_table[ids_BxL],
                       jnp.ones_like(ids_BxL), output_ids=output_ids)
-    logits_Bx9 = jnp.where(known, out["logits"][:, -1][:, columns], -jnp.inf)
-    return jax.nn.softmax(logits_Bx9.astype(jnp.float32), axis=-1)
+    return emotion_probs(out["logits"][:, -1], columns, known)
 
-  return emotion_probs
+  return emotion_probs_fn
+
+
+def check_emotions(emotion, count: int) -> list[str]:
+  """One emotion name per image from a name (for all) or a list (one each), or InputError."""
+  names = [emotion] * count if isinstance(emotion, str) else list(emotion)
+  if len(names) != count:
+    raise InputError(f"emotion: got {len(names)} names for {count} images (give one name for"
+                     " all, or one per image)")
+  out = []
+  for i, name in enumerate(names):
+    clean = " ".join(str(name).lower().split())
+    if clean not in vocab.EMOTIONS:
+      raise InputError(f"emotion {i}: {name!r} is not one of the nine ArtEmis emotions: "
+                       f"{', '.join(vocab.EMOTIONS)}")
+    out.append(clean)
+  return out
 
 
 class Predictor:
@@ -97,7 +132,10 @@ class Predictor:
     self._generate = decode_lib.make_generate_fn(self.model, config.eval, self.tokenizer,
                                                output_ids)
     self._emotion_probs = make_emotion_fn(self.model, self.tokenizer, output_ids)
-    self._rng = jax.random.PRNGKey(config.seed)
+    self._output_ids = output_ids
+    self._columns = emotion_columns(self.tokenizer, output_ids)
+    self._traced_fn = None  # the traced decoding loop, compiled on first use
+    self._rng = jax.random.PRNGKey(config.eval.get("seed", config.seed))
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str = "best_acc", batch_size: int | None = None
@@ -144,12 +182,103 @@ class Predictor:
             for padded, n in self._batches(images)]
     return np.concatenate(rows) if rows else np.zeros((0, vocab.NUM_EMOTIONS), np.float32)
 
-  def predict(self, images: Sequence[Any]) -> list[dict[str, str]]:
-    """Emotion and explanation for each image (file paths, PIL images or uint8/float arrays)."""
-    out = []
+  def with_decoding(self, **options) -> "Predictor":
+    """A predictor with the same parameters and other decoding choices: any of the eval config's
+    decoding (greedy | top_p | beam), top_p, temperature, beam_width, length_penalty, seed."""
+    allowed = ("decoding", "top_p", "temperature", "beam_width", "length_penalty", "seed")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+      raise ConfigError(f"unknown decoding option(s) {unknown}: choose from {list(allowed)}")
+    if options.get("decoding", "greedy") not in decode_lib.METHODS:
+      raise ConfigError(f"decoding must be one of {', '.join(decode_lib.METHODS)}; got"
+                        f" {options['decoding']!r}")
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.eval.update(options)
+    return Predictor(config, self.params, np.asarray(self.vad_table), self.batch_size,
+                     self._output_ids)
+
+  def predict(self, images: Sequence[Any], *, emotion: str | Sequence[str] | None = None,
+              return_attention: bool = False, return_vad: bool = False) -> list[dict[str, Any]]:
+    """Emotion and explanation for each image (file paths, PIL images or uint8/float arrays).
+
+    emotion: the explanation that follows "the emotion is {emotion} because" (one name for all
+    images, or one per image); see explain.
+    return_attention: each dict also gets 'words' (the explanation's words) and 'attention'
+    (float32 [words, G, G]: the cross-attention over the GxG image patches while writing each
+    word; see inference.trace for tokens vs words and the layers averaged).
+    return_vad: each dict also gets 'tokens' (the explanation's BPE tokens) and 'vad' (float32
+    [tokens, 3]: the VAD head's valence, arousal, dominance for each).
+    Either flag, or an emotion, runs the traced decoding loop (its own compile), which also
+    gives 'probabilities': the nine emotions' probabilities (EMOTIONS order) from the first
+    decoding step's logits, with no second pass of the vision tower.
+    """
+    if emotion is None and not (return_attention or return_vad):
+      out = []
+      for padded, n in self._batches(images):
+        self._rng, rng = jax.random.split(self._rng)
+        tokens = np.asarray(self._generate(self.params, padded, self.vad_table, rng))
+        out += [decode_lib.prediction(self.tokenizer, tokens[row], self.explanation_after)
+                for row in range(n)]
+      return out
+    preds = self._traced(images, emotion)
+    for p in preds:
+      if not return_attention:
+        del p["words"], p["attention"]
+      if not return_vad:
+        del p["tokens"], p["vad"]
+    return preds
+
+  def explain(self, images: Sequence[Any], emotion: str | Sequence[str], *,
+              return_attention: bool = False, return_vad: bool = False) -> list[dict[str, Any]]:
+    """The explanation of a given emotion: generation continues "the emotion is {emotion}
+    because" (the forced tokens are fed as if generated, with their segments). emotion: one of
+    vocab.EMOTIONS for every image, or a list with one per image. Returns predict's dicts."""
+    if emotion is None:
+      raise InputError(f"explain needs an emotion: one of {', '.join(vocab.EMOTIONS)}")
+    return self.predict(images, emotion=emotion, return_attention=return_attention,
+                        return_vad=return_vad)
+
+  def analyse(self, images: Sequence[Any], emotion: str | Sequence[str] | None = None
+              ) -> list[dict[str, Any]]:
+    """predict with everything: probabilities, attention per word and VAD per token."""
+    return self.predict(images, emotion=emotion, return_attention=True, return_vad=True)
+
+  def forced_ids(self, emotions: Sequence[str]) -> np.ndarray:
+    """int32 [N, F]: " {emotion} because" per image, -1 after a shorter one; F is the longest of
+    the nine, so every batch has one shape."""
+    parts = {name: self.tokenizer.encode(" " + name) + [self.tokenizer.because_id]
+             for name in vocab.EMOTIONS}
+    width = max(len(p) for p in parts.values())
+    forced = np.full((len(emotions), width), -1, np.int32)
+    for row, name in enumerate(emotions):
+      forced[row, :len(parts[name])] = parts[name]
+    return forced
+
+  def _traced(self, images, emotion) -> list[dict[str, Any]]:
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+      images = [images]
+    emotions = None if emotion is None else check_emotions(emotion, len(images))
+    if self._traced_fn is None:
+      self._traced_fn = decode_lib.make_details_fn(self.model, self.config.eval, self.tokenizer,
+                                                   self._output_ids, trace=True)
+    out, start = [], 0
     for padded, n in self._batches(images):
       self._rng, rng = jax.random.split(self._rng)
-      tokens = np.asarray(self._generate(self.params, padded, self.vad_table, rng))
-      out += [decode_lib.prediction(self.tokenizer, tokens[row], self.explanation_after)
-              for row in range(n)]
+      # Nothing forced is a forced start of -1s: one compile serves both.
+      forced = np.full((self.batch_size, self.forced_ids(vocab.EMOTIONS[:1]).shape[1]), -1,
+                       np.int32)
+      if emotions is not None:
+        forced[:n] = self.forced_ids(emotions[start:start + n])
+      start += n
+      got = self._traced_fn(self.params, padded, self.vad_table, rng, forced)
+      probs = np.asarray(emotion_probs(got["first_logits"], *self._columns))
+      got = {k: np.asarray(v) for k, v in got.items()}
+      for row in range(n):
+        entry = decode_lib.prediction(self.tokenizer, got["tokens"][row],
+                                         self.explanation_after)
+        entry["probabilities"] = [float(p) for p in probs[row]]
+        entry.update(trace_lib.trace_entry(self.tokenizer, got["tokens"][row],
+                                           int(got["lengths"][row]), got["attention"][row],
+                                           got["vad"][row], self.tokenizer.because_id))
+        out.append(entry)
     return out

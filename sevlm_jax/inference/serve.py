@@ -6,9 +6,12 @@ Listens on 127.0.0.1 only (nothing else can reach it). Routes:
 
   GET  /              the page (inline CSS and JS; no network)
   GET  /api/health    {"status": "ok", "emotions": [...], "max_upload_bytes": N}
-  POST /api/predict   body: the image file's bytes (any format PIL reads). Answers
-                      {"emotion", "explanation", "text", "emotions", "probabilities"}: the
-                      generated sentence and the model's probabilities of the nine emotions.
+  POST /api/predict   body: the image file's bytes (any format PIL reads); ?emotion=NAME asks
+                      for the explanation of that emotion. Answers {"emotion", "explanation",
+                      "text", "emotions", "probabilities", "words", "attention", "tokens",
+                      "vad"}: the generated sentence, the model's probabilities of the nine
+                      emotions (first decoding step), per explanation word a GxG map of where
+                      the model looked (rows sum to 1), per token its predicted VAD.
 
 Bad requests get a JSON {"error": "..."}: 400 (not an image, empty), 411 (no Content-Length),
 413 (over the upload limit, judged from the Content-Length, or over the pixel limit, judged from
@@ -22,9 +25,11 @@ predictor keeps a random-number state and one compiled batch shape).
 import http.server
 import json
 import threading
+import urllib.parse
 from typing import Any
 
 from absl import logging
+import numpy as np
 from PIL import Image
 
 from sevlm_jax import errors
@@ -62,19 +67,29 @@ def decode_upload(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
                        "a PNG, JPEG, GIF, BMP or WebP file") from e
 
 
-def prediction_json(predictor, image: Image.Image) -> dict[str, Any]:
-  """The answer to /api/predict for one image."""
-  pred = predictor.predict([image])[0]
-  probs = predictor.emotion_distribution([image])[0]
+def prediction_json(predictor, image: Image.Image, emotion: str | None = None) -> dict[str, Any]:
+  """The answer to /api/predict for one image: one traced decoding pass gives the sentence, the
+  emotion probabilities (its first step), each explanation word's attention map (GxG, rounded)
+  and each explanation token's VAD prediction. emotion: explain this one instead of the model's
+  choice."""
+  pred = predictor.analyse([image], emotion)[0]
   return {**pred, "emotions": list(vocab.EMOTIONS),
-          "probabilities": [float(p) for p in probs]}
+          "attention": np.round(pred["attention"], 5).tolist(),
+          "vad": np.round(pred["vad"], 5).tolist()}
+
+
+def requested_emotion(path: str) -> str | None:
+  """The ?emotion= of /api/predict (absent or empty: the model's choice)."""
+  values = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("emotion", [""])
+  return values[-1] or None
 
 
 def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                  socket_timeout_s: float = SOCKET_TIMEOUT_S):
   """A request handler class bound to one predictor."""
   lock = threading.Lock()
-  page = PAGE.replace("__MAX_UPLOAD_BYTES__", str(max_upload_bytes)).encode("utf-8")
+  page = PAGE.replace("__MAX_UPLOAD_BYTES__", str(max_upload_bytes)).replace(
+      "__EMOTIONS__", json.dumps(list(vocab.EMOTIONS))).encode("utf-8")
 
   class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "sevlm"
@@ -122,7 +137,7 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         self._json(404, {"error": f"no such page: {self.path}"})
 
     def do_POST(self):  # pylint: disable=invalid-name
-      if self.path != "/api/predict":
+      if urllib.parse.urlsplit(self.path).path != "/api/predict":
         self._refuse(404, f"no such endpoint: {self.path} (POST images to /api/predict)",
                      unread=self._declared_length())
         return
@@ -130,7 +145,7 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         body = self._read_body()
         image = decode_upload(body)
         with lock:
-          answer = prediction_json(predictor, image)
+          answer = prediction_json(predictor, image, requested_emotion(self.path))
       except RequestError as e:
         self._refuse(e.status, str(e), unread=e.unread)
         return
@@ -200,7 +215,7 @@ def make_server(predictor, port: int = DEFAULT_PORT, max_upload_bytes: int = MAX
 
 
 def warm_up(predictor) -> None:
-  """Compiles both jitted functions now, so that the first upload answers quickly."""
+  """Compiles the traced decoding loop now, so that the first upload answers quickly."""
   blank = Image.new("RGB", (predictor.image_size, predictor.image_size), (128, 128, 128))
   prediction_json(predictor, blank)
 
@@ -239,35 +254,118 @@ body { font: 15px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 820p
 .row .name { width: 120px; text-align: right; } .row .track { flex: 1; background: #eee; height: 14px; }
 .row .fill { background: #1f77b4; height: 14px; } .row .p { width: 56px; font-variant-numeric: tabular-nums; }
 .note { color: #666; font-size: 13px; margin-bottom: 4px; }
+#picture { text-align: center; } #frame { position: relative; display: inline-block; margin: 16px auto; }
+#frame #preview { margin: 0; } #overlay { position: absolute; left: 0; top: 0; width: 100%; height: 100%; pointer-events: none; }
+.word { cursor: pointer; border-bottom: 1px dotted #999; margin-right: 4px; }
+.word.on { background: #ffd7d7; border-bottom-color: #d62728; }
+#vad-chart text { font-size: 10px; fill: #444; }
 [hidden] { display: none !important; }
 </style></head>
 <body>
 <h1>What does this artwork make you feel?</h1>
 <p>Choose or drop an image: the model names the emotion it evokes (one of the nine ArtEmis
 emotions) and explains why. Nothing leaves this computer.</p>
+<p><label for="emotion-choice">Explain:</label> <select id="emotion-choice">
+<option value="">the model's own choice of emotion</option></select></p>
 <label id="drop" for="file">Drop an image here, or click to choose one
 <input type="file" id="file" accept="image/*" hidden></label>
 <p id="status"></p><p id="error" role="alert"></p>
-<img id="preview" alt="the uploaded image" hidden>
+<div id="picture"><div id="frame"><img id="preview" alt="the uploaded image" hidden>
+<svg id="overlay" preserveAspectRatio="none" hidden></svg></div></div>
 <div id="result" hidden>
   <div>the emotion is <span id="emotion"></span></div>
   <div id="explanation"></div>
+  <div class="note">Click a word of the explanation to see where the model looked while writing
+  it (its attention over the image patches, averaged over heads and layers):</div>
+  <div id="words"></div>
+  <div class="note">The valence, arousal and dominance the model predicts for each token of the
+  explanation:</div>
+  <svg id="vad-chart" width="420" height="130" role="img" aria-label="VAD per token"></svg>
   <div class="note">How likely the model finds each emotion right after "the emotion is":</div>
   <div id="bars"></div>
 </div>
 <script>
 (function () {
-  var MAX_BYTES = __MAX_UPLOAD_BYTES__;
+  var MAX_BYTES = __MAX_UPLOAD_BYTES__, EMOTIONS = __EMOTIONS__;
   var drop = document.getElementById('drop'), input = document.getElementById('file');
   var statusEl = document.getElementById('status'), errorEl = document.getElementById('error');
   var preview = document.getElementById('preview'), result = document.getElementById('result');
+  var overlay = document.getElementById('overlay'), choice = document.getElementById('emotion-choice');
+  var SVG = overlay.namespaceURI;  // the inline <svg>'s namespace, for creating its children
+  var lastFile = null;
+  EMOTIONS.forEach(function (name) {
+    var o = document.createElement('option'); o.value = name; o.textContent = name; choice.appendChild(o);
+  });
 
   function showError(message) { errorEl.textContent = message; statusEl.textContent = ''; }
+
+  // An <svg> has no .hidden property (it is not an HTMLElement): the attribute is set instead.
+  function showOverlay(on) { if (on) { overlay.removeAttribute('hidden'); } else { overlay.setAttribute('hidden', ''); } }
+
+  function el(name, attrs) {
+    var node = document.createElementNS(SVG, name);
+    Object.keys(attrs).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    return node;
+  }
+
+  // One word's GxG attention map as red squares over the picture, opacity relative to its peak.
+  function showAttention(map) {
+    overlay.textContent = '';
+    var g = map.length, peak = Math.max.apply(null, map.map(function (r) { return Math.max.apply(null, r); }));
+    overlay.setAttribute('viewBox', '0 0 ' + g + ' ' + g);
+    map.forEach(function (row, y) {
+      row.forEach(function (w, x) {
+        overlay.appendChild(el('rect', { x: x, y: y, width: 1, height: 1, fill: '#d62728',
+                                         'fill-opacity': (0.75 * w / (peak || 1)).toFixed(3) }));
+      });
+    });
+    showOverlay(true);
+  }
+
+  function showWords(r) {
+    var box = document.getElementById('words');
+    box.textContent = ''; showOverlay(false);
+    r.words.forEach(function (word, k) {
+      var span = document.createElement('span'); span.className = 'word'; span.textContent = word;
+      span.tabIndex = 0; span.setAttribute('role', 'button');
+      span.addEventListener('click', function () {
+        var on = !span.classList.contains('on');
+        Array.prototype.forEach.call(box.children, function (s) { s.classList.remove('on'); });
+        if (on) { span.classList.add('on'); showAttention(r.attention[k]); } else { showOverlay(false); }
+      });
+      box.appendChild(span);
+    });
+  }
+
+  // Valence, arousal and dominance per token as three lines.
+  function showVad(r) {
+    var svg = document.getElementById('vad-chart'), w = 420, h = 130, left = 34, top = 8, bottom = 22;
+    svg.textContent = '';
+    if (!r.vad.length) { return; }
+    var all = [].concat.apply([0], r.vad), lo = Math.min.apply(null, all), hi = Math.max.apply(null, all);
+    if (hi - lo < 1e-6) { hi = lo + 1; }
+    var n = r.vad.length, right = w - 90;
+    var sx = function (i) { return left + (n > 1 ? i * (right - left) / (n - 1) : (right - left) / 2); };
+    var sy = function (v) { return top + (hi - v) * (h - top - bottom) / (hi - lo); };
+    svg.appendChild(el('line', { x1: left, y1: sy(lo), x2: left, y2: sy(hi), stroke: '#999' }));
+    [lo, hi].forEach(function (v) {
+      var t = el('text', { x: left - 4, y: sy(v) + 3, 'text-anchor': 'end' }); t.textContent = v.toFixed(2); svg.appendChild(t);
+    });
+    ['valence', 'arousal', 'dominance'].forEach(function (name, d) {
+      var color = ['#1f77b4', '#d62728', '#2ca02c'][d];
+      var points = r.vad.map(function (v, i) { return sx(i).toFixed(1) + ',' + sy(v[d]).toFixed(1); });
+      svg.appendChild(el('polyline', { points: points.join(' '), fill: 'none', stroke: color, 'stroke-width': 2,
+                                       'class': 'vad-' + name }));
+      var t = el('text', { x: right + 8, y: top + 12 + 14 * d, fill: color }); t.textContent = name; svg.appendChild(t);
+    });
+    var t = el('text', { x: left, y: h - 6 }); t.textContent = n + ' tokens: ' + r.tokens.join('|').slice(0, 60); svg.appendChild(t);
+  }
 
   function showResult(r) {
     document.getElementById('emotion').textContent = r.emotion || '(no emotion named)';
     document.getElementById('explanation').textContent =
         r.explanation ? 'because ' + r.explanation : '(no explanation)';
+    showWords(r); showVad(r);
     var bars = document.getElementById('bars');
     bars.textContent = '';
     r.emotions.map(function (name, i) { return [name, r.probabilities[i]]; })
@@ -286,8 +384,9 @@ emotions) and explains why. Nothing leaves this computer.</p>
   }
 
   function send(file) {
-    errorEl.textContent = ''; result.hidden = true;
+    errorEl.textContent = ''; result.hidden = true; showOverlay(false);
     if (!file) { return; }
+    lastFile = file;
     if (file.size > MAX_BYTES) {
       showError('This file is ' + (file.size / 1048576).toFixed(1) + ' MB; the limit is ' +
                 (MAX_BYTES / 1048576).toFixed(0) + ' MB.');
@@ -296,7 +395,8 @@ emotions) and explains why. Nothing leaves this computer.</p>
     if (preview.src) { URL.revokeObjectURL(preview.src); }
     preview.src = URL.createObjectURL(file); preview.hidden = false;
     statusEl.textContent = 'Looking at ' + file.name + '...';
-    fetch('/api/predict', { method: 'POST', body: file,
+    var url = '/api/predict' + (choice.value ? '?emotion=' + encodeURIComponent(choice.value) : '');
+    fetch(url, { method: 'POST', body: file,
                             headers: { 'Content-Type': file.type || 'application/octet-stream' } })
       .then(function (resp) {
         return resp.json().then(function (data) { return { ok: resp.ok, data: data }; });
@@ -309,6 +409,7 @@ emotions) and explains why. Nothing leaves this computer.</p>
   }
 
   input.addEventListener('change', function () { send(input.files[0]); });
+  choice.addEventListener('change', function () { if (lastFile) { send(lastFile); } });
   drop.addEventListener('dragover', function (e) { e.preventDefault(); drop.classList.add('over'); });
   drop.addEventListener('dragleave', function () { drop.classList.remove('over'); });
   drop.addEventListener('drop', function (e) {

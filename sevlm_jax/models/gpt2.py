@@ -14,6 +14,10 @@ fuse VAD features into the input embeddings between the first two. The cache
 is an explicit pytree (a tuple with one dict per block): a self-attention K/V
 buffer of a fixed maximum length (K and V in one array, written by one update
 per step), and the cross-attention K/V, computed once per image by `init_cache`.
+
+Where the text looks: applied with mutable=['intermediates'], each block's cross-attention sows
+its weights (NxHxTxP, one row per text sequence) as 'cross_attention'; otherwise the sow is
+skipped and the computation is unchanged (sevlm.mean_cross_attention reads them).
 """
 
 from typing import Any
@@ -88,6 +92,10 @@ class CrossAttention(nn.Module):
     q_BxGTxHxK = split_heads(self.q_attn(x_NxTxD).reshape(b, (n // b) * t, d), self.config.heads)
     probs = self.attn_dropout(attention_probs(q_BxGTxHxK, k_BxPxHxK, None),
                               deterministic=deterministic)
+    if self.is_mutable_collection("intermediates"):  # asked for (where the text looks); else no-op
+      h, p = probs.shape[1], probs.shape[-1]
+      self.sow("intermediates", "cross_attention", probs.reshape(b, h, n // b, t, p).transpose(
+          0, 2, 1, 3, 4).reshape(n, h, t, p))
     out_BxGTxD = self.c_proj(merge_heads(attend(probs, v_BxPxHxK)))
     return self.resid_dropout(out_BxGTxD.reshape(n, t, d), deterministic=deterministic)
 

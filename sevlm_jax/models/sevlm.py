@@ -16,8 +16,13 @@ Usage:
 Decoding with the KV cache (see sevlm_jax.inference.decode):
   cache = model.apply(v, patches, max_length, method=SEVLM.init_cache)
   out, cache = model.apply(v, cache, ids_BxT, segs_BxT, vad_BxTx3, method=SEVLM.decode_step)
+
+Where the text looks in the image (any of the calls above, with mutable=['intermediates']):
+  (out, cache), inter = model.apply(v, ..., method=SEVLM.decode_step, mutable=['intermediates'])
+  attention_BxTxP = mean_cross_attention(inter['intermediates'])
 """
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -206,6 +211,23 @@ class SEVLM(nn.Module):
     patches_BxPxD = self.encode_image(images_BxHxWx3)
     out = self(patches_BxPxD, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3, token_mask_BxL)
     return self.score(out["image_feat"], out["emotion_feat"], out["explanation_feat"])
+
+
+def mean_cross_attention(intermediates) -> jax.Array:
+  """BxTxP: where each text position looks in the image, from an apply with
+  mutable=['intermediates'] (the decoder's cross-attention sows its BxHxTxP weights there).
+
+  The mean over heads, then over all decoder layers with equal weight: no layer is known to
+  localise better than the others (distilgpt2's six all attend to the same patch tokens), and
+  one map per position keeps what is saved and drawn small. Each row sums to 1.
+  """
+  flat = traverse_util.flatten_dict(dict(intermediates))
+  maps = [probs.mean(axis=1) for path, sown in flat.items() if "cross_attention" in path
+          for probs in sown]
+  if not maps:
+    raise ValueError("no cross-attention weights in these intermediates: apply with"
+                     " mutable=['intermediates']")
+  return sum(maps[1:], maps[0]) / len(maps)
 
 
 def init_params(config, rng: jax.Array):

@@ -14,7 +14,7 @@ from sevlm_jax.data import records
 from sevlm_jax.data import vad as vad_lib
 from sevlm_jax.inference import export as export_lib
 from sevlm_jax.inference import predictor as predictor_lib
-from test_train import demo_root, trained_run
+from test_train import compile_cache, demo_root, run_main, trained_run
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +169,18 @@ def test_table_from_another_lexicon_warns_and_can_be_left_out(tiny_run, tmp_path
   rebuilt = predictor_lib.Predictor.from_pretrained(str(bare), lexicon=str(lexicon))
   assert rebuilt.predict(test_images[:4]) == predictor_lib.Predictor.from_pretrained(str(full)).predict(
       test_images[:4])
+
+
+def test_command_line_export(tiny_run, tmp_path, tmp_path_factory, exported):
+  """--mode=export with --checkpoint writes the same parameters as the API; without --out it is an
+  error that says what to add."""
+  cache = compile_cache(tmp_path_factory)
+  out = tmp_path / "cli_model"
+  done = run_main(["--mode=export", f"--workdir={tiny_run}", f"--out={out}", "--checkpoint=best_acc"], cache,
+                  tmp_path / "export")
+  assert done.returncode == 0, done.stderr
+  assert "Predictor.from_pretrained" in done.stdout
+  for name in ("model.safetensors", "vad_table.npy", "config.json"):
+    assert (out / name).read_bytes() == (exported / name).read_bytes(), name
+  missing = run_main(["--mode=export", f"--workdir={tiny_run}"], cache, tmp_path / "no_out")
+  assert missing.returncode != 0 and "--mode=export needs --out=DIR" in missing.stderr

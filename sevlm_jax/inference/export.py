@@ -143,6 +143,8 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
     safetensors.numpy.save_file(tensors, str(tmp / PARAMS_FILE),
                                 metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     io_utils.write_json_atomic(tmp / CONFIG_FILE, config.to_dict())
+    # safetensors writes its file private (0600); give it the permissions of the others (umask's).
+    os.chmod(tmp / PARAMS_FILE, os.stat(tmp / CONFIG_FILE).st_mode & 0o777)
     if include_vad_table:
       io_utils.save_npy_atomic(tmp / VAD_FILE, vad_table)
     output_vocab = workdir_path / "output_vocab.npy"

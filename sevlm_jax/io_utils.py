@@ -93,6 +93,18 @@ def temp_dir_beside(out: pathlib.Path) -> pathlib.Path:
   return tmp
 
 
+def replace_dir(tmp: pathlib.Path, out: pathlib.Path) -> None:
+  """Renames the finished folder `tmp` (from temp_dir_beside) onto `out`, replacing any folder
+  there: a reader sees the old folder or the new one whole (for an instant, neither)."""
+  if out.exists():
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.rename(tmp, out)
+
+
 # ----------------------------------------------------------------------------- progress
 
 def format_duration(seconds: float) -> str:

@@ -4,6 +4,7 @@
   python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=/tmp/sevlm_demo --mode=evaluate
   python -m sevlm_jax.main --workdir=/tmp/sevlm_demo --mode=predict --images=a.jpg,b.png
   python -m sevlm_jax.main --workdir=/tmp/sevlm_demo --mode=serve --port=8765
+  python -m sevlm_jax.main --workdir=/tmp/sevlm_demo --mode=export --out=/tmp/sevlm_demo_model
 """
 
 import json
@@ -28,6 +29,7 @@ from sevlm_jax import parallel
 from sevlm_jax import run as run_lib
 from sevlm_jax.evaluation import evaluate as eval_lib
 from sevlm_jax.evaluation import report as report_lib
+from sevlm_jax.inference import export as export_lib
 from sevlm_jax.inference import predictor as predictor_lib
 from sevlm_jax.inference import serve as serve_lib
 from sevlm_jax.training import loop
@@ -35,16 +37,20 @@ from sevlm_jax.training.metrics_writer import MetricsWriter
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sevlm.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "serve"],
-                          "train (then evaluate), evaluate a run, predict for --images, or serve "
-                          "a local web page for trying the model.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "serve", "export"],
+                          "train (then evaluate), evaluate a run, predict for --images, serve "
+                          "a local web page for trying the model, or export it to --out.")
 _IMAGES = flags.DEFINE_list("images", [], "predict: image files to describe.")
 _EMOTION = flags.DEFINE_string("emotion", None, "predict: explain this emotion (one of the nine "
                                "ArtEmis emotions) for every image instead of the model's choice.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", None, list(checkpoints.ALL_KINDS),
-                                "evaluate/predict/serve: which checkpoint (default: the config's "
-                                "eval.checkpoint; best_acc for predict and serve).")
+                                "evaluate/predict/serve/export: which checkpoint (default: the config's "
+                                "eval.checkpoint; best_acc for predict, serve and export).")
 _PORT = flags.DEFINE_integer("port", 8765, "serve: the port on 127.0.0.1 to listen on.")
+_OUT = flags.DEFINE_string("out", None, "export: the model directory to write (created or replaced).")
+_EXPORT_VAD_TABLE = flags.DEFINE_bool(
+    "export_vad_table", True, "export: include the VAD table; False for a table from a lexicon "
+    "that may not be redistributed (NRC-VAD): loading then needs the user's copy of it.")
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -155,6 +161,13 @@ def _one_line(message) -> str:
 
 
 def _run_mode(mode: str, config: ml_collections.ConfigDict | None, workdir: str) -> None:
+  if mode == "export":
+    if not _OUT.value:
+      raise app.UsageError("--mode=export needs --out=DIR, the model directory to write")
+    out = export_lib.export_model(workdir, _OUT.value, checkpoint=_CHECKPOINT.value or "best_acc",
+                                  include_vad_table=_EXPORT_VAD_TABLE.value)
+    print(f"exported to {out}; load it with Predictor.from_pretrained({str(out)!r})")
+    return
   if mode in ("predict", "serve"):
     checkpoint = _CHECKPOINT.value or "best_acc"
     if mode == "predict" and not _IMAGES.value:

@@ -98,9 +98,9 @@ def test_demo_lexicon_covers_demo_grammar():
   assert 250 <= len(lex) <= 500 and lex.duplicates == 0
   assert all(np.any(v != 0) for v in lex.entries.values())  # (0,0,0) would read as "absent"
   words = set(demo.COLOURS) | set(demo.BRIGHTNESS) | set(demo.SHAPES) | set(demo.TEXTURES)
-  for phrases in demo.PHRASES.values():
-    words |= {w for p in phrases for w in p.split()}
-  function_words = {"and", "are", "at", "me", "my", "of", "on", "put", "the"}
+  for emotion in vocab.EMOTIONS:
+    words |= {w for pool in demo.phrases_for(emotion) for p in pool for w in p.split()}
+  function_words = {"and", "are", "at", "me", "my", "of", "on", "put", "the", "to", "with", "very"}
   missing = sorted(w for w in words - function_words if not np.any(lex.lookup(w)))
   assert not missing
   assert "circles" not in lex.entries and np.any(lex.lookup("circles"))  # found through its lemma

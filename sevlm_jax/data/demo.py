@@ -30,9 +30,12 @@ most images have a dominant emotion and most have two distinct emotions
 (training pairs exist). Each annotator writes a short explanation from a small
 grammar naming what is really in the image (brightness, colour, shapes,
 background texture and colour) and a phrase for the emotion they chose, e.g.
-"the dark blue stripes feel lonely and cold". Sequences fit in 24 tokens.
-A model that ignores the image cannot beat chance on the emotion, and cannot
-name the colours and shapes.
+"the dark blue stripes feel lonely and cold". Most phrases are shared with
+other emotions ("make me feel uneasy" for any negative one, "catch my eye"
+for any), as in ArtEmis, so a text classifier reading the explanations (the
+EA judge) is right about 73% of the time, not always. Sequences fit in 24
+tokens. A model that ignores the image cannot beat chance on the emotion, and
+cannot name the colours and shapes.
 """
 
 import csv
@@ -50,7 +53,7 @@ from sevlm_jax import vocab
 from sevlm_jax.data import prepare
 from sevlm_jax.data import records
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3  # 3: emotion phrases shared across emotions
 DEFAULT_NUM_IMAGES = 2700  # 2295 / 135 / 270 images in train / val / test
 RAW_SIZE = 64  # drawn at 64 x 64, stored as JPEG, resized by the ingestion like any painting
 CSV_NAME = "artemis_demo.csv"
@@ -76,17 +79,48 @@ PROTOTYPES = {  # emotion -> (shape colours, brightness, shape, texture)
     "sadness": (("blue", "grey"), "dark", "stripes", "smooth"),
     "something else": (("pink", "brown"), "pale", "squares", "checkered"),
 }
-PHRASES = {
-    "amusement": ("look playful and silly", "make me smile", "are funny and cheerful"),
-    "awe": ("feel vast and majestic", "are grand and breathtaking", "make me feel small"),
-    "contentment": ("feel calm and peaceful", "are gentle and relaxing", "put me at ease"),
-    "excitement": ("are full of energy", "feel lively and thrilling", "make my heart race"),
-    "anger": ("look harsh and aggressive", "feel violent and hostile", "make me furious"),
-    "disgust": ("look dirty and rotten", "feel slimy and gross", "are repulsive"),
-    "fear": ("look menacing and eerie", "feel threatening", "make me nervous"),
-    "sadness": ("feel lonely and cold", "look gloomy and hopeless", "make me feel sad"),
-    "something else": ("are strange and confusing", "feel odd and unclear", "leave me puzzled"),
+# The emotion phrase ending each explanation. As in ArtEmis, where "it makes me feel uneasy" is written
+# for fear, disgust and sadness alike, most phrases do not name one emotion: an annotator writes one of
+# its emotion's own phrases with probability PHRASE_MIX["own"], one shared by its valence group
+# (positive / negative) with PHRASE_MIX["group"], else one any emotion may use. So a text classifier
+# (the EA judge) must also read the picture's content words, and it is right well short of always.
+OWN_PHRASES = {
+    "amusement": ("look playful and silly", "are funny and cheerful"),
+    "awe": ("feel vast and majestic", "make me feel small"),
+    "contentment": ("feel calm and peaceful", "put me at ease"),
+    "excitement": ("are full of energy", "make my heart race"),
+    "anger": ("look harsh and aggressive", "make me furious"),
+    "disgust": ("look dirty and rotten", "feel slimy and gross"),
+    "fear": ("look menacing and eerie", "make me nervous"),
+    "sadness": ("feel lonely and cold", "look gloomy and hopeless"),
+    "something else": ("are strange and confusing", "leave me puzzled"),
 }
+GROUP_PHRASES = {
+    "positive": ("make me smile", "look lovely", "lift my mood"),
+    "negative": ("make me feel uneasy", "are unpleasant", "feel heavy and dark"),
+    "other": ("are hard to describe",),
+}
+COMMON_PHRASES = ("catch my eye", "stay with me", "are very striking", "make me think")
+PHRASE_MIX = {"own": 0.3, "group": 0.3, "common": 0.4}  # the judge: ~0.73 held out (0.72 to 0.75 over seeds)
+
+
+def valence_group(emotion: str) -> str:
+  """positive, negative or other: the ternary grouping of SEVLM.md section 1."""
+  index = vocab.EMOTIONS.index(emotion)
+  return "positive" if index < 4 else "negative" if index < 8 else "other"
+
+
+def phrases_for(emotion: str) -> tuple[tuple[str, ...], ...]:
+  """The phrases an annotator of `emotion` chooses from, in PHRASE_MIX's order (own, group, common)."""
+  return OWN_PHRASES[emotion], GROUP_PHRASES[valence_group(emotion)], COMMON_PHRASES
+
+
+def sample_phrase(emotion: str, rng: np.random.Generator) -> str:
+  pools = phrases_for(emotion)
+  pool = pools[int(rng.choice(len(pools), p=list(PHRASE_MIX.values())))]
+  return str(pool[int(rng.integers(len(pool)))])
+
+
 TEMPLATES = (
     "the {brightness} {colour} {shape} {phrase}",
     "the {colour} {shape} on the {texture} background {phrase}",
@@ -134,7 +168,7 @@ def annotate(emotion: str, attrs: dict, rng: np.random.Generator, annotators: in
   out = []
   for e in chosen:
     template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
-    phrase = PHRASES[e][int(rng.integers(len(PHRASES[e])))]
+    phrase = sample_phrase(e, rng)
     out.append((e, template.format(phrase=phrase, **attrs)))
   return out
 

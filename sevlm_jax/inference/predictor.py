@@ -37,6 +37,7 @@ from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.errors import CheckpointNotFoundError, ConfigError, InputError
 from sevlm_jax.inference import decode as decode_lib
+from sevlm_jax.inference import export as export_lib
 from sevlm_jax.inference import trace as trace_lib
 
 
@@ -119,9 +120,9 @@ class Predictor:
   """Jitted emotion + explanation generation with a trained run's parameters."""
 
   def __init__(self, config: ml_collections.ConfigDict, params, vad_table: np.ndarray,
-               batch_size: int | None = None, output_ids: np.ndarray | None = None):
+               batch_size: int | None = None, output_ids: np.ndarray | None = None, tokenizer=None):
     self.config = config
-    self.tokenizer = tokenizer_lib.load_tokenizer()
+    self.tokenizer = tokenizer or tokenizer_lib.load_tokenizer()
     self.model = run_lib.build_model(config)
     self.params = params
     self.vad_table = jax.numpy.asarray(vad_table)
@@ -156,6 +157,15 @@ class Predictor:
     vocab_path = os.path.join(workdir, "output_vocab.npy")
     output_ids = np.load(vocab_path) if os.path.exists(vocab_path) else None
     return cls(config, params, np.load(table_path), batch_size=batch_size, output_ids=output_ids)
+
+  @classmethod
+  def from_pretrained(cls, directory: str, batch_size: int | None = None, lexicon: str | None = None
+                      ) -> "Predictor":
+    """A model directory written by `--mode=export` (inference/export.py): no workdir, data set
+    or checkpoint manager; lexicon only for an export that left its VAD table out."""
+    exported = export_lib.load_exported(directory, lexicon=lexicon)
+    return cls(exported.config, exported.params, exported.vad_table, batch_size=batch_size,
+               output_ids=exported.output_ids, tokenizer=exported.tokenizer)
 
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
     return np.stack([images_lib.to_pixels(im, self.image_size, f"image {i}", self.resize_filter)
@@ -195,7 +205,7 @@ class Predictor:
     config = ml_collections.ConfigDict(self.config.to_dict())
     config.eval.update(options)
     return Predictor(config, self.params, np.asarray(self.vad_table), self.batch_size,
-                     self._output_ids)
+                     self._output_ids, tokenizer=self.tokenizer)
 
   def predict(self, images: Sequence[Any], *, emotion: str | Sequence[str] | None = None,
               return_attention: bool = False, return_vad: bool = False) -> list[dict[str, Any]]:

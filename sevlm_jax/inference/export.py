@@ -1,0 +1,425 @@
+"""A trained run as a self-contained model directory, and reading one back.
+
+  python -m sevlm_jax.main --mode=export --workdir=runs/demo --out=exported/demo [--checkpoint=best_acc]
+  Predictor.from_pretrained("exported/demo")   # no workdir, data set or lexicon needed
+
+The directory (written whole or not at all):
+
+  model.safetensors   every parameter, float32, one tensor per array; its name is the path in the
+                      Flax parameter tree joined with "/", e.g. "decoder/h_0/attn/c_attn/kernel"
+                      (Dense kernels are (in, out), as Flax stores them)
+  config.json         the run's config (its "model" section is the network; "eval" the decoding)
+  vad_table.npy       float32 [50261, 3]: the (valence, arousal, dominance) of every token, the
+                      table the model reads; left out with include_vad_table=False (see below)
+  output_vocab.npy    int32 token ids the LM softmax ranges over (only for output_vocab=train_tokens)
+  tokenizer/          GPT-2's encoder.json and vocab.bpe, and added_tokens.json (SEVLM's 4 tokens)
+  README.md           the model card: data, metrics, intended use, licences
+  sevlm_export.json   format version, the checkpoint exported, and the sha256 of every file above
+
+The VAD table is made from the lexicon the run was trained with. For NRC-VAD (whose licence
+forbids redistribution) the table carries the lexicon's values of every word that is one token,
+so the card and the log warn before such a directory is shared; include_vad_table=False leaves
+the table out, and the loader then rebuilds it from the user's own copy of the lexicon
+(`lexicon=`), checked against the table's recorded sha256.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+import safetensors
+import safetensors.numpy
+from flax import traverse_util
+
+from sevlm_jax import checkpoints as ckpt_lib
+from sevlm_jax import io_utils
+from sevlm_jax import vocab
+from sevlm_jax.data import records
+from sevlm_jax.data import tokenizer as tokenizer_lib
+from sevlm_jax.data import vad as vad_lib
+from sevlm_jax.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from sevlm_jax.models import config as model_config_lib
+from sevlm_jax.models import sevlm as sevlm_lib
+
+FORMAT = "sevlm_jax export"
+FORMAT_VERSION = 1
+MANIFEST = "sevlm_export.json"
+PARAMS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+VAD_FILE = "vad_table.npy"
+OUTPUT_VOCAB_FILE = "output_vocab.npy"
+TOKENIZER_DIR = "tokenizer"
+ADDED_TOKENS_FILE = "added_tokens.json"
+CARD_FILE = "README.md"
+SEP = "/"  # joins the Flax parameter path into a tensor name
+
+NRC_VAD_WARNING = (
+    "the VAD table ({what}) holds per-token values taken from the lexicon {lexicon}, not from the "
+    "project's own demo lexicon. NRC-VAD's licence forbids redistributing the lexicon or data derived "
+    "from it: do not share this directory beyond what that licence allows, or export again with the "
+    "table left out (--export_vad_table=False) and load it with your own copy of the lexicon")
+
+
+@dataclasses.dataclass
+class Exported:
+  """What a model directory holds, read and checked."""
+  config: ml_collections.ConfigDict
+  params: Any
+  vad_table: np.ndarray
+  output_ids: np.ndarray | None
+  tokenizer: Any
+  manifest: dict
+
+
+def _sha256_file(path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def table_sha256(table: np.ndarray) -> str:
+  """sha256 of a VAD table's float32 bytes (C order): what identifies it however it is stored."""
+  return hashlib.sha256(np.ascontiguousarray(table, np.float32).tobytes()).hexdigest()
+
+
+def flatten_params(params) -> dict[str, np.ndarray]:
+  """{"a/b/kernel": float32 array}: the safetensors form of a parameter tree."""
+  flat = traverse_util.flatten_dict(jax.device_get(params))
+  out = {}
+  for path, value in flat.items():
+    bad = [p for p in path if SEP in str(p)]
+    if bad:
+      raise ValueError(f"parameter name {bad[0]!r} contains {SEP!r}; it cannot be exported")
+    out[SEP.join(str(p) for p in path)] = np.ascontiguousarray(np.asarray(value, np.float32))
+  return out
+
+
+def unflatten_params(tensors: dict[str, np.ndarray]) -> dict:
+  return traverse_util.unflatten_dict({tuple(k.split(SEP)): v for k, v in tensors.items()})
+
+
+# ----------------------------------------------------------------------------- writing
+
+def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
+                 include_vad_table: bool = True) -> pathlib.Path:
+  """Writes the model directory `out` from the run in `workdir` (see the module docstring).
+
+  `out` is created, or replaced when it holds an earlier export; any other existing, non-empty
+  folder is refused, so nothing of the user's is ever deleted.
+  """
+  workdir_path = pathlib.Path(workdir)
+  out_path = pathlib.Path(out).absolute()
+  for name in ("config.json", "vad_table.npy"):
+    if not (workdir_path / name).is_file():
+      raise CheckpointNotFoundError(
+          f"{workdir_path / name} is missing: {workdir} is not a trained SEVLM run (train one with "
+          "python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=DIR)")
+  if out_path.exists() and not (out_path / MANIFEST).is_file() and (
+      not out_path.is_dir() or any(out_path.iterdir())):
+    raise ConfigError(f"--out={out} exists and is not a SEVLM export; choose a new folder (an "
+                      "earlier export there would be replaced, anything else is left alone)")
+  config = ml_collections.ConfigDict(json.loads((workdir_path / "config.json").read_text("utf-8")))
+  params, meta = ckpt_lib.restore_params(str(workdir), checkpoint)
+  vad_table = np.load(workdir_path / "vad_table.npy").astype(np.float32)
+  vad_source = _vad_source(workdir_path, vad_table)
+  if not vad_source["demo_lexicon"] and include_vad_table:
+    logging.warning("%s", NRC_VAD_WARNING.format(what="exported with the model",
+                                                 lexicon=vad_source["lexicon"] or "(not recorded)"))
+  tokenizer = tokenizer_lib.load_tokenizer()
+
+  tmp = io_utils.temp_dir_beside(out_path)
+  try:
+    tensors = flatten_params(params)
+    safetensors.numpy.save_file(tensors, str(tmp / PARAMS_FILE),
+                                metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    io_utils.write_json_atomic(tmp / CONFIG_FILE, config.to_dict())
+    # safetensors writes its file private (0600); give it the permissions of the others (umask's).
+    os.chmod(tmp / PARAMS_FILE, os.stat(tmp / CONFIG_FILE).st_mode & 0o777)
+    if include_vad_table:
+      io_utils.save_npy_atomic(tmp / VAD_FILE, vad_table)
+    output_vocab = workdir_path / "output_vocab.npy"
+    if output_vocab.is_file():
+      shutil.copyfile(output_vocab, tmp / OUTPUT_VOCAB_FILE)
+    (tmp / TOKENIZER_DIR).mkdir()
+    for name in tokenizer_lib.BPE_FILES:
+      shutil.copyfile(tokenizer.bpe_dir / name, tmp / TOKENIZER_DIR / name)
+    io_utils.write_json_atomic(tmp / TOKENIZER_DIR / ADDED_TOKENS_FILE,
+                               {name: vocab.GPT2_VOCAB_SIZE + i for i, name in enumerate(vocab.ADDED_TOKENS)})
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "checkpoint": {"kind": meta.get("checkpoint"), "step": meta.get("step"),
+                       "validation": {k: meta[k] for k in ("acc", "bleu4") if k in meta}},
+        "num_parameters": int(sum(t.size for t in tensors.values())),
+        "vad_table": dict(vad_source, included=include_vad_table, sha256=table_sha256(vad_table)),
+    }
+    card = model_card(config, workdir_path, manifest)
+    (tmp / CARD_FILE).write_text(card, encoding="utf-8")
+    manifest["files"] = {str(p.relative_to(tmp)): _sha256_file(p)
+                         for p in sorted(tmp.rglob("*")) if p.is_file()}
+    io_utils.write_json_atomic(tmp / MANIFEST, manifest)
+    io_utils.replace_dir(tmp, out_path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  logging.info("exported %s (checkpoint %s step %s) to %s", workdir, meta.get("checkpoint"),
+               meta.get("step"), out_path)
+  return out_path
+
+
+def _vad_source(workdir: pathlib.Path, table: np.ndarray) -> dict:
+  """Where the run's VAD table came from, from vad_table.json, and whether that is the project's
+  own demo lexicon (which may be shared freely)."""
+  recorded = {}
+  provenance = workdir / "vad_table.json"
+  if provenance.is_file():
+    recorded = json.loads(provenance.read_text("utf-8"))
+  demo_sha = _sha256_file(vad_lib.DEMO_LEXICON_PATH)
+  source = {"lexicon": os.path.basename(recorded.get("lexicon", "")) or None,
+            "lexicon_sha256": recorded.get("lexicon_sha256"),
+            "lexicon_format": recorded.get("lexicon_format", "auto"),
+            "demo_lexicon": recorded.get("lexicon_sha256") == demo_sha}
+  if table.shape != (vocab.VOCAB_SIZE, 3):
+    raise CheckpointError(f"{workdir / 'vad_table.npy'} has shape {table.shape}, not "
+                          f"({vocab.VOCAB_SIZE}, 3); delete it and run the training command again")
+  return source
+
+
+# ----------------------------------------------------------------------------- the model card
+
+def _fmt(value) -> str:
+  return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _training_data(config, workdir: pathlib.Path) -> list[str]:
+  ready = config.data.ready_dir or os.path.join(workdir, "data")  # as run.default_ready_dir
+  if config.data.source == "demo":
+    ready = os.path.join(ready, "ready")
+  lines = []
+  if config.data.source == "demo":
+    lines.append("The project's own procedurally generated demo data set (coloured shapes and textures "
+                 "whose look carries the emotion, explanations from a small grammar; no real artworks), "
+                 "run through the same ingestion code as ArtEmis. It says nothing about real paintings.")
+  else:
+    lines.append(f"ArtEmis ({config.data.source}) annotations of WikiArt paintings: each annotator "
+                 "chose one of nine emotions and wrote why.")
+  if not records.is_complete(ready):
+    return lines + [f"(The prepared data set {ready} was not found when this card was written, so its "
+                    "sizes are not given.)"]
+  meta = records.load_meta(ready)
+  report = records.load_report(ready)
+  lines += ["", "| split | images | annotations | images with a dominant emotion (> half) |",
+            "| --- | --- | --- | --- |"]
+  for split, s in meta["splits"].items():
+    if s["images"]:
+      lines.append(f"| {split} | {s['images']:,} | {s['annotations']:,} | {s['dominant_half']:,} |")
+  inputs = ", ".join(f"{os.path.basename(i['path'])} (sha256 {i['sha256'][:12]}...)"
+                     for i in meta["source"].get("inputs", []))
+  lines += ["", f"Source files: {inputs or 'not recorded'}; images at {meta['image_size']}x{meta['image_size']}; "
+            f"split {'/'.join(str(x) for x in meta.get('split_loads', []))} by painting with seed "
+            f"{meta.get('seed')}. Rows or files skipped in preparation: {len(report.get('skipped', []))}."]
+  return lines
+
+
+def _metrics(workdir: pathlib.Path, exported_kind: str | None) -> list[str]:
+  files = sorted(workdir.glob("metrics_*.json"))
+  if not files:
+    return ["No evaluation was found in the run's directory (metrics_<split>.json): evaluate it with "
+            "`python -m sevlm_jax.main --mode=evaluate` and export again."]
+  keys = ["ACC", "EA", "EA_judge_heldout_accuracy", "Unique"]
+  caption_keys = ["BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE"]
+  lines = ["| split | checkpoint | images | " + " | ".join(keys + caption_keys) + " |",
+           "| --- " * (3 + len(keys) + len(caption_keys)) + "|"]
+  kinds = set()
+  for path in files:
+    m = json.loads(path.read_text("utf-8"))
+    captions = m.get("captions", {})
+    ckpt = m.get("checkpoint") or {}
+    kinds.add(ckpt.get("kind"))
+    cells = [m.get("split", path.stem[len("metrics_"):]), f"{ckpt.get('kind')} step {ckpt.get('step')}",
+             str(m.get("num_with_dominant", m.get("num_images", "?")))]
+    cells += [_fmt(m[k]) if m.get(k) is not None else "-" for k in keys]
+    cells += [_fmt(captions[k]) if isinstance(captions.get(k), (int, float)) else "-" for k in caption_keys]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", "ACC counts images with a dominant emotion; EA asks the project's EA judge (a text "
+            "classifier) which emotion the generated explanation expresses; "
+            "EA_judge_heldout_accuracy is that judge's own accuracy on held-out human explanations."]
+  if kinds - {exported_kind}:
+    lines += ["", f"Note: these metrics are of checkpoint {', '.join(sorted(map(str, kinds)))}; this "
+              f"directory holds {exported_kind}."]
+  comparison = workdir / "comparison.json"
+  if comparison.is_file():
+    rows = json.loads(comparison.read_text("utf-8"))
+    lines += ["", "The same recipe trained with every image blanked (what the model gets from the "
+              "pictures): " + "; ".join(f"{name} ACC {_fmt(rows[name].get('ACC'))}, EA "
+                                          f"{_fmt(rows[name].get('EA'))}" for name in rows if "ACC" in rows[name])
+              + "."]
+  return lines
+
+
+def _applies(used: bool) -> str:
+  return " (used by this model)" if used else " (not used by this model)"
+
+
+def model_card(config, workdir: pathlib.Path, manifest: dict) -> str:
+  """README.md of an export: what the model is, its data and metrics, its use and its licences."""
+  model = config.model
+  vad = manifest["vad_table"]
+  kind = manifest["checkpoint"]["kind"]
+  pretrained = [f"{name} weights from {config.pretrained[name]}" for name in ("clip", "gpt2")
+                if config.pretrained.get(name)]
+  lines = [
+      "# SEVLM model (sevlm_jax export)", "",
+      "Looks at an artwork, names the emotion it evokes (one of the nine ArtEmis emotions: "
+      + ", ".join(vocab.EMOTIONS) + ") and explains why in one sentence:", "",
+      "    <bos> the emotion is {emotion} because {explanation}<eos>", "",
+      "SEVLM (Zhang, Zheng, Wang, Guo, ECCV 2024), implemented in JAX/Flax by sevlm_jax: a CLIP ViT "
+      f"vision tower ({model.vision.layers} layers, width {model.vision.width}, {model.vision.image_size}x"
+      f"{model.vision.image_size} images), a GPT-2 decoder with cross-attention ({model.decoder.layers} layers, "
+      f"width {model.decoder.width}), VAD knowledge of every explanation token, a VAD head and a contrastive "
+      f"head; {manifest['num_parameters']:,} parameters. Checkpoint: {kind}, step "
+      f"{manifest['checkpoint']['step']}. Initialised from: "
+      + ("; ".join(pretrained) if pretrained else "random weights (no pretrained towers)") + ".", "",
+      "```python",
+      "from sevlm_jax.inference.predictor import Predictor",
+      "predictor = Predictor.from_pretrained(\"path/to/this/directory\")",
+      "predictor.predict([\"painting.jpg\"])",
+      "```", "",
+      "## Training data", "", *_training_data(config, workdir), "",
+      "## Evaluation", "", *_metrics(workdir, kind), "",
+      "## Intended use", "",
+      "Research on affective, explainable image description of visual art: studying how a small model links "
+      "what is depicted to the emotions people report, and comparing methods. Emotions evoked by art are "
+      "subjective: the model reproduces what its annotators tended to say, with their biases, and often "
+      "disagrees with any one viewer. It is not meant for judging people, their mental state or their "
+      "work, nor for any decision about a person.", "",
+      "## The EA figure's caveat", "",
+      "EA is only as good as its judge: a text classifier the project trains on the training explanations "
+      "(ArtEmis's own judge is a pickled PyTorch module). Read EA beside the judge's held-out accuracy "
+      "above; it is not comparable with EA figures computed with another judge (such as the paper's). "
+      "A judge that reads content words can count an explanation as aligned because it names what "
+      "usually goes with the emotion, not because it expresses it.", "",
+      "## Licences", "",
+      "- The code (sevlm_jax): Apache-2.0. The weights derive from the data and pretrained weights "
+      "marked used below, whose terms apply to them too.",
+      f"- ArtEmis annotations (artemisdataset.org){_applies(config.data.source != 'demo')}: distributed "
+      "under the ArtEmis project's terms of use, which a user accepts to download them (non-commercial "
+      "research and education); the ArtEmis code is MIT. Check those terms before sharing a model trained "
+      "on them.",
+      f"- WikiArt images{_applies(config.data.source != 'demo')}: each remains under its copyright holder's "
+      "terms; WikiArt allows non-commercial research use. No image is part of this directory.",
+      f"- CLIP ViT-B/16 weights (OpenAI){_applies(bool(config.pretrained.get('clip')))}: MIT, the licence of "
+      "the openai/CLIP repository.",
+      f"- distilgpt2 weights (Hugging Face){_applies(bool(config.pretrained.get('gpt2')))}: Apache-2.0.",
+      "- GPT-2's BPE files in tokenizer/: OpenAI's, MIT.",
+  ]
+  if vad["demo_lexicon"]:
+    lines.append("- VAD table: made from the project's own demo lexicon (written for sevlm_jax, free to share).")
+  else:
+    lines.append("- VAD table: made from the lexicon " + str(vad.get("lexicon")) + " (sha256 "
+                 + str(vad.get("lexicon_sha256")) + "). **Warning:** "
+                 + NRC_VAD_WARNING.format(what="included in this directory" if vad["included"]
+                                          else "not included: pass lexicon= to from_pretrained",
+                                          lexicon=vad.get("lexicon")) + ".")
+  return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _corrupt(directory: pathlib.Path, name: str, why: str) -> CheckpointError:
+  return CheckpointError(f"{directory / name}: {why}; export the model again "
+                         "(python -m sevlm_jax.main --mode=export --workdir=RUN --out=DIR)")
+
+
+def load_exported(directory, lexicon: str | None = None) -> Exported:
+  """Reads and checks a model directory written by export_model.
+
+  Every file is checked against the manifest's sha256, and the parameters against the shapes
+  the config's network needs: a missing, truncated or altered file is a CheckpointError naming it.
+  lexicon: the VAD lexicon file, needed only when the export left the VAD table out.
+  """
+  directory = pathlib.Path(directory).absolute()
+  if not (directory / MANIFEST).is_file():
+    raise CheckpointNotFoundError(
+        f"{directory / MANIFEST} is missing: {directory} is not a SEVLM model directory (write one "
+        "with python -m sevlm_jax.main --mode=export --workdir=RUN --out=DIR)")
+  try:
+    manifest = json.loads((directory / MANIFEST).read_text("utf-8"))
+    files = dict(manifest["files"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise _corrupt(directory, MANIFEST, f"not a readable manifest ({type(e).__name__}: {e})") from None
+  if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    raise _corrupt(directory, MANIFEST, f"format {manifest.get('format')!r} version "
+                   f"{manifest.get('format_version')}; this code reads {FORMAT!r} version {FORMAT_VERSION}")
+  for name in (PARAMS_FILE, CONFIG_FILE):
+    if name not in files:
+      raise _corrupt(directory, MANIFEST, f"lists no {name}")
+  for name, want in files.items():
+    path = directory / name
+    if not path.is_file():
+      raise CheckpointNotFoundError(f"{path} is missing from the model directory; copy the whole "
+                                    "directory, or export the model again")
+    if _sha256_file(path) != want:
+      raise _corrupt(directory, name, "its contents differ from what was exported (sha256 mismatch: "
+                     "truncated, altered or from another export)")
+
+  config = ml_collections.ConfigDict(json.loads((directory / CONFIG_FILE).read_text("utf-8")))
+  tokenizer = tokenizer_lib.load_tokenizer(directory / TOKENIZER_DIR)
+  params = _read_params(directory, config)
+  vad_table = _read_vad_table(directory, manifest, tokenizer, lexicon)
+  output_ids = np.load(directory / OUTPUT_VOCAB_FILE) if OUTPUT_VOCAB_FILE in files else None
+  return Exported(config, params, vad_table, output_ids, tokenizer, manifest)
+
+
+def _read_params(directory: pathlib.Path, config) -> dict:
+  try:
+    tensors = safetensors.numpy.load_file(str(directory / PARAMS_FILE))
+  except (safetensors.SafetensorError, OSError, ValueError) as e:
+    raise _corrupt(directory, PARAMS_FILE, f"not a readable safetensors file ({e})") from None
+  # The shapes the config's network needs (blank_images, which run.build_model adds, changes none).
+  model_config = model_config_lib.ModelConfig.from_dict(config.model.to_dict())
+  abstract = jax.eval_shape(lambda r: sevlm_lib.init_params(model_config, r), jax.random.PRNGKey(0))
+  expected = {k: v.shape for k, v in flatten_abstract(abstract).items()}
+  missing = sorted(set(expected) - set(tensors))
+  extra = sorted(set(tensors) - set(expected))
+  wrong = sorted(k for k in expected if k in tensors and tensors[k].shape != expected[k])
+  if missing or extra or wrong:
+    what = "; ".join(part for part in (
+        f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else "",
+        f"{wrong[0]} has shape {tensors[wrong[0]].shape}, the config's network {expected[wrong[0]]}"
+        if wrong else "") if part)
+    raise _corrupt(directory, PARAMS_FILE, f"does not fit {CONFIG_FILE}'s network ({what})")
+  return jax.tree.map(jax.numpy.asarray, unflatten_params(tensors))
+
+
+def flatten_abstract(abstract) -> dict:
+  return {SEP.join(str(p) for p in path): leaf for path, leaf in traverse_util.flatten_dict(abstract).items()}
+
+
+def _read_vad_table(directory: pathlib.Path, manifest: dict, tokenizer, lexicon) -> np.ndarray:
+  recorded = manifest.get("vad_table", {})
+  if recorded.get("included", True):
+    table = np.load(directory / VAD_FILE)
+    if table.shape != (vocab.VOCAB_SIZE, 3):
+      raise _corrupt(directory, VAD_FILE, f"shape {table.shape}, not ({vocab.VOCAB_SIZE}, 3)")
+    return table.astype(np.float32)
+  if lexicon is None:
+    raise ConfigError(f"{directory} was exported without its VAD table (it came from the lexicon "
+                      f"{recorded.get('lexicon')}, which may not be redistributed): pass your copy of that "
+                      "lexicon, Predictor.from_pretrained(dir, lexicon=PATH)")
+  fmt = recorded.get("lexicon_format") or "auto"
+  table = vad_lib.token_vad_table(tokenizer, vad_lib.load_lexicon(lexicon, fmt=fmt)).astype(np.float32)
+  if table_sha256(table) != recorded.get("sha256"):
+    raise ConfigError(f"the lexicon {lexicon} (format {fmt}) gives another VAD table than the one this model "
+                      f"was trained with (from {recorded.get('lexicon')}, sha256 "
+                      f"{recorded.get('lexicon_sha256')}); pass that lexicon file")
+  return table

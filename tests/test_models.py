@@ -257,6 +257,39 @@ def test_images_shared_by_groups_of_sequences(tiny, forward):
     forward(params, patches_2xPxD[:1].repeat(3, 0), ids, segs, token_vad, mask)
 
 
+def test_padding_tokens_and_patches_changes_no_output_or_gradient(tiny, monkeypatch):
+  """10 tokens and 13 patches padded to 16 inside the decoder (masked keys, dropped queries):
+  the outputs and the gradients of the unpadded model."""
+  from sevlm_jax.models import gpt2  # pylint: disable=import-outside-toplevel
+  config, params = tiny
+  _, ids, segs, token_vad, mask = batch(config)
+  patches = np.random.default_rng(5).standard_normal((2, 13, config.decoder.width))
+  patches = patches.astype(np.float32)
+
+  def run(p):
+    out = SEVLM(config).apply({"params": p}, patches, ids, segs, token_vad, mask)
+    return jnp.sum(out["logits"] ** 2) + jnp.sum(out["explanation_feat"]), out
+
+  def outputs_and_grads():
+    return jax.jit(jax.value_and_grad(run, has_aux=True))(params)
+
+  assert ids.shape[1] == 10
+  assert gpt2.pad_patches(jnp.asarray(patches))[0].shape == (2, 16, config.decoder.width)
+  (_, padded), padded_grads = outputs_and_grads()
+  monkeypatch.setattr(gpt2, "pad_patches", lambda p: (p, None))
+  monkeypatch.setattr(gpt2, "pad_tokens", lambda x, mask: (x, mask))
+  (_, plain), plain_grads = outputs_and_grads()
+  for key in ("logits", "hidden", "vad_pred", "explanation_feat"):
+    np.testing.assert_allclose(padded[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  cross = lambda g: g["decoder"]["h_0"]["crossattention"]["c_attn"]["kernel"]
+  assert float(jnp.abs(cross(plain_grads)).max()) > 0
+  # Float32 rounding of the sums changes with their length; it is amplified in the 3-wide VAD
+  # encoder's LayerNorms, so the tolerance is relative to the largest gradient.
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(plain_grads))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
+               padded_grads, plain_grads)
+
+
 def test_bfloat16_logits_on_request(tiny):
   config, params = tiny
   patches, ids, segs, token_vad, mask = batch(config)

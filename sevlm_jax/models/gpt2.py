@@ -30,6 +30,39 @@ def _dense(features: int, dtype, std: float = 0.02) -> nn.Dense:
   return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(std))
 
 
+def pad_patches(patches_BxPxD, multiple: int = 8):
+  """Patches padded with zero rows to a multiple of 8 (196 -> 200), and the key mask P.
+
+  The padding patches are masked out of cross-attention, so its output and gradients are
+  those of the real patches; but every cross-attention GEMM then has aligned sizes, where
+  XLA padded their operands for the tensor cores in about 5 extra kernels per layer (train
+  step, bf16, on an H200).
+  """
+  p = patches_BxPxD.shape[1]
+  extra = -p % multiple
+  if not extra:
+    return patches_BxPxD, None
+  return (jnp.pad(patches_BxPxD, ((0, 0), (0, extra), (0, 0))),
+          jnp.arange(p + extra) < p)
+
+
+def pad_tokens(x_BxTxD, mask_BxTxS, multiple: int = 8):
+  """Text positions padded with zero rows to a multiple of 8 (30 -> 32), and the mask with them.
+
+  No real query sees a padding key (the mask is False there) and the caller drops the
+  padding queries' outputs, so outputs and gradients are those of the real tokens; the
+  self-attention GEMMs (and, with two sequences per image, the cross-attention ones) then
+  have aligned sizes, where XLA padded their operands in 66 extra kernels per train step
+  (bf16, T=30, on an H200).
+  """
+  t = x_BxTxD.shape[1]
+  extra = -t % multiple
+  if not extra:
+    return x_BxTxD, mask_BxTxS
+  return (jnp.pad(x_BxTxD, ((0, 0), (0, extra), (0, 0))),
+          jnp.pad(mask_BxTxS, ((0, 0), (0, extra), (0, extra))))
+
+
 class SelfAttention(nn.Module):
   config: DecoderConfig
   dtype: Any = jnp.float32
@@ -75,18 +108,20 @@ class CrossAttention(nn.Module):
     k_BxPxD, v_BxPxD = jnp.split(self.c_attn(patches_BxPxD.astype(self.dtype)), 2, axis=-1)
     return split_heads(k_BxPxD, self.config.heads), split_heads(v_BxPxD, self.config.heads)
 
-  def __call__(self, x_NxTxD, k_BxPxHxK, v_BxPxHxK, deterministic=True):
+  def __call__(self, x_NxTxD, k_BxPxHxK, v_BxPxHxK, deterministic=True, key_mask_P=None):
     """N text sequences over B images, N = G * B: sequences G*b .. G*b+G-1 read image b.
 
     With no mask, the G sequences of one image are one longer query block against
     the same keys, so each image's K/V are projected and read once, not G times.
+    key_mask_P: False on padding patches (pad_patches), which then get no weight.
     """
     n, t, d = x_NxTxD.shape
     b = k_BxPxHxK.shape[0]
     if n % b:
       raise ValueError(f"{n} text sequences cannot share {b} images evenly")
     q_BxGTxHxK = split_heads(self.q_attn(x_NxTxD).reshape(b, (n // b) * t, d), self.config.heads)
-    probs = self.attn_dropout(attention_probs(q_BxGTxHxK, k_BxPxHxK, None),
+    mask_1x1xP = None if key_mask_P is None else key_mask_P[None, None]
+    probs = self.attn_dropout(attention_probs(q_BxGTxHxK, k_BxPxHxK, mask_1x1xP),
                               deterministic=deterministic)
     out_BxGTxD = self.c_proj(merge_heads(attend(probs, v_BxPxHxK)))
     return self.resid_dropout(out_BxGTxD.reshape(n, t, d), deterministic=deterministic)
@@ -123,11 +158,11 @@ class Block(nn.Module):
     return self.crossattention.kv(patches_BxPxD)
 
   def __call__(self, x_BxTxD, mask_BxTxS, cross_k, cross_v, cache=None, index=None,
-               deterministic=True):
+               deterministic=True, cross_key_mask_P=None):
     a_BxTxD, cache = self.attn(self.ln_1(x_BxTxD), mask_BxTxS, cache, index, deterministic)
     x_BxTxD = x_BxTxD + a_BxTxD
     x_BxTxD = x_BxTxD + self.crossattention(self.ln_cross_attn(x_BxTxD), cross_k, cross_v,
-                                            deterministic)
+                                            deterministic, cross_key_mask_P)
     x_BxTxD = x_BxTxD + self.mlp(self.ln_2(x_BxTxD), deterministic)
     return x_BxTxD, cache
 
@@ -164,6 +199,11 @@ class GPT2Decoder(nn.Module):
                 deterministic=True):
     """Runs the blocks and ln_f. Cross K/V come from the cache when given, else from the patches."""
     new_cache = []
+    key_mask_P = None
+    length = x_BxTxD.shape[1]
+    if cache is None:  # aligned attention GEMMs (pad_patches, pad_tokens); decoding has none
+      patches_BxPxD, key_mask_P = pad_patches(patches_BxPxD)
+      x_BxTxD, mask_BxTxS = pad_tokens(x_BxTxD, mask_BxTxS)
     for i, block in enumerate(self.h):
       if cache is not None:
         layer_cache = cache[i]
@@ -172,9 +212,9 @@ class GPT2Decoder(nn.Module):
         layer_cache = None
         cross_k, cross_v = block.cross_kv(patches_BxPxD)
       x_BxTxD, layer_cache = block(x_BxTxD, mask_BxTxS, cross_k, cross_v, layer_cache, index,
-                                   deterministic)
+                                   deterministic, key_mask_P)
       new_cache.append(layer_cache)
-    return self.ln_f(x_BxTxD), (tuple(new_cache) if cache is not None else None)
+    return self.ln_f(x_BxTxD[:, :length]), (tuple(new_cache) if cache is not None else None)
 
   def logits(self, hidden_BxTxD, output_ids_V=None, dtype=jnp.float32, pad_vocab_to: int = 1,
              table_VxD=None):

@@ -34,9 +34,9 @@ def pad_patches(patches_BxPxD, multiple: int = 8):
   """Patches padded with zero rows to a multiple of 8 (196 -> 200), and the key mask P.
 
   The padding patches are masked out of cross-attention, so its output and gradients are
-  those of the real patches; but every cross-attention GEMM then has aligned sizes, where
-  XLA padded their operands for the tensor cores in about 5 extra kernels per layer (train
-  step, bf16, on an H200).
+  those of the real patches; but the key axis of the cross-attention GEMMs is then aligned,
+  where XLA padded 196 -> 200 for the tensor cores in 5 extra kernels per layer (train step,
+  bf16, on an H200: 30 per step).
   """
   p = patches_BxPxD.shape[1]
   extra = -p % multiple
@@ -44,23 +44,6 @@ def pad_patches(patches_BxPxD, multiple: int = 8):
     return patches_BxPxD, None
   return (jnp.pad(patches_BxPxD, ((0, 0), (0, extra), (0, 0))),
           jnp.arange(p + extra) < p)
-
-
-def pad_tokens(x_BxTxD, mask_BxTxS, multiple: int = 8):
-  """Text positions padded with zero rows to a multiple of 8 (30 -> 32), and the mask with them.
-
-  No real query sees a padding key (the mask is False there) and the caller drops the
-  padding queries' outputs, so outputs and gradients are those of the real tokens; the
-  self-attention GEMMs (and, with two sequences per image, the cross-attention ones) then
-  have aligned sizes, where XLA padded their operands in 66 extra kernels per train step
-  (bf16, T=30, on an H200).
-  """
-  t = x_BxTxD.shape[1]
-  extra = -t % multiple
-  if not extra:
-    return x_BxTxD, mask_BxTxS
-  return (jnp.pad(x_BxTxD, ((0, 0), (0, extra), (0, 0))),
-          jnp.pad(mask_BxTxS, ((0, 0), (0, extra), (0, extra))))
 
 
 class SelfAttention(nn.Module):
@@ -200,10 +183,8 @@ class GPT2Decoder(nn.Module):
     """Runs the blocks and ln_f. Cross K/V come from the cache when given, else from the patches."""
     new_cache = []
     key_mask_P = None
-    length = x_BxTxD.shape[1]
-    if cache is None:  # aligned attention GEMMs (pad_patches, pad_tokens); decoding has none
+    if cache is None:  # aligned cross-attention GEMMs (pad_patches); decoding has none
       patches_BxPxD, key_mask_P = pad_patches(patches_BxPxD)
-      x_BxTxD, mask_BxTxS = pad_tokens(x_BxTxD, mask_BxTxS)
     for i, block in enumerate(self.h):
       if cache is not None:
         layer_cache = cache[i]
@@ -214,7 +195,7 @@ class GPT2Decoder(nn.Module):
       x_BxTxD, layer_cache = block(x_BxTxD, mask_BxTxS, cross_k, cross_v, layer_cache, index,
                                    deterministic, key_mask_P)
       new_cache.append(layer_cache)
-    return self.ln_f(x_BxTxD[:, :length]), (tuple(new_cache) if cache is not None else None)
+    return self.ln_f(x_BxTxD), (tuple(new_cache) if cache is not None else None)
 
   def logits(self, hidden_BxTxD, output_ids_V=None, dtype=jnp.float32, pad_vocab_to: int = 1,
              table_VxD=None):

@@ -2,8 +2,6 @@
 and CLIP define it, multi-head attention in pieces (heads, weights, masks) and the fixed-size
 KV cache update."""
 
-from typing import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,11 +9,10 @@ import jax.numpy as jnp
 class DenseParams(nn.Module):
   """The kernel and bias of a Dense layer (same names and init as nn.Dense), not applied."""
   features: int
-  kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, in_features: int):
-    kernel = self.param("kernel", self.kernel_init, (in_features, self.features))
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features))
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
     return kernel, bias
 
@@ -42,9 +39,9 @@ def softmax_one_pass(logits: jax.Array) -> jax.Array:
   """softmax over the last axis, its max and its sum of exponentials found by one reduction.
 
   A variadic reduction carries (running max m, sum l of exp(x - m)) and merges two partial
-  results by rescaling the smaller-max sum, so XLA emits one reduction kernel where
-  jax.nn.softmax takes two (the max, then the sum). Not differentiable (a custom reduction):
-  for decoding only.
+  results by rescaling each sum to the larger max, so XLA emits one reduction kernel where
+  jax.nn.softmax over a long axis takes two (the max, then the sum). Not differentiable (a
+  custom reduction): for decoding only.
   """
   lowest = jnp.finfo(logits.dtype).min  # finite: merging two empty partials gives exp(0) * 0
 
@@ -62,7 +59,8 @@ def attention_probs(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,
                     mask_BxTxS: jax.Array | None) -> jax.Array:
   """Softmax attention weights BxHxTxS, computed in float32, scaled by 1/sqrt(K).
 
-  One query per sequence (T=1: a decoding step) uses softmax_one_pass, one kernel fewer.
+  One query per sequence (T=1: a decoding step) uses softmax_one_pass: over the 196 image
+  patches of cross-attention, one kernel fewer per layer and token.
   """
   scale = q_BxTxHxK.shape[-1] ** -0.5
   logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) * scale

@@ -27,7 +27,7 @@ from sevlm_jax.models import layers
 from sevlm_jax.models.clip_vit import VisionTower
 from sevlm_jax.models.config import ModelConfig
 from sevlm_jax.models.heads import ContrastiveHead
-from sevlm_jax.models.vad import VADEncoder, fuse_explanation_vad, project_with_vad
+from sevlm_jax.models.vad import VADEncoder, fuse_explanation_vad
 # The pure masked mean of the losses module: the contrastive head reads the same reduction.
 from sevlm_jax.training.losses import masked_mean
 
@@ -43,8 +43,7 @@ class SEVLM(nn.Module):
     self.decoder = gpt2.GPT2Decoder(c.decoder, dtype)
     if c.use_vad_embedding:
       self.vad_encoder = VADEncoder(c.vad)
-      # Linear(D + 3 -> D) with nn.Dense's parameters, applied by vad.project_with_vad.
-      self.vad_fusion = layers.DenseParams(c.decoder.width, kernel_init=init)
+      self.vad_fusion = nn.Dense(c.decoder.width, dtype=dtype, kernel_init=init)
     self.vad_head = nn.Dense(3, kernel_init=init)
     self.contrastive_head = ContrastiveHead(c.contrastive)
 
@@ -82,10 +81,6 @@ class SEVLM(nn.Module):
       raise ValueError(f"patches must be {batch}xPx{d} (or one image per group of consecutive"
                        f" sequences), got shape {tuple(patches_BxPxD.shape)}")
 
-  def _project_with_vad(self, x_BxLxD, vad_BxLx3):
-    kernel_ExD, bias_D = self.vad_fusion(x_BxLxD.shape[-1] + vad_BxLx3.shape[-1])
-    return project_with_vad(x_BxLxD, vad_BxLx3, kernel_ExD, bias_D, self.config.compute_dtype)
-
   def embed_inputs(self, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3, token_mask_BxL,
                    deterministic=True):
     """Decoder input embeddings, with VAD fused into explanation tokens."""
@@ -94,7 +89,7 @@ class SEVLM(nn.Module):
     if self.config.use_vad_embedding:
       vad_BxLx3 = self.vad_encoder(token_vad_BxLx3, token_mask_BxL, deterministic)
       x_BxLxD = fuse_explanation_vad(x_BxLxD, vad_BxLx3, segment_ids_BxL,
-                                     self.config.explanation_segment_id, self._project_with_vad)
+                                     self.config.explanation_segment_id, self.vad_fusion)
     return x_BxLxD
 
   def __call__(self, patches_BxPxD, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3,
@@ -172,7 +167,7 @@ class SEVLM(nn.Module):
     if c.use_vad_embedding:
       vad_BxTx3, new_cache["vad"] = self.vad_encoder.step(token_vad_BxTx3, cache["vad"], index)
       x_BxTxD = fuse_explanation_vad(x_BxTxD, vad_BxTx3, segment_ids_BxT,
-                                     c.explanation_segment_id, self._project_with_vad)
+                                     c.explanation_segment_id, self.vad_fusion)
     mask_1xTxS = layers.cached_causal_mask(index, t, max_length)
     hidden_BxTxD, new_cache["decoder"] = self.decoder.transform(
         x_BxTxD, mask_1xTxS, cache=cache["decoder"], index=index)

@@ -146,28 +146,10 @@ class VADEncoder(nn.Module):
     return self._run(vad_BxTx3, index + jnp.arange(t), mask_1xTxS, cache, index, True)
 
 
-def project_with_vad(x_BxLxD: jax.Array, vad_BxLx3: jax.Array, kernel_ExD: jax.Array,
-                     bias_D: jax.Array, dtype) -> jax.Array:
-  """Linear([x, vad]) (E = D + 3 -> D) as nn.Dense(dtype) computes it, in two pieces.
-
-  x @ kernel[:D] is a GEMM of aligned size and vad @ kernel[D:] is elementwise work
-  (small_dense, in float32 from the kernel cast to dtype first, so casting the kernel once
-  before decoding changes nothing). As one 771-row GEMM, XLA padded the kernel to 776 rows
-  and the input to 776 columns: two more kernels in every train step and every decoded token.
-  """
-  d = x_BxLxD.shape[-1]
-  kernel_ExD, bias_D = kernel_ExD.astype(dtype), bias_D.astype(dtype)
-  main_BxLxD = jnp.einsum("bld,de->ble", x_BxLxD.astype(dtype), kernel_ExD[:d])
-  extra_BxLxD = small_dense(vad_BxLx3.astype(dtype).astype(jnp.float32),
-                            kernel_ExD[d:].astype(jnp.float32), bias_D.astype(jnp.float32))
-  return (main_BxLxD.astype(jnp.float32) + extra_BxLxD).astype(dtype)
-
-
 def fuse_explanation_vad(x_BxLxD: jax.Array, vad_BxLx3: jax.Array, segment_ids_BxL: jax.Array,
                          explanation_segment_id: int,
-                         project: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
-  """Explanation tokens: project(embedding, vad), i.e. Linear([embedding, vad]) (D+3 -> D);
-  every other token unchanged."""
-  fused_BxLxD = project(x_BxLxD, vad_BxLx3.astype(x_BxLxD.dtype))
+                         project: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """Explanation tokens: project([embedding, vad]) (D+3 -> D); every other token unchanged."""
+  fused_BxLxD = project(jnp.concatenate([x_BxLxD, vad_BxLx3.astype(x_BxLxD.dtype)], axis=-1))
   is_expl_BxLx1 = (segment_ids_BxL == explanation_segment_id)[..., None]
   return jnp.where(is_expl_BxLx1, fused_BxLxD.astype(x_BxLxD.dtype), x_BxLxD)

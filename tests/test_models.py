@@ -288,6 +288,22 @@ def test_padding_patches_changes_no_output_or_gradient(tiny, monkeypatch):
                padded_grads, plain_grads)
 
 
+def test_one_pass_softmax_equals_softmax_with_its_gradient():
+  """The single-query attention's softmax (one reduction for max and sum): jax.nn.softmax's
+  values and gradients, a row of only masked logits included (uniform, as softmax gives)."""
+  from sevlm_jax.models.layers import softmax_one_pass  # pylint: disable=import-outside-toplevel
+  logits = 30 * np.random.default_rng(6).standard_normal((2, 3, 1, 197)).astype(np.float32)
+  logits[0, 1, 0] = np.finfo(np.float32).min
+  weights = np.random.default_rng(7).standard_normal(logits.shape).astype(np.float32)
+  got = jax.jit(softmax_one_pass)(logits)
+  np.testing.assert_allclose(got, jax.nn.softmax(logits, axis=-1), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(got[0, 1, 0], np.full(197, 1 / 197), rtol=1e-5)
+  loss = lambda f: lambda x: jnp.sum(f(x) * weights)
+  np.testing.assert_allclose(jax.jit(jax.grad(loss(softmax_one_pass)))(logits),
+                             jax.grad(loss(lambda x: jax.nn.softmax(x, axis=-1)))(logits),
+                             rtol=1e-4, atol=1e-6)
+
+
 def test_bfloat16_logits_on_request(tiny):
   config, params = tiny
   patches, ids, segs, token_vad, mask = batch(config)

@@ -35,13 +35,14 @@ def merge_heads(x_BxLxHxK: jax.Array) -> jax.Array:
   return x_BxLxHxK.reshape(b, l, h * k)
 
 
+@jax.custom_jvp
 def softmax_one_pass(logits: jax.Array) -> jax.Array:
   """softmax over the last axis, its max and its sum of exponentials found by one reduction.
 
   A variadic reduction carries (running max m, sum l of exp(x - m)) and merges two partial
   results by rescaling each sum to the larger max, so XLA emits one reduction kernel where
-  jax.nn.softmax over a long axis takes two (the max, then the sum). Not differentiable (a
-  custom reduction): for decoding only.
+  jax.nn.softmax over a long axis takes two (the max, then the sum). JAX cannot
+  differentiate a custom reduction, so the derivative is softmax's, given below.
   """
   lowest = jnp.finfo(logits.dtype).min  # finite: merging two empty partials gives exp(0) * 0
 
@@ -53,6 +54,13 @@ def softmax_one_pass(logits: jax.Array) -> jax.Array:
   m, l = jax.lax.reduce((logits, jnp.ones_like(logits)), (lowest, jnp.zeros((), logits.dtype)),
                         merge, (logits.ndim - 1,))
   return jnp.exp(logits - m[..., None]) / l[..., None]
+
+
+@softmax_one_pass.defjvp
+def _softmax_one_pass_jvp(primals, tangents):
+  (logits,), (dlogits,) = primals, tangents
+  probs = softmax_one_pass(logits)
+  return probs, probs * (dlogits - jnp.sum(probs * dlogits, axis=-1, keepdims=True))
 
 
 def attention_probs(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,

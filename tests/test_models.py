@@ -257,6 +257,53 @@ def test_images_shared_by_groups_of_sequences(tiny, forward):
     forward(params, patches_2xPxD[:1].repeat(3, 0), ids, segs, token_vad, mask)
 
 
+def test_padding_patches_changes_no_output_or_gradient(tiny, monkeypatch):
+  """13 patches padded to 16 and masked out of cross-attention: the outputs and the gradients
+  of the unpadded model."""
+  from sevlm_jax.models import gpt2  # pylint: disable=import-outside-toplevel
+  config, params = tiny
+  _, ids, segs, token_vad, mask = batch(config)
+  patches = np.random.default_rng(5).standard_normal((2, 13, config.decoder.width))
+  patches = patches.astype(np.float32)
+
+  def run(p):
+    out = SEVLM(config).apply({"params": p}, patches, ids, segs, token_vad, mask)
+    return jnp.sum(out["logits"] ** 2) + jnp.sum(out["explanation_feat"]), out
+
+  def outputs_and_grads():
+    return jax.jit(jax.value_and_grad(run, has_aux=True))(params)
+
+  assert gpt2.pad_patches(jnp.asarray(patches))[0].shape == (2, 16, config.decoder.width)
+  (_, padded), padded_grads = outputs_and_grads()
+  monkeypatch.setattr(gpt2, "pad_patches", lambda p: (p, None))
+  (_, plain), plain_grads = outputs_and_grads()
+  for key in ("logits", "hidden", "vad_pred", "explanation_feat"):
+    np.testing.assert_allclose(padded[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  cross = lambda g: g["decoder"]["h_0"]["crossattention"]["c_attn"]["kernel"]
+  assert float(jnp.abs(cross(plain_grads)).max()) > 0
+  # Float32 rounding of the sums changes with their length; it is amplified in the 3-wide VAD
+  # encoder's LayerNorms, so the tolerance is relative to the largest gradient.
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(plain_grads))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
+               padded_grads, plain_grads)
+
+
+def test_one_pass_softmax_equals_softmax_with_its_gradient():
+  """The single-query attention's softmax (one reduction for max and sum): jax.nn.softmax's
+  values and gradients, a row of only masked logits included (uniform, as softmax gives)."""
+  from sevlm_jax.models.layers import softmax_one_pass  # pylint: disable=import-outside-toplevel
+  logits = 30 * np.random.default_rng(6).standard_normal((2, 3, 1, 197)).astype(np.float32)
+  logits[0, 1, 0] = np.finfo(np.float32).min
+  weights = np.random.default_rng(7).standard_normal(logits.shape).astype(np.float32)
+  got = jax.jit(softmax_one_pass)(logits)
+  np.testing.assert_allclose(got, jax.nn.softmax(logits, axis=-1), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(got[0, 1, 0], np.full(197, 1 / 197), rtol=1e-5)
+  loss = lambda f: lambda x: jnp.sum(f(x) * weights)
+  np.testing.assert_allclose(jax.jit(jax.grad(loss(softmax_one_pass)))(logits),
+                             jax.grad(loss(lambda x: jax.nn.softmax(x, axis=-1)))(logits),
+                             rtol=1e-4, atol=1e-6)
+
+
 def test_bfloat16_logits_on_request(tiny):
   config, params = tiny
   patches, ids, segs, token_vad, mask = batch(config)

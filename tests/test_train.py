@@ -420,6 +420,23 @@ def test_global_norm_is_the_norm_of_all_leaves():
                              rtol=1e-6)
 
 
+@pytest.mark.parametrize("ok", [True, False])
+def test_guard_keeps_new_or_old_leaves_of_every_shape(ok):
+  """Leaves of a shared shape select through one mask array, the others through the scalar:
+  both pick the new values when ok and the old ones otherwise."""
+  rng = np.random.default_rng(0)
+  shapes = {"a": (4, 3), "b": (4, 3), "c": (5,), "d": (), "e": (), "f": (2, 2, 2)}
+  old = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+  new = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+
+  @jax.jit
+  def select(ok, new, old):
+    return jax.tree.map(step_lib.guard(ok, old), new, old)
+
+  got = select(jnp.bool_(ok), new, old)
+  assert_trees_equal(got, new if ok else old)
+
+
 # ----------------------------------------------------------------------------- early stopping
 
 @pytest.mark.parametrize("patience", [10, 11])

@@ -260,7 +260,7 @@ def _abstract(tree, sharding):
 def programs(benchmark, setup, variant: str, figures: list[str], sharding):
   """(name, jitted function, abstract arguments, extra figures) of each requested program."""
   import jax  # pylint: disable=import-outside-toplevel
-  from sevlm_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.training import step as step_lib  # pylint: disable=import-outside-toplevel
   params = jax.eval_shape(setup.fresh_params)
   vad_table = _abstract(setup.vad_table, sharding)
   for name in PROGRAMS:

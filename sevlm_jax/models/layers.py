@@ -35,13 +35,47 @@ def merge_heads(x_BxLxHxK: jax.Array) -> jax.Array:
   return x_BxLxHxK.reshape(b, l, h * k)
 
 
+@jax.custom_jvp
+def softmax_one_pass(logits: jax.Array) -> jax.Array:
+  """softmax over the last axis, its max and its sum of exponentials found by one reduction.
+
+  A variadic reduction carries (running max m, sum l of exp(x - m)) and merges two partial
+  results by rescaling each sum to the larger max, so XLA emits one reduction kernel where
+  jax.nn.softmax over a long axis takes two (the max, then the sum). JAX cannot
+  differentiate a custom reduction, so the derivative is softmax's, given below.
+  """
+  lowest = jnp.finfo(logits.dtype).min  # finite: merging two empty partials gives exp(0) * 0
+
+  def merge(a, b):
+    (m_a, l_a), (m_b, l_b) = a, b
+    m = jnp.maximum(m_a, m_b)
+    return m, l_a * jnp.exp(m_a - m) + l_b * jnp.exp(m_b - m)
+
+  m, l = jax.lax.reduce((logits, jnp.ones_like(logits)), (lowest, jnp.zeros((), logits.dtype)),
+                        merge, (logits.ndim - 1,))
+  return jnp.exp(logits - m[..., None]) / l[..., None]
+
+
+@softmax_one_pass.defjvp
+def _softmax_one_pass_jvp(primals, tangents):
+  (logits,), (dlogits,) = primals, tangents
+  probs = softmax_one_pass(logits)
+  return probs, probs * (dlogits - jnp.sum(probs * dlogits, axis=-1, keepdims=True))
+
+
 def attention_probs(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,
                     mask_BxTxS: jax.Array | None) -> jax.Array:
-  """Softmax attention weights BxHxTxS, computed in float32, scaled by 1/sqrt(K)."""
+  """Softmax attention weights BxHxTxS, computed in float32, scaled by 1/sqrt(K).
+
+  One query per sequence (T=1: a decoding step) uses softmax_one_pass: over the 196 image
+  patches of cross-attention, one kernel fewer per layer and token.
+  """
   scale = q_BxTxHxK.shape[-1] ** -0.5
   logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) * scale
   if mask_BxTxS is not None:
     logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+  if q_BxTxHxK.shape[1] == 1:
+    return softmax_one_pass(logits_BxHxTxS)
   return jax.nn.softmax(logits_BxHxTxS, axis=-1)
 
 

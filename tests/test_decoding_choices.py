@@ -52,7 +52,7 @@ def full_pass_traced(config, params, images, ids_BxL, segs_BxL, vad_table, lengt
     mask_BxL = (jnp.arange(ids_BxL.shape[1]) < length)[None].astype(jnp.int32) * mask_BxL
   out, inter = model.apply({"params": params}, patches, ids_BxL, segs_BxL, vad_table[ids_BxL],
                            mask_BxL, mutable=["intermediates"])
-  return out, mean_cross_attention(inter["intermediates"])
+  return out, mean_cross_attention(inter["intermediates"], patches.shape[1])
 
 
 def prefix_passes(config, params, images, ids, segs, vad_table):
@@ -100,6 +100,27 @@ def test_trace_equals_full_pass_attention_and_vad(setup, causal):
   full, _ = full_pass_traced(config, params, images, ids, segs, vad_table, len(PROMPT))
   np.testing.assert_allclose(got["first_logits"], np.asarray(full["logits"])[:, len(PROMPT) - 1],
                              rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_trace_has_one_weight_per_patch_when_the_full_pass_pads_them(make_random_params, causal):
+  """25 patches: the full pass pads them to 32 for its GEMMs (gpt2.pad_patches); the maps still
+  cover exactly the 25 patches, sum to 1 and equal the full pass's."""
+  base = ModelConfig.from_dict(model_config_dict("tiny"))
+  config = dataclasses.replace(base, vision=dataclasses.replace(base.vision, image_size=40),
+                               vad=dataclasses.replace(base.vad, causal=causal))
+  params = make_random_params(config, seed=1, std=0.3)
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+  vad_table = rng.uniform(-1, 1, (config.decoder.vocab_size, 3)).astype(np.float32)
+  plain = run(config, params, images, vad_table)
+  because = int(plain["tokens"][0, 1])
+  got = run(config, params, images, vad_table, because_id=because, trace=True)
+  ids, segs = sequences(config, got["tokens"], because)
+  _, attention_BxNxP = prefix_passes(config, params, images, ids, segs, vad_table)
+  assert got["attention"].shape == attention_BxNxP.shape == (2, N, 25)
+  np.testing.assert_allclose(got["attention"].sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(got["attention"], attention_BxNxP, atol=1e-5)
 
 
 def test_trace_does_not_change_the_tokens(setup):

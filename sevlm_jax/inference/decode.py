@@ -76,7 +76,8 @@ def _decoder(model: SEVLM, variables, patches_BxPxD, vad_table_Vx3, prompt_BxL, 
     if not trace:
       return {"logits": at(out["logits"])}
     return {"logits": at(out["logits"]), "vad": at(out["vad_pred"]),
-            "attention": at(mean_cross_attention(inter["intermediates"]))}
+            "attention": at(mean_cross_attention(inter["intermediates"],
+                                                 patches_BxPxD.shape[1]))}
 
   if use_cache:
     cache = model.apply(variables, patches_BxPxD, total, method=SEVLM.init_cache)

@@ -19,7 +19,7 @@ Decoding with the KV cache (see sevlm_jax.inference.decode):
 
 Where the text looks in the image (any of the calls above, with mutable=['intermediates']):
   (out, cache), inter = model.apply(v, ..., method=SEVLM.decode_step, mutable=['intermediates'])
-  attention_BxTxP = mean_cross_attention(inter['intermediates'])
+  attention_BxTxP = mean_cross_attention(inter['intermediates'], num_patches=P)
 """
 
 from flax import traverse_util
@@ -213,17 +213,18 @@ class SEVLM(nn.Module):
     return self.score(out["image_feat"], out["emotion_feat"], out["explanation_feat"])
 
 
-def mean_cross_attention(intermediates) -> jax.Array:
-  """BxTxP: where each text position looks in the image, from an apply with
-  mutable=['intermediates'] (the decoder's cross-attention sows its BxHxTxP weights there).
+def mean_cross_attention(intermediates, num_patches: int) -> jax.Array:
+  """BxTxP: where each text position looks in the image's num_patches patches, from an apply
+  with mutable=['intermediates'] (the decoder's cross-attention sows its BxHxTxP' weights there;
+  a full pass pads P' beyond the patches (gpt2.pad_patches), with no weight, cut off here).
 
   The mean over heads, then over all decoder layers with equal weight: no layer is known to
   localise better than the others (distilgpt2's six all attend to the same patch tokens), and
   one map per position keeps what is saved and drawn small. Each row sums to 1.
   """
   flat = traverse_util.flatten_dict(dict(intermediates))
-  maps = [probs.mean(axis=1) for path, sown in flat.items() if "cross_attention" in path
-          for probs in sown]
+  maps = [probs[..., :num_patches].mean(axis=1) for path, sown in flat.items()
+          if "cross_attention" in path for probs in sown]
   if not maps:
     raise ValueError("no cross-attention weights in these intermediates: apply with"
                      " mutable=['intermediates']")

@@ -72,7 +72,21 @@ class _OrbaxErrorsFilter(logging_std.Filter):
   also reaches this module as an exception, which it reports as one line."""
 
   def filter(self, record):
-    return not (record.levelno >= logging_std.ERROR and "/orbax/checkpoint/" in record.pathname)
+    if record.levelno < logging_std.ERROR:
+      return True
+    if "/orbax/checkpoint/" in record.pathname:
+      return False
+    # asyncio's "exception was never retrieved" for a write Orbax abandoned after the first failed.
+    return not (record.name == "asyncio" and _raised_in_orbax(record.exc_info))
+
+
+def _raised_in_orbax(exc_info) -> bool:
+  tb = exc_info[2] if exc_info else None
+  while tb is not None:
+    if "/orbax/checkpoint/" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
 
 
 def _is_abandoned_write(unraisable) -> bool:
@@ -88,7 +102,8 @@ def _is_abandoned_write(unraisable) -> bool:
 @functools.cache
 def quiet_orbax() -> None:
   """Installs (once) the filters that keep a failed save or restore to the one line we report."""
-  logging_std.getLogger("absl").addFilter(_OrbaxErrorsFilter())
+  for logger in ("absl", "asyncio"):
+    logging_std.getLogger(logger).addFilter(_OrbaxErrorsFilter())
   previous = sys.unraisablehook
 
   def hook(unraisable):

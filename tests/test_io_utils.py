@@ -64,3 +64,4 @@ def test_progress_is_a_bar_on_a_terminal():
   with io_utils.Progress("images", total=4, unit="img", stream=out) as bar:
     bar.update(4)
   assert "images" in out.getvalue() and "4/4" in out.getvalue()
+

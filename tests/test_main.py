@@ -228,3 +228,31 @@ def test_bad_invocation_fails_with_a_clear_message(commands, name):
   for arg in background.args:
     if arg.startswith("--workdir=") and "--mode=predict" not in background.args:
       assert not (pathlib.Path(arg.split("=", 1)[1]) / "config.json").exists()
+
+
+def test_abandoned_orbax_writes_log_no_traceback():
+  """After a failed save, asyncio reports each write Orbax left behind ('exception was never
+  retrieved', with its traceback): quiet_orbax drops those records and keeps any other error."""
+  import logging  # pylint: disable=import-outside-toplevel
+  from sevlm_jax import checkpoints  # pylint: disable=import-outside-toplevel
+
+  def raised_in(filename):
+    code = compile("raise ValueError('OUT_OF_RANGE: Error writing')", filename, "exec")
+    try:
+      exec(code, {})  # pylint: disable=exec-used
+    except ValueError as e:
+      return (ValueError, e, e.__traceback__)
+
+  checkpoints.quiet_orbax()
+  logger = logging.getLogger("asyncio")
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logger.addHandler(handler)
+  try:
+    logger.error("_GatheringFuture exception was never retrieved",
+                 exc_info=raised_in("/site-packages/orbax/checkpoint/_src/serialization.py"))
+    logger.error("Task exception was never retrieved", exc_info=raised_in("/app/mine.py"))
+  finally:
+    logger.removeHandler(handler)
+  assert [r.getMessage() for r in records] == ["Task exception was never retrieved"]

@@ -140,8 +140,10 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
   tmp = io_utils.temp_dir_beside(out_path)
   try:
     tensors = flatten_params(params)
+    # One metadata key: safetensors writes its metadata map in a per-process random order, and a
+    # single key keeps the file's bytes (and its sha256) the same for the same parameters.
     safetensors.numpy.save_file(tensors, str(tmp / PARAMS_FILE),
-                                metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+                                metadata={"format": f"{FORMAT} {FORMAT_VERSION}"})
     io_utils.write_json_atomic(tmp / CONFIG_FILE, config.to_dict())
     # safetensors writes its file private (0600); give it the permissions of the others (umask's).
     os.chmod(tmp / PARAMS_FILE, os.stat(tmp / CONFIG_FILE).st_mode & 0o777)

@@ -105,6 +105,17 @@ def replace_dir(tmp: pathlib.Path, out: pathlib.Path) -> None:
     os.rename(tmp, out)
 
 
+
+def vendored_dir(env_var: str, name: str) -> pathlib.Path:
+  """Where third_party/<name>/ (shipped in the wheel as sevlm_jax/_<name>/, see setup.cfg) lies:
+  $env_var if set; else the installed copy; else the folder of this checkout."""
+  if os.environ.get(env_var):
+    return pathlib.Path(os.environ[env_var])
+  installed = pathlib.Path(__file__).resolve().parent / f"_{name}"
+  if installed.is_dir():
+    return installed
+  return pathlib.Path(__file__).resolve().parents[1] / "third_party" / name
+
 # ----------------------------------------------------------------------------- progress
 
 def format_duration(seconds: float) -> str:

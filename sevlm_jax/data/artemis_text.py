@@ -28,7 +28,6 @@ token is corrected once.
 import functools
 import hashlib
 import json
-import os
 import pathlib
 import re
 
@@ -63,12 +62,7 @@ _MAX_EDIT_DISTANCE = 2
 
 def default_dir() -> pathlib.Path:
   """$SEVLM_ARTEMIS_DATA_DIR if set; else the wheel's sevlm_jax/_artemis/; else third_party/artemis/."""
-  if os.environ.get(DIR_ENV):
-    return pathlib.Path(os.environ[DIR_ENV])
-  installed = pathlib.Path(__file__).resolve().parents[1] / "_artemis"
-  if installed.is_dir():
-    return installed
-  return pathlib.Path(__file__).resolve().parents[2] / "third_party" / "artemis"
+  return io_utils.vendored_dir(DIR_ENV, "artemis")
 
 
 def _read_checked(folder: pathlib.Path, name: str) -> bytes:

@@ -27,13 +27,13 @@ its tail and its <eos> (as in the public code).
 
 import functools
 import hashlib
-import os
 import pathlib
 import re
 
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
+from sevlm_jax import io_utils
 from sevlm_jax import vocab
 
 # Vendored files and their sha256 (as pinned by OpenAI's own tooling).
@@ -57,12 +57,7 @@ def normalize_text(text: str) -> str:
 def default_bpe_dir() -> pathlib.Path:
   """$SEVLM_GPT2_BPE_DIR if set; else the copy an installed wheel ships (sevlm_jax/_gpt2_bpe/,
   see setup.cfg); else third_party/gpt2_bpe/ of this checkout."""
-  if os.environ.get(BPE_DIR_ENV):
-    return pathlib.Path(os.environ[BPE_DIR_ENV])
-  installed = pathlib.Path(__file__).resolve().parents[1] / "_gpt2_bpe"
-  if installed.is_dir():
-    return installed
-  return pathlib.Path(__file__).resolve().parents[2] / "third_party" / "gpt2_bpe"
+  return io_utils.vendored_dir(BPE_DIR_ENV, "gpt2_bpe")
 
 
 def _check_bpe_files(bpe_dir: pathlib.Path) -> None:

@@ -148,3 +148,33 @@ def test_aot_command_prints_launches_and_memory_of_each_program():
     assert r["program_GiB"] > 0 and r["temp_GiB"] >= 0
   assert rows["train_cached"]["loops"] == [] and rows["train_cached"]["by_kind"]["gemm"] > 0
   assert len(rows["decode"]["loops"]) == 1 and rows["decode"]["launches_per_token"] > 0
+
+
+LOWER_EVERY_PROGRAM = """
+import sys
+import jax
+from absl import flags
+import sevlm_jax.benchmark.__main__  # the command's flags
+from sevlm_jax.benchmark import aot, speed
+flags.FLAGS(sys.argv)
+mesh = jax.sharding.Mesh(jax.devices()[:1], ("x",))
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+for variant in ("optimized", "baseline"):
+  setup = speed.Setup(speed.variant_config(flags.FLAGS.config, variant))
+  for name, fn, args, extra in aot.programs(speed, setup, variant, list(aot.PROGRAMS), sharding):
+    fn.lower(*args)
+    print(variant, name)
+"""
+
+
+def test_every_aot_program_lowers_without_the_gpu_compiler():
+  """The programs --aot compiles are built and lowered here for the CPU: without the [aot] extra
+  (CI has none) a broken import or argument in them still fails a test."""
+  model = {k: v for k, v in TINY.items() if k.startswith("model.")}
+  args = [sys.executable, "-c", LOWER_EVERY_PROGRAM, "--config=configs/sevlm.py:demo",
+          *(f"--config.{k}={v}" for k, v in model.items()), "--pairs=2", "--new_tokens=3"]
+  out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.split("\n")[:-1] == [f"{v} {p}" for v in ("optimized", "baseline")
+                                         for p in aot.PROGRAMS]

@@ -250,12 +250,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if name == "artemis_v2":
       c.data.source = "artemis_v2"
     elif name == "official":
-      for field, value in OFFICIAL.items():
-        *groups, leaf = field.split(".")
-        node = c
-        for group in groups:
-          node = node[group]
-        node[leaf] = value
+      c.update_from_flattened_dict(OFFICIAL)
     elif name == "no_vad_embedding":
       c.model.use_vad_embedding = False
     elif name == "no_vad_loss":

@@ -6,6 +6,7 @@ after a kill) sees the old file or the complete new one, never a part. Temporary
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -105,6 +106,14 @@ def replace_dir(tmp: pathlib.Path, out: pathlib.Path) -> None:
     os.rename(tmp, out)
 
 
+
+def sha256_file(path) -> str:
+  """Hex sha256 of a file, read in 1 MiB blocks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 def vendored_dir(env_var: str, name: str) -> pathlib.Path:
   """Where third_party/<name>/ (shipped in the wheel as sevlm_jax/_<name>/, see setup.cfg) lies:

@@ -6,7 +6,6 @@ saying exactly what to download and which flag to set.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Any
@@ -123,10 +122,6 @@ def lexicon_path(config: ml_collections.ConfigDict) -> str:
   raise ConfigError("data.lexicon is not set; " + LEXICON_HELP)
 
 
-def _file_sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
 
 def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str,
                    lexicon: vad_lib.VadLexicon | None = None) -> np.ndarray:
@@ -146,7 +141,7 @@ def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str,
   table = vad_lib.token_vad_table(tokenizer, lexicon, lookup=vad_lookup(config)).astype(np.float32)
   io_utils.save_npy_atomic(path, table)
   io_utils.write_json_atomic(provenance_path, {
-      "lexicon": os.path.abspath(lexicon_file), "lexicon_sha256": _file_sha256(lexicon_file),
+      "lexicon": os.path.abspath(lexicon_file), "lexicon_sha256": io_utils.sha256_file(lexicon_file),
       "lexicon_format": config.data.lexicon_format, "vad_lookup": vad_lookup(config)})
   return table
 
@@ -172,7 +167,7 @@ def _check_same_lexicon(config: ml_collections.ConfigDict, provenance_path: str)
     lexicon = lexicon_path(config)
   except ConfigError:  # no lexicon given (e.g. evaluating elsewhere): the saved table is the truth
     return
-  if _file_sha256(lexicon) != recorded["lexicon_sha256"]:
+  if io_utils.sha256_file(lexicon) != recorded["lexicon_sha256"]:
     raise ConfigError(
         f"data.lexicon={lexicon} differs from the lexicon this workdir's VAD table was built from "
         f"({recorded['lexicon']}); use a new --workdir, or delete "
@@ -246,7 +241,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.eval.dominant not in dominant_lib.RULES:
     raise ConfigError(f"eval.dominant={config.eval.dominant!r}; choose one of "
                       f"{', '.join(dominant_lib.RULES)}")
-  if config.eval.decoding not in ("greedy", "top_p"):
+  if config.eval.decoding not in ("greedy", "top_p", "beam"):
     raise ConfigError(f"eval.decoding={config.eval.decoding!r}; choose 'greedy' or 'top_p'")
   if config.data.lexicon_format not in vad_lib.FORMATS:
     raise ConfigError(f"data.lexicon_format={config.data.lexicon_format!r}; choose one of "
@@ -312,7 +307,7 @@ def check_inputs_before_preparation(config: ml_collections.ConfigDict, workdir: 
                         f"data.image_size={config.data.image_size}; set --config.data.image_size="
                         f"{size} --config.model.vision.image_size={size}, or use another "
                         "data.ready_dir")
-    made_with = records.load_meta(ready_dir).get("resize_filter", "bicubic")  # older sets: bicubic
+    made_with = meta.get("resize_filter", "bicubic")  # older sets: bicubic
     if made_with != resize_filter(config):
       raise ConfigError(f"the prepared data set {ready_dir} was resized with the {made_with} filter, "
                         f"the config says data.resize_filter={resize_filter(config)}; set "

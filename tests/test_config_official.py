@@ -83,3 +83,11 @@ def test_a_switch_set_to_an_unknown_value_is_a_config_error(field):
   config[group][name] = "no_such_value"
   with pytest.raises(errors.ConfigError, match=f"{field}='no_such_value'; choose one of"):
     run_lib.check_config(config)
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "top_p", "beam"])
+def test_every_decoding_method_passes_the_config_check(decoding):
+  from sevlm_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+  config = load_config("demo")
+  config.eval.decoding = decoding
+  run_lib.check_config(config)

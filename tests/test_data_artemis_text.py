@@ -117,6 +117,15 @@ def test_word_lists_are_checked_against_their_sha256(tmp_path):
     artemis_text.Preprocessor(tmp_path)
 
 
+def test_the_symspell_dictionary_is_checked_against_its_sha256(tmp_path):
+  for name in artemis_text.FILES:
+    shutil.copy(artemis_text.default_dir() / name, tmp_path / name)
+  name = "symspell_frequency_dictionary_en_82_765.txt"
+  with open(tmp_path / name, "a", encoding="utf-8") as f:
+    f.write("notaword 1\n")
+  with pytest.raises(ValueError, match=name + r" has sha256 .* \(ArtEmis's file\)"):
+    artemis_text.Preprocessor(tmp_path)
+
 def test_length_bounds_are_five_tokens_and_the_train_95th_percentile():
   assert artemis_text.length_bounds(range(1, 21)) == (5, float(np.percentile(np.arange(1, 21), 95)))
   with pytest.raises(ValueError):

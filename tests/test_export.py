@@ -10,6 +10,7 @@ import pytest
 import safetensors.numpy
 
 from sevlm_jax import errors
+from sevlm_jax import io_utils
 from sevlm_jax.data import records
 from sevlm_jax.data import vad as vad_lib
 from sevlm_jax.inference import export as export_lib
@@ -133,7 +134,7 @@ def test_params_that_do_not_fit_the_config_are_named(exported, tmp_path):
   tensors[name] = np.zeros((3,) + tensors[name].shape, np.float32)
   safetensors.numpy.save_file(tensors, str(copy / "model.safetensors"))
   manifest = json.loads((copy / "sevlm_export.json").read_text())
-  manifest["files"]["model.safetensors"] = export_lib._sha256_file(copy / "model.safetensors")
+  manifest["files"]["model.safetensors"] = io_utils.sha256_file(copy / "model.safetensors")
   (copy / "sevlm_export.json").write_text(json.dumps(manifest))
   with pytest.raises(errors.CheckpointError, match=f"does not fit config.json's network.*{name}"):
     export_lib.load_exported(copy)

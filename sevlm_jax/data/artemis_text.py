@@ -97,8 +97,10 @@ class Preprocessor:
     self.known_words = {line.split()[0] for line in glove.splitlines() if line.strip()}
     self.known_words.update(tables["missing_from_glove_but_are_actual_words"])
     self._speller = symspellpy.SymSpell(max_dictionary_edit_distance=_MAX_EDIT_DISTANCE)
-    self._speller.load_dictionary(str(folder / "symspell_frequency_dictionary_en_82_765.txt"),
-                                  term_index=0, count_index=1, encoding="utf-8")
+    dictionary = "symspell_frequency_dictionary_en_82_765.txt"
+    _read_checked(folder, dictionary)  # its sha256, like the other lists
+    self._speller.load_dictionary(str(folder / dictionary), term_index=0, count_index=1,
+                                  encoding="utf-8")
     self._closest = symspellpy.Verbosity.CLOSEST
     self._corrected: dict[str, str] = {}
 

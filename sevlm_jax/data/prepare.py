@@ -30,7 +30,6 @@ from absl import app
 from absl import flags
 
 import collections
-import hashlib
 import os
 import pathlib
 import shutil
@@ -78,13 +77,6 @@ def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed:
                                  overwrite=overwrite, progress=progress)
   return out
 
-
-def _sha256(path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int = 224,
@@ -181,7 +173,7 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
     report.totals["annotations_kept"] = sum(st["annotations"] for st in stats.values())
     meta = {
         "format_version": records.FORMAT_VERSION,
-        "source": {"format": fmt, "inputs": [{"path": str(p), "sha256": _sha256(p)} for p in paths],
+        "source": {"format": fmt, "inputs": [{"path": str(p), "sha256": io_utils.sha256_file(p)} for p in paths],
                    "images": str(images_dir)},
         "image_size": image_size,
         "seed": seed,

@@ -79,13 +79,6 @@ class Exported:
   manifest: dict
 
 
-def _sha256_file(path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
 
 def table_sha256(table: np.ndarray) -> str:
   """sha256 of a VAD table's float32 bytes (C order): what identifies it however it is stored."""
@@ -166,7 +159,7 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
     }
     card = model_card(config, workdir_path, manifest)
     (tmp / CARD_FILE).write_text(card, encoding="utf-8")
-    manifest["files"] = {str(p.relative_to(tmp)): _sha256_file(p)
+    manifest["files"] = {str(p.relative_to(tmp)): io_utils.sha256_file(p)
                          for p in sorted(tmp.rglob("*")) if p.is_file()}
     io_utils.write_json_atomic(tmp / MANIFEST, manifest)
     io_utils.replace_dir(tmp, out_path)
@@ -185,7 +178,7 @@ def _vad_source(workdir: pathlib.Path, table: np.ndarray) -> dict:
   provenance = workdir / "vad_table.json"
   if provenance.is_file():
     recorded = json.loads(provenance.read_text("utf-8"))
-  demo_sha = _sha256_file(vad_lib.DEMO_LEXICON_PATH)
+  demo_sha = io_utils.sha256_file(vad_lib.DEMO_LEXICON_PATH)
   source = {"lexicon": os.path.basename(recorded.get("lexicon", "")) or None,
             "lexicon_sha256": recorded.get("lexicon_sha256"),
             "lexicon_format": recorded.get("lexicon_format", "auto"),
@@ -370,7 +363,7 @@ def load_exported(directory, lexicon: str | None = None) -> Exported:
     if not path.is_file():
       raise CheckpointNotFoundError(f"{path} is missing from the model directory; copy the whole "
                                     "directory, or export the model again")
-    if _sha256_file(path) != want:
+    if io_utils.sha256_file(path) != want:
       raise _corrupt(directory, name, "its contents differ from what was exported (sha256 mismatch: "
                      "truncated, altered or from another export)")
 

@@ -111,7 +111,11 @@ def load(path) -> Any:
     if byteorder in names and archive.read(byteorder).decode().strip() != "little":
       raise CheckpointError(f"{path}: big-endian tensors are not supported")
 
+    storages = {}  # tensors sharing a storage (a tied lm_head) read it once, as torch.load does
+
     def read_storage(key: str, dtype) -> np.ndarray:
-      return np.frombuffer(archive.read(f"{root}data/{key}"), dtype=dtype)
+      if (key, dtype) not in storages:
+        storages[key, dtype] = np.frombuffer(archive.read(f"{root}data/{key}"), dtype=dtype)
+      return storages[key, dtype]
 
     return _Unpickler(io.BytesIO(archive.read(pickles[0])), read_storage).load()

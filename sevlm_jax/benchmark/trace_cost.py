@@ -7,15 +7,14 @@ decoding with the KV cache and no early exit, so both loops run the same number 
 Prints the median time of each loop, their ratio, and beam search's for comparison.
 """
 
-import time
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sevlm_jax import vocab
+from sevlm_jax.benchmark import speed
 from sevlm_jax.inference import decode
 from sevlm_jax.models import SEVLM, ModelConfig, init_params, model_config_dict
 
@@ -23,16 +22,6 @@ _PRESET = flags.DEFINE_enum("preset", "base", ["base", "tiny"], "Model size.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Images decoded at once.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 25, "Tokens decoded per image.")
 _ITERS = flags.DEFINE_integer("iters", 5, "Timed runs per loop (the median is printed).")
-
-
-def median_seconds(fn, iters: int) -> float:
-  jax.block_until_ready(fn())  # compile
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def main(argv):
@@ -53,7 +42,8 @@ def main(argv):
       "beam4": lambda: decode.generate_details(model, params, patches, table, prompt,
                                                method="beam", beam_width=4, **kw)["tokens"],
   }
-  times = {name: median_seconds(fn, _ITERS.value) for name, fn in runs.items()}
+  times = {name: speed.median_seconds(fn, _ITERS.value, warmup=1)  # warm-up: the compile
+           for name, fn in runs.items()}
   print(f"{_PRESET.value} model, {b} images x {_NEW_TOKENS.value} tokens, "
         f"{jax.devices()[0].platform}:")
   for name, t in times.items():

@@ -178,12 +178,13 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def line_chart_svg(title: str, series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *,
-                   width: int = 460, height: int = 240, x_label: str = "step") -> str:
+                   width: int = 460, height: int = 240, x_label: str = "step",
+                   css_class: str = "chart") -> str:
   """An inline SVG line chart of named (x, y) series (points marked; a single point shows too)."""
   left, right, top, bottom = 52, 12, 44, 40
   pw, ph = width - left - right, height - top - bottom
   points = [(x, y) for _, pts in series for x, y in pts]
-  parts = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+  parts = [f'<svg class="{css_class}" role="img" viewBox="0 0 {width} {height}" width="{width}" '
            f'height="{height}">',
            f'<title>{esc(title)}</title>',
            f'<text x="{width / 2:.1f}" y="16" text-anchor="middle" class="ctitle">{esc(title)}</text>']
@@ -306,9 +307,9 @@ def vad_chart_svg(trace: dict) -> str:
   vad = np.asarray(trace["vad"], np.float32).reshape(-1, 3)
   series = [(name, [(float(t), float(vad[t, d])) for t in range(len(vad))])
             for d, name in enumerate(("valence", "arousal", "dominance"))]
-  svg = line_chart_svg("VAD per explanation token", series, width=340, height=170,
-                       x_label="token (" + " | ".join(trace["tokens"])[:60] + ")")
-  return svg.replace('<svg class="chart"', '<svg class="chart vad-chart"', 1)
+  return line_chart_svg("VAD per explanation token", series, width=340, height=170,
+                        x_label="token (" + " | ".join(trace["tokens"])[:60] + ")",
+                        css_class="chart vad-chart")
 
 
 def card_html(item: dict, thumbs: str, eager: bool) -> str:

@@ -129,3 +129,14 @@ def test_command_line_explains_the_given_emotion(tiny_run, images, tmp_path, tmp
   assert result.returncode == 0, result.stderr[-3000:]
   pred = json.loads(result.stdout.strip().splitlines()[-1])
   assert pred["image"] == str(path) and pred["text"].startswith("the emotion is sadness because")
+
+
+def test_trace_words_follow_the_explanation_split():
+  """With explanation_after='last_because' the trace starts after the last " because", where
+  decode.parse_generation starts the explanation."""
+  because = 9
+  tokens = np.asarray([7, because, 0, because, 1, 2, vocab.EOS_ID])
+  first = trace_lib.explanation_positions(tokens, 6, because)
+  last = trace_lib.explanation_positions(tokens, 6, because, "last_because")
+  np.testing.assert_array_equal(first, [2, 3, 4, 5])
+  np.testing.assert_array_equal(last, [4, 5])

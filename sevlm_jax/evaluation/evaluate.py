@@ -100,7 +100,8 @@ def trace_split(run: run_lib.Run, params, split: str, config: ml_collections.Con
       if len(entries) < max_images:
         entries[index] = trace_lib.trace_entry(
             run.tokenizer, got["tokens"][row], int(got["lengths"][row]), got["attention"][row],
-            got["vad"][row], run.tokenizer.because_id)
+            got["vad"][row], run.tokenizer.because_id,
+            config.eval.get("explanation_after", "first_because"))
   return entries
 
 

@@ -289,6 +289,7 @@ class Predictor:
         entry["probabilities"] = [float(p) for p in probs[row]]
         entry.update(trace_lib.trace_entry(self.tokenizer, got["tokens"][row],
                                            int(got["lengths"][row]), got["attention"][row],
-                                           got["vad"][row], self.tokenizer.because_id))
+                                           got["vad"][row], self.tokenizer.because_id,
+                                           self.explanation_after))
         out.append(entry)
     return out

@@ -18,11 +18,13 @@ import numpy as np
 from sevlm_jax import vocab
 
 
-def explanation_positions(tokens_N, length: int, because_id: int) -> np.ndarray:
-  """Indices of a generation's explanation tokens (see the module docstring)."""
+def explanation_positions(tokens_N, length: int, because_id: int,
+                          explanation_after: str = "first_because") -> np.ndarray:
+  """Indices of a generation's explanation tokens (see the module docstring): after the first
+  " because", or the last with explanation_after='last_because', as decode.parse_generation."""
   text_N = np.asarray(tokens_N)[:length]
   hits = np.flatnonzero(text_N == because_id)
-  start = int(hits[0]) + 1 if hits.size else 0
+  start = int(hits[-1 if explanation_after == "last_because" else 0]) + 1 if hits.size else 0
   return np.asarray([i for i in range(start, length) if text_N[i] < vocab.GPT2_VOCAB_SIZE], int)
 
 
@@ -36,11 +38,11 @@ def group_words(tokenizer, ids) -> list[list[int]]:
   return words
 
 
-def trace_entry(tokenizer, tokens_N, length: int, attention_NxP, vad_Nx3, because_id: int
-                ) -> dict:
+def trace_entry(tokenizer, tokens_N, length: int, attention_NxP, vad_Nx3, because_id: int,
+                explanation_after: str = "first_because") -> dict:
   """{'words', 'attention' float32 WxGxG (G*G = patches), 'tokens', 'vad' float32 Tx3} of one
   generation's explanation."""
-  positions = explanation_positions(tokens_N, length, because_id)
+  positions = explanation_positions(tokens_N, length, because_id, explanation_after)
   ids = np.asarray(tokens_N)[positions]
   attention_NxP = np.asarray(attention_NxP, np.float32)
   p = attention_NxP.shape[-1]

@@ -19,8 +19,11 @@ from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax import errors
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
+from sevlm_jax.data import artemis_text
 from sevlm_jax.data import demo
 from sevlm_jax.data import dominant as dominant_lib
+from sevlm_jax.data import images as images_lib
+from sevlm_jax.data import pipeline
 from sevlm_jax.data import prepare
 from sevlm_jax.data import records
 from sevlm_jax.data import tokenizer as tokenizer_lib
@@ -28,6 +31,7 @@ from sevlm_jax.data import vad as vad_lib
 from sevlm_jax.errors import ConfigError
 from sevlm_jax.models import config as model_config_lib
 from sevlm_jax.models import sevlm as sevlm_lib
+from sevlm_jax.weights import gpt2 as gpt2_map
 from sevlm_jax.weights import io as weights_io
 from sevlm_jax.weights import load as weights
 from sevlm_jax.weights import sevlm as sevlm_weights
@@ -212,13 +216,14 @@ def build_model(config: ml_collections.ConfigDict) -> sevlm_lib.SEVLM:
   return sevlm_lib.SEVLM(model_config_lib.ModelConfig.from_dict(model))
 
 
-# The switches between our behaviour (first choice, the default) and the public code's.
+# The switches between our behaviour (first choice, the default) and the public code's. The
+# modules of training and inference sit above this one, so their choices are spelled here.
 _CHOICES = {
-    "data.resize_filter": ("bicubic", "bilinear"),
-    "data.vad_lookup": ("word_then_lemma", "lemma_only"),
-    "pretrained.new_token_init": ("mean", "normal"),
+    "data.resize_filter": tuple(images_lib.RESIZE_FILTERS),
+    "data.vad_lookup": vad_lib.LOOKUPS,
+    "pretrained.new_token_init": gpt2_map.NEW_TOKEN_INITS,
     "optim.adam_form": ("optax", "transformers"),
-    "train.pair_anchor": ("cycle", "last"),
+    "train.pair_anchor": pipeline.PAIR_ANCHORS,
     "eval.stop_on": ("eos", "any_special"),
     "eval.explanation_after": ("first_because", "last_because"),
     "train.negatives": ("random", "public"),
@@ -235,14 +240,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       "<emotion> because ...'; use at least 8")
   if config.train.batch_size < 2 and config.loss.contrastive_weight:
     raise ConfigError("train.batch_size must be >= 2 with the contrastive loss (it needs another image)")
-  if config.data.text_preprocessing not in ("artemis", "raw"):
+  if config.data.text_preprocessing not in artemis_text.PREPROCESSINGS:
     raise ConfigError(f"data.text_preprocessing={config.data.text_preprocessing!r}; choose 'artemis' "
                       "(ArtEmis's preprocessing for deep nets) or 'raw' (the utterances as written)")
   if config.eval.dominant not in dominant_lib.RULES:
     raise ConfigError(f"eval.dominant={config.eval.dominant!r}; choose one of "
                       f"{', '.join(dominant_lib.RULES)}")
   if config.eval.decoding not in ("greedy", "top_p", "beam"):
-    raise ConfigError(f"eval.decoding={config.eval.decoding!r}; choose 'greedy' or 'top_p'")
+    raise ConfigError(f"eval.decoding={config.eval.decoding!r}; choose 'greedy', 'top_p' or 'beam'")
   if config.data.lexicon_format not in vad_lib.FORMATS:
     raise ConfigError(f"data.lexicon_format={config.data.lexicon_format!r}; choose one of "
                       f"{', '.join(vad_lib.FORMATS)}")

@@ -57,7 +57,10 @@ def test_benchmark_command_prints_every_figure(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
   decodes = [r for r in rows if r["what"] == "decode" and r["variant"] == "optimized"]
-  assert [r["steps_per_check"] for r in decodes] == [1, 3]
+  # The first figure of the sweep again through XLA's kernels, right after it.
+  assert [(r["steps_per_check"], r["decode_kernels"]) for r in decodes] == [
+      (1, "pallas"), (1, "xla"), (3, "pallas")]
+  assert decodes[1]["token_agreement"] == 1.0  # on a CPU, 'pallas' lowers XLA's path
   seen = {(r["what"], r["variant"]) for r in rows}
   assert seen == {(w, v) for w in ("train_cached", "train_tower", "decode", "peak_memory")
                   for v in ("optimized", "baseline")}

@@ -19,10 +19,13 @@ Variants:
   optimized      bf16 matmuls with float32 master weights, bf16 logits into the loss over a
                  vocabulary padded to a multiple of 128, cross-attention K/V once per
                  image, decoding weights cast once and config.eval.steps_per_check tokens
-                 between "all ended?" tests (0: none, a loop of known trip count)
+                 between "all ended?" tests (0: none, a loop of known trip count), a
+                 decoding step's attentions and VAD encoder in Pallas kernels on a GPU
+                 (model.decode_kernels; the decode figure is repeated with 'xla', with the
+                 share of its tokens that equal the kernels')
   baseline       the same design with those switched off: float32 compute, float32
                  logits over the 50,261-token vocabulary, each image's patches repeated for
-                 both sequences of its pair, one token per loop test
+                 both sequences of its pair, one token per loop test, XLA's decoding kernels
 Every time is the median of --iters runs after --warmup runs, each run ending in
 jax.block_until_ready. --profile_dir traces a few optimized train steps and decodes and
 prints where the device time goes (the trace is kept there for Perfetto / TensorBoard).
@@ -108,6 +111,7 @@ def variant_config(config: ml_collections.ConfigDict, variant: str) -> ml_collec
   if variant == "baseline":
     c.eval.steps_per_check = 1
     c.model.vision_attention = "xla"
+    c.model.decode_kernels = "xla"
     c.train.pad_vocab_to = 1
     c.train.pair_kv_once = False
   return c
@@ -204,8 +208,8 @@ def make_decode(setup: Setup, variant: str, steps: int):
   return decode_fn(setup, variant, steps), setup.fresh_params()
 
 
-def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Callable]:
-  """(figure, one more decode as a callable)."""
+def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Callable, np.ndarray]:
+  """(figure, one more decode as a callable, the tokens)."""
   n = 2 * flags.FLAGS.pairs
   s = setup.model.config.vision.image_size
   images = jax.device_put(np.random.default_rng(2).integers(0, 256, (n, s, s, 3), dtype=np.uint8))
@@ -215,11 +219,12 @@ def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Callable
                            flags.FLAGS.warmup)
   tokens = np.asarray(compiled(params, images))
   record = {"what": "decode", "variant": variant, "steps_per_check": steps, "images": n,
+            "decode_kernels": setup.model.config.decode_kernels,
             "new_tokens": flags.FLAGS.new_tokens,
             "tokens_generated": int(tokens.shape[1]), "ms": round(seconds * 1e3, 3),
             "images_per_s": round(n / seconds, 1),
             "program_GiB": _gib(program_bytes(compiled))}
-  return record, lambda: compiled(params, images)
+  return record, lambda: compiled(params, images), tokens
 
 
 def bench_pipeline(config: ml_collections.ConfigDict) -> list[dict]:
@@ -319,12 +324,23 @@ def run_variant(config: ml_collections.ConfigDict, variant: str, figures: list[s
   if "decode" in figures:
     sweep = [int(v) for v in flags.FLAGS.steps_per_check] if variant == "optimized" else []
     default = int(setup.config.eval.steps_per_check)
-    for steps in sweep or [default]:
-      record, run = bench_decode(setup, variant, steps)
+    sweep = sweep or [default]
+    main_steps = default if default in sweep else sweep[0]  # profiled and compared
+    for steps in sweep:
+      record, run, tokens = bench_decode(setup, variant, steps)
       emit({**record, **base})
-      if flags.FLAGS.profile_dir and variant == "optimized" and steps == default:
+      if flags.FLAGS.profile_dir and variant == "optimized" and steps == main_steps:
         profile("decode", run, 3)
       del run  # and with it the figure's parameters
+      if steps == main_steps and setup.model.config.decode_kernels != "xla":
+        # The same decode through XLA's kernels, side by side: the Pallas kernels' speed-up,
+        # and how many of their greedy tokens XLA's path repeats (in bf16 the kernels keep
+        # scores in float32, so a near tie may tip; on a CPU both are the same program).
+        plain = ml_collections.ConfigDict(setup.config.to_dict())
+        plain.model.decode_kernels = "xla"
+        record, run, xla_tokens = bench_decode(Setup(plain), variant, steps)
+        del run
+        emit({**record, **base, "token_agreement": round(float(np.mean(xla_tokens == tokens)), 4)})
   if "memory" in figures:
     emit({"what": "peak_memory", "variant": variant,
           "GiB": _gib(peak_device_bytes()), **base})

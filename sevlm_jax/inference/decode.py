@@ -81,11 +81,13 @@ def _decoder(model: SEVLM, variables, patches_BxPxD, vad_table_Vx3, prompt_BxL, 
 
   if use_cache:
     cache = model.apply(variables, patches_BxPxD, total, method=SEVLM.init_cache)
-    # The LM head's rows in the compute dtype once, not gathered and cast for every token.
-    lm_table = model.apply(variables, output_ids, method=SEVLM.lm_head_table)
+    # The LM head's rows and the VAD fusion's embedding rows in the compute dtype once, not
+    # gathered, sliced and cast for every token.
+    loop_weights = model.apply(variables, output_ids, method=SEVLM.decoding_weights)
 
     def step(cache, ids_BxT, segs_BxT):
-      args = (variables, cache, ids_BxT, segs_BxT, vad_table_Vx3[ids_BxT], output_ids, lm_table)
+      args = (variables, cache, ids_BxT, segs_BxT, vad_table_Vx3[ids_BxT], output_ids,
+              loop_weights)
       if trace:
         (out, cache), inter = model.apply(*args, method=SEVLM.decode_step,
                                           mutable=["intermediates"])

@@ -17,6 +17,7 @@ from sevlm_jax import vocab
 IMAGE_NORMS = ("clip", "imagenet")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("xla", "cudnn")
+DECODE_KERNEL_IMPLS = ("xla", "pallas", "pallas_interpret")  # models/decode_kernels.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,10 @@ class ModelConfig:
   # The vision tower's attention: 'xla' (einsums, any device) or 'cudnn' (fused kernel;
   # NVIDIA GPU with dtype bfloat16).
   vision_attention: str = "xla"
+  # A decoding step's attention: 'pallas' one kernel per sub-layer where the program is
+  # compiled for an NVIDIA GPU (XLA elsewhere), 'xla' XLA's kernels everywhere,
+  # 'pallas_interpret' the kernel interpreted on any device (slow; for checking it).
+  decode_kernels: str = "pallas"
   # The image-blind control: every image is replaced by a constant mid grey before the tower.
   blank_images: bool = False
   emotion_segment_id: int = vocab.EMOTION_SEGMENT_ID
@@ -148,6 +153,9 @@ def _validate(c: ModelConfig) -> None:
     fail(f"model.dtype={c.dtype!r}; expected one of {DTYPES}")
   if c.vision_attention not in ATTENTION_IMPLS:
     fail(f"model.vision_attention={c.vision_attention!r}; expected one of {ATTENTION_IMPLS}")
+  if c.decode_kernels not in DECODE_KERNEL_IMPLS:
+    fail(f"model.decode_kernels={c.decode_kernels!r}; expected one of"
+         f" {DECODE_KERNEL_IMPLS}")
   if c.vision_attention == "cudnn" and c.dtype != "bfloat16":
     fail("model.vision_attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention"
          " has no float32 kernel)")

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sevlm_jax.models import decode_kernels
 from sevlm_jax.models.config import DecoderConfig
 from sevlm_jax.models.layers import (attend, attention_probs, layer_norm, merge_heads,
                                      split_heads, update_cache)
@@ -53,6 +54,7 @@ def pad_patches(patches_BxPxD, multiple: int = 8):
 class SelfAttention(nn.Module):
   config: DecoderConfig
   dtype: Any = jnp.float32
+  decode_impl: str = "xla"  # a decoding step's attention (models/decode_kernels.py)
 
   def setup(self):
     c = self.config
@@ -64,11 +66,15 @@ class SelfAttention(nn.Module):
 
   def __call__(self, x_BxTxD, mask_BxTxS, cache=None, index=None, deterministic=True):
     qkv_BxTx3D = self.c_attn(x_BxTxD)
-    q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(qkv_BxTx3D, 3, axis=-1)
     h = self.config.heads
+    b, t, d3 = qkv_BxTx3D.shape
+    if cache is not None and t == 1 and deterministic:  # a decoding step: one kernel
+      out_BxHxK, kv = decode_kernels.self_attention_step(
+          qkv_BxTx3D.reshape(b, 3, h, -1), cache["kv"], index, self.decode_impl)
+      return self.c_proj(out_BxHxK.reshape(b, 1, d3 // 3)), {**cache, "kv": kv}
+    q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(qkv_BxTx3D, 3, axis=-1)
     q, k, v = split_heads(q_BxTxD, h), split_heads(k_BxTxD, h), split_heads(v_BxTxD, h)
     if cache is not None:  # k and v of the new tokens written by one update
-      b, t, _ = qkv_BxTx3D.shape
       kv = update_cache(cache["kv"], qkv_BxTx3D[..., q_BxTxD.shape[-1]:].reshape(
           b, t, 2, h, -1), index)
       k, v = kv[:, :, 0], kv[:, :, 1]
@@ -82,6 +88,7 @@ class CrossAttention(nn.Module):
   """Queries from the text, keys/values from the image patches (no mask: all patches are real)."""
   config: DecoderConfig
   dtype: Any = jnp.float32
+  decode_impl: str = "xla"  # a decoding step's attention (models/decode_kernels.py)
 
   def setup(self):
     c = self.config
@@ -107,10 +114,15 @@ class CrossAttention(nn.Module):
     if n % b:
       raise ValueError(f"{n} text sequences cannot share {b} images evenly")
     q_BxGTxHxK = split_heads(self.q_attn(x_NxTxD).reshape(b, (n // b) * t, d), self.config.heads)
+    sowing = self.is_mutable_collection("intermediates")
+    if n == b and t == 1 and key_mask_P is None and deterministic and not sowing:  # decoding
+      out_BxHxK = decode_kernels.cross_attention_step(q_BxGTxHxK[:, 0], k_BxPxHxK, v_BxPxHxK,
+                                                        self.decode_impl)
+      return self.c_proj(out_BxHxK.reshape(b, 1, d))
     mask_1x1xP = None if key_mask_P is None else key_mask_P[None, None]
     probs = self.attn_dropout(attention_probs(q_BxGTxHxK, k_BxPxHxK, mask_1x1xP),
                               deterministic=deterministic)
-    if self.is_mutable_collection("intermediates"):  # asked for (where the text looks); else no-op
+    if sowing:  # asked for (where the text looks); else no-op
       h, p = probs.shape[1], probs.shape[-1]
       self.sow("intermediates", "cross_attention", probs.reshape(b, h, n // b, t, p).transpose(
           0, 2, 1, 3, 4).reshape(n, h, t, p))
@@ -136,12 +148,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
   config: DecoderConfig
   dtype: Any = jnp.float32
+  decode_impl: str = "xla"
 
   def setup(self):
     self.ln_1 = layer_norm(dtype=self.dtype)
-    self.attn = SelfAttention(self.config, self.dtype)
+    self.attn = SelfAttention(self.config, self.dtype, self.decode_impl)
     self.ln_cross_attn = layer_norm(dtype=self.dtype)
-    self.crossattention = CrossAttention(self.config, self.dtype)
+    self.crossattention = CrossAttention(self.config, self.dtype, self.decode_impl)
     self.ln_2 = layer_norm(dtype=self.dtype)
     self.mlp = MLP(self.config, self.dtype)
 
@@ -161,6 +174,9 @@ class Block(nn.Module):
 class GPT2Decoder(nn.Module):
   config: DecoderConfig
   dtype: Any = jnp.float32
+  # A decoding step's attention: 'xla', 'pallas' (one kernel per sub-layer on NVIDIA GPUs) or
+  # 'pallas_interpret' (see models/decode_kernels.py).
+  decode_impl: str = "xla"
 
   def setup(self):
     c = self.config
@@ -169,7 +185,7 @@ class GPT2Decoder(nn.Module):
     self.wpe = nn.Embed(c.max_positions, c.width, embedding_init=nn.initializers.normal(0.02),
                         dtype=self.dtype)
     self.drop = nn.Dropout(c.dropout)
-    self.h = [Block(c, self.dtype) for _ in range(c.layers)]
+    self.h = [Block(c, self.dtype, self.decode_impl) for _ in range(c.layers)]
     self.ln_f = layer_norm(dtype=self.dtype)
 
   def embed(self, input_ids_BxT, segment_ids_BxT, positions_T, deterministic=True):

@@ -2,6 +2,8 @@
 and CLIP define it, multi-head attention in pieces (heads, weights, masks) and the fixed-size
 KV cache update."""
 
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,10 +11,11 @@ import jax.numpy as jnp
 class DenseParams(nn.Module):
   """The kernel and bias of a Dense layer (same names and init as nn.Dense), not applied."""
   features: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, in_features: int):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features))
+    kernel = self.param("kernel", self.kernel_init, (in_features, self.features))
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
     return kernel, bias
 

@@ -46,10 +46,10 @@ class SEVLM(nn.Module):
     dtype = c.compute_dtype
     init = nn.initializers.normal(0.02)  # the public code's new layers get GPT-2's init
     self.vision = VisionTower(c.vision, c.image_norm, dtype, c.vision_attention)
-    self.decoder = gpt2.GPT2Decoder(c.decoder, dtype)
+    self.decoder = gpt2.GPT2Decoder(c.decoder, dtype, c.decode_kernels)
     if c.use_vad_embedding:
-      self.vad_encoder = VADEncoder(c.vad)
-      self.vad_fusion = nn.Dense(c.decoder.width, dtype=dtype, kernel_init=init)
+      self.vad_encoder = VADEncoder(c.vad, c.decode_kernels)
+      self.vad_fusion = layers.DenseParams(c.decoder.width, kernel_init=init)
     self.vad_head = nn.Dense(3, kernel_init=init)
     self.contrastive_head = ContrastiveHead(c.contrastive)
 
@@ -95,7 +95,8 @@ class SEVLM(nn.Module):
     if self.config.use_vad_embedding:
       vad_BxLx3 = self.vad_encoder(token_vad_BxLx3, token_mask_BxL, deterministic)
       _, explanation_BxL = config_part_masks(segment_ids_BxL, self.config)
-      x_BxLxD = fuse_explanation_vad(x_BxLxD, vad_BxLx3, explanation_BxL, self.vad_fusion)
+      x_BxLxD = fuse_explanation_vad(x_BxLxD, vad_BxLx3, explanation_BxL,
+                                     *self.vad_fusion(self.config.decoder.width + 3))
     return x_BxLxD
 
   def __call__(self, patches_BxPxD, input_ids_BxL, segment_ids_BxL, token_vad_BxLx3,
@@ -164,10 +165,10 @@ class SEVLM(nn.Module):
     return cache
 
   def decode_step(self, cache, input_ids_BxT, segment_ids_BxT, token_vad_BxTx3, output_ids=None,
-                  lm_table=None):
+                  loop_weights=None):
     """Feeds T new tokens (T >= 1; the prompt at once, then one at a time).
 
-    lm_table: lm_head_table(output_ids), computed once before a decoding loop.
+    loop_weights: decoding_weights(output_ids), prepared once before a decoding loop.
 
     Returns ({'logits': BxTxV float32, 'hidden': BxTxD, 'vad_pred': BxTx3}, new cache);
     equal to the full pass over the whole prefix (no padding inside the cache).
@@ -184,24 +185,37 @@ class SEVLM(nn.Module):
     if c.use_vad_embedding:
       vad_BxTx3, new_cache["vad"] = self.vad_encoder.step(token_vad_BxTx3, cache["vad"], index)
       _, explanation_BxT = config_part_masks(segment_ids_BxT, c, index + jnp.arange(t))
-      x_BxTxD = fuse_explanation_vad(x_BxTxD, vad_BxTx3, explanation_BxT, self.vad_fusion)
+      x_BxTxD = fuse_explanation_vad(
+          x_BxTxD, vad_BxTx3, explanation_BxT, *self.vad_fusion(c.decoder.width + 3),
+          embedding_kernel_DxD=(loop_weights or {}).get("vad_fusion_embedding"))
     mask_1xTxS = layers.cached_causal_mask(index, t, max_length)
     hidden_BxTxD, new_cache["decoder"] = self.decoder.transform(
         x_BxTxD, mask_1xTxS, cache=cache["decoder"], index=index)
+    lm_table = None if loop_weights is None else loop_weights["lm_table"]
     out = {"logits": self.decoder.logits(hidden_BxTxD, output_ids, table_VxD=lm_table),
            "hidden": hidden_BxTxD,
            "vad_pred": self.vad_head(hidden_BxTxD.astype(jnp.float32))}
     return out, new_cache
 
-  def lm_head_table(self, output_ids=None):
-    """The rows of the tied LM head (all, or output_ids) in the compute dtype, for decode_step,
-    padded with zero rows to a multiple of 128 (aligned GEMMs; decode_step drops their
-    columns). Left to XLA, the 50,261-row table was padded to 50,264 rows for every token."""
+  def decoding_weights(self, output_ids=None):
+    """What decode_step reads every token, prepared once before a decoding loop (XLA does not
+    move it out of the loop): in the compute dtype,
+    - 'lm_table': the rows of the tied LM head (all, or output_ids), padded with zero rows to
+      a multiple of 128 (aligned GEMMs; decode_step drops their columns). Left to XLA, the
+      50,261-row table was padded to 50,264 rows for every token;
+    - 'vad_fusion_embedding': the VAD fusion's rows for the embedding (a slice of its kernel
+      taken in the loop is a copy per token; see fuse_explanation_vad).
+    """
+    c = self.config
     table_VxD = self.decoder.wte.embedding
     if output_ids is not None:
       table_VxD = table_VxD[output_ids]
     table_VxD = jnp.pad(table_VxD, ((0, -table_VxD.shape[0] % 128), (0, 0)))
-    return table_VxD.astype(self.config.compute_dtype)
+    weights = {"lm_table": table_VxD.astype(c.compute_dtype)}
+    if c.use_vad_embedding:
+      kernel_IxD, _ = self.vad_fusion(c.decoder.width + 3)
+      weights["vad_fusion_embedding"] = kernel_IxD[:c.decoder.width].astype(c.compute_dtype)
+    return weights
 
   # --- initialisation ------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ VAD of later tokens, which do not exist yet at generation time. Here it is
 causal by default (and then has an exact KV-cached incremental path);
 `causal=False` restores the bidirectional behaviour.
 
-`fuse_explanation_vad` concatenates the encoder output to the input embedding
+`fuse_explanation_vad` appends the encoder output to the input embedding
 of every explanation token (see models/segments.py) and projects back to
 the decoder width; all other tokens keep their embedding.
 
@@ -18,13 +18,12 @@ the decoder width; all other tokens keep their embedding.
 public encoder is given no mask.
 """
 
-from typing import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sevlm_jax.models.config import VADConfig
+from sevlm_jax.models import decode_kernels
 from sevlm_jax.models import layers
 from sevlm_jax.models.layers import DenseParams
 
@@ -93,6 +92,7 @@ class VADLayer(nn.Module):
 
 class VADEncoder(nn.Module):
   config: VADConfig
+  decode_impl: str = "xla"  # a one-token step: 'pallas' one kernel (models/decode_kernels.py)
 
   def setup(self):
     c = self.config
@@ -148,13 +148,34 @@ class VADEncoder(nn.Module):
     t = vad_BxTx3.shape[1]
     max_length = cache[0]["kv"].shape[1]
     mask_1xTxS = layers.cached_causal_mask(index, t, max_length)
-    return self._run(vad_BxTx3, index + jnp.arange(t), mask_1xTxS, cache, index, True)
+    out = self._run(vad_BxTx3, index + jnp.arange(t), mask_1xTxS, cache, index, True)
+    if t > 1 or self.config.heads > 1 or self.decode_impl == "xla":
+      return out
+    caches = decode_kernels.vad_step(vad_BxTx3, self.variables["params"],
+                                     tuple(c["kv"] for c in cache), index, layers.LN_EPSILON,
+                                     (out[0], tuple(c["kv"] for c in out[1])), self.decode_impl)
+    return caches[0], tuple({"kv": kv} for kv in caches[1])
 
 
 def fuse_explanation_vad(x_BxLxD: jax.Array, vad_BxLx3: jax.Array, explanation_BxL: jax.Array,
-                         project: Callable[[jax.Array], jax.Array]) -> jax.Array:
-  """Explanation tokens (explanation_BxL set): project([embedding, vad]) (D+3 -> D); every other
-  token unchanged."""
-  fused_BxLxD = project(jnp.concatenate([x_BxLxD, vad_BxLx3.astype(x_BxLxD.dtype)], axis=-1))
+                         kernel_IxD: jax.Array, bias_D: jax.Array,
+                         embedding_kernel_DxD: jax.Array | None = None) -> jax.Array:
+  """Explanation tokens (explanation_BxL set): [embedding, vad] @ kernel + bias (D+3 -> D), in
+  the embedding's dtype as nn.Dense computes it; every other token unchanged.
+
+  embedding_kernel_DxD: kernel[:D] in that dtype, taken once before a decoding loop. The
+  product is then embedding @ kernel[:D] + vad @ kernel[D:] + bias: the concatenation's
+  D+3 = 771 rows made XLA pad both GEMM operands to 776 for every token (two kernels), where
+  a 768-row GEMM is aligned and the 3-row product is elementwise work fused after it (from the
+  same operands rounded to that dtype, added in float32).
+  """
+  dtype = x_BxLxD.dtype
+  if embedding_kernel_DxD is None:
+    fused_BxLxD = jnp.concatenate([x_BxLxD, vad_BxLx3.astype(dtype)], axis=-1) @ kernel_IxD.astype(
+        dtype) + bias_D.astype(dtype)
+  else:
+    in_f32 = lambda a: a.astype(dtype).astype(jnp.float32)
+    fused_BxLxD = (x_BxLxD @ embedding_kernel_DxD.astype(dtype)).astype(jnp.float32) + small_dense(
+        in_f32(vad_BxLx3), in_f32(kernel_IxD[x_BxLxD.shape[-1]:]), in_f32(bias_D))
   is_expl_BxLx1 = explanation_BxL.astype(bool)[..., None]
-  return jnp.where(is_expl_BxLx1, fused_BxLxD.astype(x_BxLxD.dtype), x_BxLxD)
+  return jnp.where(is_expl_BxLx1, fused_BxLxD.astype(dtype), x_BxLxD)

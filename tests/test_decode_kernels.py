@@ -1,0 +1,181 @@
+"""The decoding step's Pallas kernels (models/decode_kernels.py) equal the XLA path.
+
+There is no GPU here: the kernels run through Pallas's interpreter ('pallas_interpret'),
+which executes the kernel's own program (its loads, masks, loop and stores). Everything in
+float32, where both paths differ only in the order of their sums.
+"""
+
+import dataclasses
+import functools
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sevlm_jax import vocab
+from sevlm_jax.inference.decode import generate, generate_details
+from sevlm_jax.models import SEVLM, ModelConfig, model_config_dict
+from sevlm_jax.models import decode_kernels
+from sevlm_jax.models.vad import VADEncoder
+from test_train import subprocess_env
+
+PROMPT = [vocab.BOS_ID, 262, 9942, 318]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def highest_precision():
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
+def normal(rng, *shape):
+  return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+
+@pytest.mark.parametrize("num_keys", [5, 64, 196])  # under one block, one block, a ragged tail
+def test_cross_attention_kernel_equals_xla(num_keys):
+  rng = np.random.default_rng(0)
+  q, k, v = normal(rng, 3, 4, 16), normal(rng, 3, num_keys, 4, 16), normal(rng, 3, num_keys, 4, 16)
+  want = decode_kernels.cross_attention_step(q, k, v, "xla")
+  got = decode_kernels.cross_attention_step(q, k, v, "pallas_interpret")
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("index", [0, 1, 63, 64, 69])  # empty cache, block edges, last slot
+def test_self_attention_kernel_attends_to_earlier_slots_and_writes_its_own(index):
+  rng = np.random.default_rng(1)
+  qkv, cache = normal(rng, 3, 3, 4, 16), normal(rng, 3, 70, 2, 4, 16)
+  want_out, want_cache = decode_kernels.self_attention_step(qkv, cache, jnp.int32(index), "xla")
+  run = jax.jit(lambda *a: decode_kernels.self_attention_step(*a, "pallas_interpret"))
+  got_out, got_cache = run(qkv, cache, jnp.int32(index))
+  np.testing.assert_allclose(got_out, want_out, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got_cache, want_cache)
+  np.testing.assert_array_equal(got_cache[:, index], qkv[:, 1:])  # the step's key and value
+  # Slots after `index` hold stale values that must not count: the output is unchanged by them.
+  stale = cache.at[:, index + 1:].set(1e4)
+  np.testing.assert_allclose(run(qkv, stale, jnp.int32(index))[0], got_out, rtol=1e-6)
+
+
+@pytest.mark.parametrize("index", [0, 7, 69])
+def test_vad_step_kernel_equals_the_encoders_step(index):
+  config = model_config_dict("tiny").vad.to_dict()
+  encoder = VADEncoder(ModelConfig.from_dict(model_config_dict("tiny")).vad)
+  rng = np.random.default_rng(2)
+  params = encoder.init(jax.random.key(0), jnp.zeros((1, 4, 3)), jnp.ones((1, 4)))["params"]
+  params = jax.tree.map(lambda p: p + 0.3 * normal(rng, *p.shape), params)
+  cache = tuple({"kv": normal(rng, 3, 70, 2, config["heads"], 3 // config["heads"])}
+                for _ in range(config["layers"]))
+  vad = normal(rng, 3, 1, 3)
+
+  def step(impl):
+    enc = VADEncoder(encoder.config, impl)
+    return jax.jit(lambda p, v, c, i: enc.apply({"params": p}, v, c, i, method=VADEncoder.step))(
+        params, vad, cache, jnp.int32(index))
+
+  (want, want_cache), (got, got_cache) = step("xla"), step("pallas_interpret")
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for w, g in zip(want_cache, got_cache):
+    np.testing.assert_allclose(g["kv"], w["kv"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny(make_random_params):
+  config = ModelConfig.from_dict(model_config_dict("tiny"))
+  params = make_random_params(config, seed=0, std=0.3)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+  vad_table = rng.uniform(-1, 1, (config.decoder.vocab_size, 3)).astype(np.float32)
+  return config, params, images, vad_table
+
+
+def with_kernels(config, impl):
+  return dataclasses.replace(config, decode_kernels=impl)
+
+
+def test_generation_with_the_kernels_equals_generation_without(tiny):
+  """Greedy decoding through the kernels: the same tokens, and logits equal to rounding."""
+  config, params, images, vad_table = tiny
+  kw = dict(max_new_tokens=8, pad_id=vocab.PAD_ID, return_logits=True, because_id=262,
+            eos_id=vocab.PREFIX_ID)
+  want = generate(SEVLM(with_kernels(config, "xla")), params, images, vad_table, PROMPT, **kw)
+  got = generate(SEVLM(with_kernels(config, "pallas_interpret")), params, images, vad_table,
+                 PROMPT, **kw)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-5)
+  # On this CPU the default ('pallas') lowers the XLA path: the very same program's numbers.
+  default = generate(SEVLM(config), params, images, vad_table, PROMPT, **kw)
+  assert config.decode_kernels == "pallas"
+  np.testing.assert_array_equal(default[2], want[2])
+
+
+def test_beam_search_and_traces_run_through_the_kernels(tiny):
+  """Beam search reorders the kernels' caches by rows; the traced loop mixes the kernels
+  (self-attention, VAD) with the XLA cross-attention that records where the text looks."""
+  config, params, images, vad_table = tiny
+  for method in ("beam", "greedy"):
+    kw = dict(max_new_tokens=6, pad_id=vocab.PAD_ID, because_id=262, eos_id=vocab.PREFIX_ID,
+              method=method, trace=method == "greedy")
+    if method == "beam":
+      kw["beam_width"] = 2
+    want = generate_details(SEVLM(with_kernels(config, "xla")), params, images, vad_table,
+                            PROMPT, **kw)
+    got = generate_details(SEVLM(with_kernels(config, "pallas_interpret")), params, images,
+                           vad_table, PROMPT, **kw)
+    np.testing.assert_array_equal(got["tokens"], want["tokens"])
+    for name in ("attention", "vad"):
+      if name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_kernel_choice_is_refused():
+  with pytest.raises(ValueError, match="model.decode_kernels='triton'; expected one of"):
+    ModelConfig.from_dict({**model_config_dict("tiny").to_dict(), "decode_kernels": "triton"})
+
+
+_SPLIT_SCRIPT = textwrap.dedent("""
+    import functools, json
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from sevlm_jax.models import decode_kernels as dk
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rows = NamedSharding(mesh, P("data"))
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+               for s in ((4, 2, 8), (4, 20, 2, 8), (4, 20, 2, 8)))
+    seen = []  # the batch sizes the kernel is traced for
+    def kernel(q, k, v):
+      seen.append(q.shape[0])
+      return dk.cross_attention_kernel(q, k, v, interpret=True)
+    split = jax.jit(lambda *a: dk._split_by_rows(kernel, (True, True, True), *a))
+    args = [jax.device_put(x, rows) for x in (q, k, v)]
+    out = split(*args)
+    text = split.lower(*args).compile().as_text()
+    want = dk.cross_attention_step(q, k, v, "xla")
+    print(json.dumps({"devices": jax.device_count(), "spec": list(out.sharding.spec),
+                      "kernel_batches": sorted(set(seen)),
+                      "gathers": text.count("all-gather"),
+                      "err": float(jnp.max(jnp.abs(out - want)))}))
+""")
+
+
+def test_kernels_run_on_each_devices_own_rows(tmp_path):
+  """With the batch split over devices, each runs the kernel on its rows: no gather of the
+  operands, the output stays split, the values are the whole batch's."""
+  env = subprocess_env(tmp_path / "cache")
+  env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+  done = subprocess.run([sys.executable, "-c", _SPLIT_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 2
+  assert result["spec"] == ["data"]
+  # Lowered for each device's 2 of the 4 rows (4 only in the shape check of the whole call).
+  assert 2 in result["kernel_batches"]
+  assert result["gathers"] == 0  # the kernel called unsplit: 9 all-gathers, a replicated output
+  assert result["err"] < 1e-5

@@ -6,8 +6,8 @@ float32, where both paths differ only in the order of their sums.
 """
 
 import dataclasses
-import functools
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +19,7 @@ import pytest
 
 from sevlm_jax import vocab
 from sevlm_jax.inference.decode import generate, generate_details
-from sevlm_jax.models import SEVLM, ModelConfig, model_config_dict
+from sevlm_jax.models import SEVLM, ModelConfig, init_params, model_config_dict
 from sevlm_jax.models import decode_kernels
 from sevlm_jax.models.vad import VADEncoder
 from test_train import subprocess_env
@@ -131,6 +131,30 @@ def test_beam_search_and_traces_run_through_the_kernels(tiny):
     for name in ("attention", "vad"):
       if name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def triton_kernels(config, platform):
+  """The Pallas (Triton) kernels in the decoding program lowered for `platform` (lowering
+  needs no device: here, the CPU lowers a program for an NVIDIA GPU)."""
+  params = jax.eval_shape(lambda r: init_params(config, r), jax.random.key(0))
+  images = jax.ShapeDtypeStruct((3, 32, 32, 3), jnp.uint8)
+  table = jax.ShapeDtypeStruct((config.decoder.vocab_size, 3), jnp.float32)
+  run = jax.jit(lambda p, im, t: generate(SEVLM(config), p, im, t, PROMPT, max_new_tokens=4,
+                                          because_id=262, eos_id=1, pad_id=vocab.PAD_ID))
+  text = run.trace(params, images, table).lower(lowering_platforms=(platform,)).as_text()
+  calls = re.findall(r'custom_call @__gpu\$xla\.gpu\.triton.*?name = \\?"(\w+)', text)
+  return sorted(calls)
+
+
+def test_the_kernels_are_chosen_where_the_program_is_lowered_for_an_nvidia_gpu(tiny):
+  """In the loop, one kernel per attention sub-layer of each decoder layer and one for the VAD
+  encoder (the prompt's step, several tokens at once, stays on XLA's path); none for the CPU
+  or with model.decode_kernels=xla."""
+  config = tiny[0]
+  assert triton_kernels(config, "cuda") == sorted(
+      ["_self_kernel", "_cross_kernel"] * config.decoder.layers + ["_vad_kernel"])
+  assert triton_kernels(config, "cpu") == []
+  assert triton_kernels(with_kernels(config, "xla"), "cuda") == []
 
 
 def test_unknown_kernel_choice_is_refused():

@@ -26,13 +26,8 @@ def highest_precision():
 
 
 @pytest.fixture(scope="module")
-def setup(make_random_params):
-  config = ModelConfig.from_dict(model_config_dict("tiny"))
-  params = make_random_params(config, seed=0, std=0.3)
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-  vad_table = rng.uniform(-1, 1, (config.decoder.vocab_size, 3)).astype(np.float32)
-  return config, params, images, vad_table
+def setup(tiny_decoding):
+  return tiny_decoding
 
 
 def run(config, params, images, vad_table, **kw):

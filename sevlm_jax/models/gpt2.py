@@ -226,9 +226,9 @@ class GPT2Decoder(nn.Module):
     """Tied LM head; over the rows output_ids_V only when given (a restricted output
     vocabulary: the softmax then normalises over those tokens).
 
-    table_VxD: those rows already taken, cast to the compute dtype and padded (SEVLM's
-    lm_head_table), so that a decoding loop does not gather, cast and pad the 50,261 x 768
-    table for every token; the logits of its padding rows are dropped.
+    table_VxD: those rows already taken, cast to the compute dtype and padded ('lm_table' of
+    SEVLM.decoding_weights), so that a decoding loop does not gather, cast and pad the
+    50,261 x 768 table for every token; the logits of its padding rows are dropped.
 
     dtype: of the returned logits. The train step asks for the compute dtype, so that in
     bf16 no float32 copy of the BxTxV logits is written; the loss upcasts inside its

@@ -84,9 +84,9 @@ class ModelConfig:
   # The vision tower's attention: 'xla' (einsums, any device) or 'cudnn' (fused kernel;
   # NVIDIA GPU with dtype bfloat16).
   vision_attention: str = "xla"
-  # A decoding step's attention: 'pallas' one kernel per sub-layer where the program is
-  # compiled for an NVIDIA GPU (XLA elsewhere), 'xla' XLA's kernels everywhere,
-  # 'pallas_interpret' the kernel interpreted on any device (slow; for checking it).
+  # A decoding step's attentions and VAD encoder: 'pallas' one Pallas kernel each where the
+  # program is compiled for an NVIDIA GPU (XLA's path elsewhere), 'xla' XLA's path everywhere,
+  # 'pallas_interpret' the kernels interpreted on any device (slow; for checking them).
   decode_kernels: str = "pallas"
   # The image-blind control: every image is replaced by a constant mid grey before the tower.
   blank_images: bool = False

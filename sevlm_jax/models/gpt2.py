@@ -174,8 +174,7 @@ class Block(nn.Module):
 class GPT2Decoder(nn.Module):
   config: DecoderConfig
   dtype: Any = jnp.float32
-  # A decoding step's attention: 'xla', 'pallas' (one kernel per sub-layer on NVIDIA GPUs) or
-  # 'pallas_interpret' (see models/decode_kernels.py).
+  # A decoding step's attention: model.decode_kernels (see models/decode_kernels.py).
   decode_impl: str = "xla"
 
   def setup(self):

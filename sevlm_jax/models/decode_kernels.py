@@ -61,6 +61,12 @@ def _attend_blocks(q_K, load_block, num_keys, carry, scale):
   return jax.lax.fori_loop(0, pl.cdiv(num_keys, BLOCK_KEYS), body, carry)
 
 
+def _slot(index_ref, cache_ref):
+  """The cache slot of the step: the index, clamped into the cache as XLA's update of it is (the
+  kernels compute addresses from it: past the end they would write into the next row)."""
+  return jnp.minimum(index_ref[0], cache_ref.shape[1] - 1)
+
+
 def _empty(head_dim):
   return jnp.float32(_LOWEST), jnp.float32(0.0), jnp.zeros((head_dim,), jnp.float32)
 
@@ -102,7 +108,7 @@ def _self_kernel(index_ref, qkv_ref, cache_ref, o_ref, cache_out_ref, *, scale):
   # Pallas's interpreter on masked loads.
   i_q, i_k, i_v = jnp.int32(0), jnp.int32(1), jnp.int32(2)
   cache_k, cache_v = jnp.int32(0), jnp.int32(1)
-  index = index_ref[0]
+  index = _slot(index_ref, cache_ref)
   q_K = qkv_ref[b, i_q, h, :].astype(jnp.float32)
   k_new_K, v_new_K = qkv_ref[b, i_k, h, :], qkv_ref[b, i_v, h, :]
   # The new key opens the fold: its weight is exp(0) = 1 at the running max.
@@ -160,7 +166,8 @@ def _load_padded(ref):
 def _vad_kernel(index_ref, vad_ref, params, caches, out_ref, caches_out, *, width, eps):
   # caches_out are the caches' buffers (aliased): read from one, written through the other.
   b = pl.program_id(0)
-  index = index_ref[0]
+  index = index_ref[0]  # the position; the cache slot is `slot`
+  slot = _slot(index_ref, caches[0])
   w = _pow2(width)
   lanes_W = jnp.arange(w) < width  # the real entries of a padded vector
   zero, cache_k, cache_v = jnp.int32(0), jnp.int32(0), jnp.int32(1)  # traced (see _self_kernel)
@@ -191,12 +198,12 @@ def _vad_kernel(index_ref, vad_ref, params, caches, out_ref, caches_out, *, widt
       return k, v
 
     carry = (jnp.sum(q_W * k_W) * scale, jnp.float32(1.0), v_W)
-    _, l, acc_W = _attend_blocks(q_W, load_block, index, carry, scale)
+    _, l, acc_W = _attend_blocks(q_W, load_block, slot, carry, scale)
     y_W = norm(x_W + acc_W / l, p["norm1"])
     y_W = norm(y_W + dense(jnp.maximum(dense(y_W, p["fc1"]), 0.0), p["fc2"]), p["norm2"])
     x_W = x_W + y_W
-    plgpu.store(cache_out_ref.at[b, index, cache_k, zero, pl.ds(0, w)], k_W, mask=lanes_W)
-    plgpu.store(cache_out_ref.at[b, index, cache_v, zero, pl.ds(0, w)], v_W, mask=lanes_W)
+    plgpu.store(cache_out_ref.at[b, slot, cache_k, zero, pl.ds(0, w)], k_W, mask=lanes_W)
+    plgpu.store(cache_out_ref.at[b, slot, cache_v, zero, pl.ds(0, w)], v_W, mask=lanes_W)
   plgpu.store(out_ref.at[b, zero, pl.ds(0, w)], x_W, mask=lanes_W)
 
 
@@ -241,7 +248,6 @@ def _split_by_rows(kernel_fn, batched, *args):
   leaves, tree = jax.tree.flatten(args)
   batched_leaves = jax.tree.leaves([jax.tree.map(lambda _, b=b: b, a) for a, b in
                                     zip(args, batched)])
-  first = batched_leaves.index(True)
 
   def run(*leaves):
     return kernel_fn(*jax.tree.unflatten(tree, leaves))
@@ -251,7 +257,9 @@ def _split_by_rows(kernel_fn, batched, *args):
     return spec[0] if spec else None
 
   def shardings(mesh, operands):
-    rows = rows_spec(operands[first].sharding)
+    # The rows' split: that of the first batched operand that has one (None: whole batches).
+    rows = next((r for o, b in zip(operands, batched_leaves)
+                 if b and (r := rows_spec(o.sharding)) is not None), None)
     as_rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(rows))
     whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return as_rows, tuple(as_rows if b else whole for b in batched_leaves)
@@ -281,8 +289,8 @@ def _dispatch(impl, xla_fn, kernel_fn, batched, *args):
   """impl: model.decode_kernels (config.DECODE_KERNEL_IMPLS, checked there)."""
   if impl == "xla":
     return xla_fn(*args)
-  if impl == "pallas_interpret":  # plain jax operations, which XLA partitions itself
-    return kernel_fn(*args, interpret=True)
+  if impl == "pallas_interpret":  # the GPU's path on any device, the kernels interpreted
+    return _split_by_rows(functools.partial(kernel_fn, interpret=True), batched, *args)
   if impl != "pallas":
     raise ValueError(f"unknown decode kernel choice {impl!r} (model.decode_kernels)")
   on_gpu = lambda *args: _split_by_rows(kernel_fn, batched, *args)

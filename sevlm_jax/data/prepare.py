@@ -97,8 +97,7 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
   """
   t0 = time.time()
   out, images_dir = pathlib.Path(out), pathlib.Path(images_dir)
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+  _refuse_existing(out, overwrite)
   if not images_dir.is_dir():
     raise FileNotFoundError(f"images folder {images_dir} not found (expected {{art_style}}/{{painting}}.jpg inside)")
   if image_size <= 0:
@@ -197,7 +196,9 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
       meta["extra"] = extra_meta
     records.write_json(tmp / "meta.json", meta)
     records.write_json(tmp / "report.json", report.to_json())
-    records.publish(tmp, out, overwrite=overwrite)
+    records.mark_complete(tmp)
+    _refuse_existing(out, overwrite)  # again: another run may have written it meanwhile
+    io_utils.replace_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -205,6 +206,11 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
   sizes = ", ".join(f"{s}: {stats[s]['images']}" for s in records.SPLITS)
   log(f"wrote {out} ({sizes} images) in {time.time() - t0:.1f} s; details in {out / 'report.json'}")
   return out, report.to_json()
+
+
+def _refuse_existing(out: pathlib.Path, overwrite: bool) -> None:
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
 
 
 _F = {}

@@ -26,10 +26,7 @@ counts int32[9]; the other fields keep their Python types.
 """
 
 import json
-import os
 import pathlib
-import shutil
-import uuid
 
 import msgpack
 import numpy as np
@@ -101,20 +98,9 @@ def write_json(path: pathlib.Path, obj) -> None:
     f.write("\n")
 
 
-def publish(tmp: pathlib.Path, out: pathlib.Path, *, overwrite: bool) -> pathlib.Path:
-  """Mark `tmp` complete and rename it to `out`; an existing `out` is replaced only with overwrite."""
+def mark_complete(tmp: pathlib.Path) -> None:
+  """Marks the folder `tmp` a finished ready data set (is_complete), before it is renamed."""
   (tmp / COMPLETE_MARKER).write_text(f"sevlm_jax ready data set, format {FORMAT_VERSION}\n")
-  if out.exists():
-    if not overwrite:
-      shutil.rmtree(tmp, ignore_errors=True)
-      raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.rename(tmp, out)
-  return out
 
 
 def is_complete(ready_dir) -> bool:

@@ -67,17 +67,17 @@ def test_self_attention_kernel_attends_to_earlier_slots_and_writes_its_own(index
 
 @pytest.mark.parametrize("index", [0, 7, 69, 70])
 def test_vad_step_kernel_equals_the_encoders_step(index):
-  config = model_config_dict("tiny").vad.to_dict()
-  encoder = VADEncoder(ModelConfig.from_dict(model_config_dict("tiny")).vad)
+  config = ModelConfig.from_dict(model_config_dict("tiny")).vad
+  encoder = VADEncoder(config)
   rng = np.random.default_rng(2)
   params = encoder.init(jax.random.key(0), jnp.zeros((1, 4, 3)), jnp.ones((1, 4)))["params"]
   params = jax.tree.map(lambda p: p + 0.3 * normal(rng, *p.shape), params)
-  cache = tuple({"kv": normal(rng, 3, 70, 2, config["heads"], 3 // config["heads"])}
-                for _ in range(config["layers"]))
+  cache = tuple({"kv": normal(rng, 3, 70, 2, config.heads, config.width // config.heads)}
+                for _ in range(config.layers))
   vad = normal(rng, 3, 1, 3)
 
   def step(impl):
-    enc = VADEncoder(encoder.config, impl)
+    enc = VADEncoder(config, impl)
     return jax.jit(lambda p, v, c, i: enc.apply({"params": p}, v, c, i, method=VADEncoder.step))(
         params, vad, cache, jnp.int32(index))
 

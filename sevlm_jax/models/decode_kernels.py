@@ -304,8 +304,8 @@ def _tiles(head_dim: int, impl: str) -> str:
 
 def cross_attention_step(q_BxHxK, k_BxPxHxK, v_BxPxHxK, impl: str):
   """One query per sequence over its image's P keys (BxHxK), by `impl` (see the module)."""
-  return _dispatch(_tiles(q_BxHxK.shape[-1], impl), _cross_xla, cross_attention_kernel, (True, True, True), q_BxHxK,
-                   k_BxPxHxK, v_BxPxHxK)
+  return _dispatch(_tiles(q_BxHxK.shape[-1], impl), _cross_xla, cross_attention_kernel,
+                   (True, True, True), q_BxHxK, k_BxPxHxK, v_BxPxHxK)
 
 
 def vad_step(vad_Bx1xW, params, caches, index, eps, xla_result, impl: str):

@@ -1,4 +1,4 @@
-"""The EA judge: a text-to-emotion classifier over GPT-2 token ids (SEVLM.md section 5).
+"""The EA judge: a text-to-emotion classifier over GPT-2 token ids (README.md, "Metrics").
 
 Variants after a colon: `configs/emotion_classifier.py` (real runs on the
 ArtEmis training utterances) and `configs/emotion_classifier.py:tiny`

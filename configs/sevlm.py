@@ -64,11 +64,14 @@ OFFICIAL = {
 
 def _base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  # The config's schema version (sevlm_jax/config/migrate.py fills what older configs lack).
+  c.config_version = 1
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
   # artemis_v1 | artemis_v2 | sevlm_json | artemis_preprocessed (ArtEmis's own preprocessed CSV:
-  # its text and split as given) | ready | demo
+  # its text and split as given): an input format, each an entry of sevlm_jax/data/formats.py;
+  # or ready (a prepared data set at data.ready_dir) | demo (generated on first use)
   c.data.source = "artemis_v1"
   # Text of artemis_v1 / v2 rows: 'artemis' = ArtEmis's preprocessing for deep nets, the text
   # the SEVLM authors trained on (spell-checked tokens; rows under 5 tokens or over the train
@@ -161,7 +164,8 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.steps_per_check = 0
   # greedy (the paper's) | top_p (nucleus sampling at temperature, seeded by eval.seed) | beam
   # (eval.beam_width beams; the winner has the best summed log-probability of its tokens over
-  # length ** eval.length_penalty, the stop token counted; 0 ranks by the sum alone).
+  # length ** eval.length_penalty, the stop token counted; 0 ranks by the sum alone): the
+  # names in sevlm_jax/inference/decode.py's METHODS, whose DecodeOptions checks these fields.
   c.eval.decoding = "greedy"
   c.eval.top_p = 0.9
   c.eval.temperature = 1.0
@@ -179,9 +183,9 @@ def _base() -> ml_collections.ConfigDict:
   c.eval.spice = False
   c.eval.judge_max_train = 0  # cap on the EA judge's training utterances; 0 = all
   c.eval.report = True  # write <workdir>/report_<split>.html (metrics, curves, gallery)
-  # With the report: the first images (by index, the gallery's) decoded again in the traced loop
-  # for <workdir>/trace_<split>.npz, each explanation word's attention map and each token's VAD,
-  # drawn in the gallery. 0: none.
+  # With the report: the first images (by index, the gallery's) are decoded in the traced loop
+  # (the same tokens), which also gives <workdir>/trace_<split>.npz: each explanation word's
+  # attention map and each token's VAD, drawn in the gallery. 0: none.
   c.eval.trace_images = 600
 
   # Devices and processes (see launch/README.md). train.batch_size is the global batch: each of

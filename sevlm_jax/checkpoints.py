@@ -35,7 +35,6 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from absl import logging
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -144,12 +143,19 @@ def _root(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def _grain_checkpoint():
+  """grain's checkpoint classes, imported only by training's "latest" checkpoints: reading
+  parameters (prediction) needs no input pipeline."""
+  import grain  # pylint: disable=import-outside-toplevel
+  return grain.checkpoint
+
+
 def _item_handlers(kind: str, processes=None) -> dict[str, Any]:
   processes = processes or ocp.options.MultiprocessingOptions()
   arrays = ocp.StandardCheckpointHandler(multiprocessing_options=processes)
   meta = ocp.JsonCheckpointHandler(multiprocessing_options=processes)
   if kind == "latest":
-    return {"state": arrays, "data": grain.checkpoint.CheckpointHandler(), "meta": meta}
+    return {"state": arrays, "data": _grain_checkpoint().CheckpointHandler(), "meta": meta}
   return {"params": arrays, "meta": meta}
 
 
@@ -259,7 +265,7 @@ class RunCheckpoints:
     with saving(self.latest.directory):
       self.latest.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
-          data=grain.checkpoint.CheckpointSave(data_iterator),
+          data=_grain_checkpoint().CheckpointSave(data_iterator),
           meta=ocp.args.JsonSave(dict(meta))), force=True)  # a copy: the loop changes `meta`
 
   def restore_latest(self, abstract_state: Any, data_iterator) -> tuple[Any, dict]:
@@ -277,7 +283,7 @@ class RunCheckpoints:
       # The iterator last: grain sets its position in place, and a step whose state cannot be
       # read must leave it untouched (a failed read of its own file happens before any change).
       reader.restore(step, args=ocp.args.Composite(
-          data=grain.checkpoint.CheckpointRestore(data_iterator)))
+          data=_grain_checkpoint().CheckpointRestore(data_iterator)))
       return restored["state"], restored["meta"]
 
     unreadable = []  # (step, why)

@@ -22,3 +22,10 @@ class CheckpointError(UserError, ValueError):
 
 class InputError(UserError, ValueError):
   """An image (or other input) that cannot be used, with the reason."""
+
+
+def check_choice(field: str, value, choices) -> None:
+  """ConfigError naming the field and its choices unless value is one of them (the one message
+  every config section's check gives for a closed set of choices)."""
+  if value not in tuple(choices):
+    raise ConfigError(f"{field}={value!r}; choose one of {', '.join(map(str, choices))}")

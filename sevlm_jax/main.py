@@ -27,12 +27,17 @@ from sevlm_jax import errors
 from sevlm_jax import io_utils
 from sevlm_jax import parallel
 from sevlm_jax import run as run_lib
+from sevlm_jax.config import migrate
+from sevlm_jax.data import sources
 from sevlm_jax.evaluation import evaluate as eval_lib
 from sevlm_jax.evaluation import report as report_lib
+from sevlm_jax.inference import decode as decode_lib
 from sevlm_jax.inference import export as export_lib
 from sevlm_jax.inference import predictor as predictor_lib
 from sevlm_jax.inference import serve as serve_lib
 from sevlm_jax.training import loop
+from sevlm_jax.training import optim as optim_lib
+from sevlm_jax.training import step as step_lib
 from sevlm_jax.training.metrics_writer import MetricsWriter
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sevlm.py:demo.")
@@ -64,6 +69,15 @@ class _QuietLibraries(logging_std.Filter):
 
 # ----------------------------------------------------------------------------- the modes
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every section's own check: those of the set-up's packages (run.check_config), then those
+  of the floors above it."""
+  run_lib.check_config(config)
+  step_lib.check_config(config)
+  optim_lib.check_config(config.optim)
+  decode_lib.check_config(config.eval)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`, then evaluates its best checkpoint on config.eval.split."""
   mesh = loop.check_parallel(config)
@@ -90,8 +104,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run |
                                  "prepare_run")
   judge = parallel.primary_first(lambda: eval_lib.get_judge(run, workdir), "judge")
   results = eval_lib.evaluate_run(config, workdir, run=run, judge=judge)
-  # The HTML report, from the files evaluate_run wrote; older configs lack the switch.
-  if jax.process_index() == 0 and config.eval.get("report", True):
+  # The HTML report, from the files evaluate_run wrote.
+  if jax.process_index() == 0 and config.eval.report:
     path = report_lib.write_report_from_files(workdir, config.eval.split, run.ready_dir,
                                               images_blanked=bool(config.data.blank_images))
     logging.info("report: %s", path)
@@ -110,7 +124,7 @@ def train_with_blind_baseline(config: ml_collections.ConfigDict, workdir: str) -
   blind = ml_collections.ConfigDict(config.to_dict())
   blind.data.blank_images = True
   blind.demo_blind_baseline = False
-  blind.data.ready_dir = run_lib.default_ready_dir(config, workdir)  # reuse the prepared data
+  blind.data.ready_dir = sources.default_ready_dir(config, workdir)  # reuse the prepared data
   blind_dir = os.path.join(workdir, "image_blind")
   os.makedirs(blind_dir, exist_ok=True)
   _share_judge(workdir, blind_dir)
@@ -184,10 +198,12 @@ def _run_mode(mode: str, config: ml_collections.ConfigDict | None, workdir: str)
     return
   if config is None:
     raise app.UsageError(f"--config is required for {mode}, e.g. --config=configs/sevlm.py:demo")
+  config = migrate.migrate(config, source="--config")
+  check_config(config)
   if _CHECKPOINT.value:
     config.eval.checkpoint = _CHECKPOINT.value
   if (mode == "evaluate" and not checkpoints.has_checkpoint(workdir)
-      and not config.pretrained.get("sevlm", "")):
+      and not config.pretrained.sevlm):
     raise errors.CheckpointNotFoundError(
         f"no checkpoint in {os.path.abspath(workdir)}: train first (--mode=train with the same "
         "--workdir), point --workdir at a trained run, or evaluate the authors' released model "

@@ -1,6 +1,7 @@
-"""Shared test fixtures."""
+"""Shared test fixtures (the plain helpers that tests call are in helpers.py)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -38,3 +39,30 @@ def tiny_decoding(make_random_params):
   images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
   vad_table = rng.uniform(-1, 1, (config.decoder.vocab_size, 3)).astype(np.float32)
   return config, params, images, vad_table
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  """A fixed training batch of the tiny demo data and the token VAD table."""
+  from sevlm_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import sources  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import vad_table as vad_table_lib  # pylint: disable=import-outside-toplevel
+  from helpers import demo_root, tiny_config  # pylint: disable=import-outside-toplevel
+  root = demo_root(tmp_path_factory)
+  config = tiny_config(root)
+  tokenizer = tokenizer_lib.load_tokenizer()
+  ready = sources.resolve_ready_dir(config, str(root))
+  loader = pipeline.train_loader(ready, tokenizer, batch_size=4, max_len=config.data.max_len, seed=0,
+                                 shard_index=0, shard_count=1)
+  batch = next(iter(loader))
+  batch = {k: batch[k] for k in ("image", "input_ids", "segment_ids", "token_mask", "labels")}
+  vad_table = vad_table_lib.load_vad_table(config, tokenizer, str(tmp_path_factory.mktemp("vad")))
+  return root, batch, jnp.asarray(vad_table)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """The workdir of the shared tiny run (helpers.trained_run: trained once per session)."""
+  from helpers import trained_run  # pylint: disable=import-outside-toplevel
+  return trained_run(tmp_path_factory)

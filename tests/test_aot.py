@@ -25,7 +25,7 @@ import sys
 import pytest
 
 from sevlm_jax.benchmark import aot
-from test_train import REPO, TINY
+from helpers import REPO, TINY
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "aot_small"
 

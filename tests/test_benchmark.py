@@ -7,14 +7,13 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from sevlm_jax.benchmark import speed as benchmark
 from sevlm_jax.training import step as step_lib
-from test_train import REPO, TINY, Stepper, data, demo_root  # noqa: F401  (fixtures)
+from helpers import REPO, TINY, Stepper
 
 
-def test_plain_port_step_equals_the_optimized_step_in_float32(data, make_random_params):  # noqa: F811
+def test_plain_port_step_equals_the_optimized_step_in_float32(data, make_random_params):
   """Shared cross-attention K/V and the padded vocabulary are exact rewrites."""
   _, batch, vad_table = data
   stepper = Stepper(data[0], make_random_params, **{"optim.train_vision": False})

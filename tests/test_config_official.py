@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from test_train import TINY, compile_cache, load_config, run_main
+from helpers import TINY, compile_cache, load_config, run_main
 
 # field -> (our default, the public code's value); the README's table lists the same switches.
 SWITCHES = {
@@ -77,17 +77,17 @@ def test_demo_official_trains_and_evaluates(tmp_path_factory):
                                    and f != "model.image_norm"])
 def test_a_switch_set_to_an_unknown_value_is_a_config_error(field):
   from sevlm_jax import errors  # pylint: disable=import-outside-toplevel
-  from sevlm_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax import main as main_lib  # pylint: disable=import-outside-toplevel
   config = load_config("demo")
   group, name = field.split(".")
   config[group][name] = "no_such_value"
   with pytest.raises(errors.ConfigError, match=f"{field}='no_such_value'; choose one of"):
-    run_lib.check_config(config)
+    main_lib.check_config(config)
 
 
 @pytest.mark.parametrize("decoding", ["greedy", "top_p", "beam"])
 def test_every_decoding_method_passes_the_config_check(decoding):
-  from sevlm_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax import main as main_lib  # pylint: disable=import-outside-toplevel
   config = load_config("demo")
   config.eval.decoding = decoding
-  run_lib.check_config(config)
+  main_lib.check_config(config)

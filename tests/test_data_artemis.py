@@ -14,14 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ml_collections
+
 from sevlm_jax import errors
 from sevlm_jax.vocab import EMOTIONS
-from sevlm_jax.data import artemis
 from sevlm_jax.data import dominant
+from sevlm_jax.data import formats
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import prepare
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
+from sevlm_jax.data import sources
 from sevlm_jax.data import splits
 
 SIZE = 16
@@ -295,7 +298,7 @@ def test_v2_combined_csvs(tmp_path):
   contrastive = tmp_path / "contrastive.csv"
   contrastive.write_text("art_style,painting,emotion,utterance,repetition,anchor_painting,version\n"
                          "Style,p0,sadness,lonely boat,5,Style/p9,new\n")
-  assert artemis.detect_format([v1, contrastive]) == "v2"
+  assert formats.detect_format([v1, contrastive]) == "v2"
   out, report = prepare.prepare_ready([v1, contrastive], images, tmp_path / "out", image_size=8, workers=0,
                                       text_preprocessing="raw",
                                       split_loads=(0.5, 0.0, 0.5), progress=False, log=lambda *a: None)
@@ -381,6 +384,26 @@ def test_prepare_function_takes_the_command_spec(tmp_path):
   assert [r["image_id"] for r in records.load_annotations(out, "train")] == ["k"]
   with pytest.raises(ValueError, match="not a mix"):
     prepare.parse_inputs("train=a.json,b.json")
+
+
+def test_the_format_registry_is_the_one_list_of_sources_and_formats(tmp_path):
+  csv_path = _csv_with(tmp_path, ["S,a,awe,big sky,1"])
+  raw = ml_collections.ConfigDict({"source": "", "csv": str(csv_path), "images": str(tmp_path / "img")})
+  config = ml_collections.ConfigDict({"data": raw})
+  for fmt in formats.FORMATS.values():  # every format is a config source, mapped to its name
+    raw.source = fmt.config_source
+    assert sources.check_data_source(config, str(tmp_path / "ready")) == fmt.name
+  raw.source = "artemis_v3"
+  with pytest.raises(errors.ConfigError, match="is not one of") as e:
+    sources.check_data_source(config, str(tmp_path / "ready"))
+  listed = str(e.value).split("is not one of ", 1)[1].split(", ")
+  assert listed == [f.config_source for f in formats.FORMATS.values()] + ["ready", "demo"]
+  # prepare's --format takes every format (the command then wants --csv), and only those.
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+  for choice in (*formats.FORMATS, "auto", "v3"):
+    result = subprocess.run([sys.executable, "-m", "sevlm_jax.data.prepare", f"--format={choice}"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert ("--csv is required" in result.stderr) == (choice != "v3"), result.stderr
 
 
 # ----------------------------------------------------------------------------- strict input

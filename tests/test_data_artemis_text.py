@@ -18,8 +18,8 @@ from PIL import Image
 
 from sevlm_jax import errors
 from sevlm_jax import run as run_lib
-from sevlm_jax.data import artemis
 from sevlm_jax.data import artemis_text
+from sevlm_jax.data import formats
 from sevlm_jax.data import prepare
 from sevlm_jax.data import records
 from sevlm_jax.data import treebank
@@ -202,7 +202,7 @@ def test_histogram_counts_the_annotations_the_length_filters_drop(prepared_small
 
 def test_artemis_preprocessed_csv_is_detected_and_used_as_given(prepared_small, tmp_path):
   _, _, images = prepared_small
-  assert artemis.detect_format([PREPROCESSED_CSV]) == "artemis_preprocessed"
+  assert formats.detect_format([PREPROCESSED_CSV]) == "artemis_preprocessed"
   out, report = prepare.prepare_ready(PREPROCESSED_CSV, images, tmp_path / "out", image_size=8,
                                       workers=0, progress=False, log=lambda *a: None)
   assert _content(out) == _artemis_rows()

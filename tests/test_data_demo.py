@@ -9,6 +9,7 @@ import pytest
 
 from sevlm_jax import vocab
 from sevlm_jax.data import demo
+from sevlm_jax.data import sources
 from sevlm_jax.data import records
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.evaluation import judge as judge_lib
@@ -19,7 +20,7 @@ def full(tmp_path_factory):
   """The default-size demo, timed."""
   root = tmp_path_factory.mktemp("demo_full")
   start = time.time()
-  ready = demo.ensure_demo_dataset(root)
+  ready = sources.ensure_demo_dataset(root)
   seconds = time.time() - start
   print(f"\ndemo data set ({demo.DEFAULT_NUM_IMAGES} images) prepared in {seconds:.1f} s")
   return ready, seconds
@@ -38,14 +39,14 @@ def test_prepares_quickly_and_is_reused(full):
   assert not records.load_report(ready)["skipped"]  # the demo is clean
   marker = (ready / records.COMPLETE_MARKER).stat().st_mtime_ns
   start = time.time()
-  assert demo.ensure_demo_dataset(ready.parent) == ready
+  assert sources.ensure_demo_dataset(ready.parent) == ready
   assert time.time() - start < 1 and (ready / records.COMPLETE_MARKER).stat().st_mtime_ns == marker
 
 
 def test_deterministic_from_seed(tmp_path):
-  a = _everything(demo.ensure_demo_dataset(tmp_path / "a", num_images=60, image_size=16))
-  b = _everything(demo.ensure_demo_dataset(tmp_path / "b", num_images=60, image_size=16))
-  c = _everything(demo.ensure_demo_dataset(tmp_path / "c", num_images=60, image_size=16, seed=1))
+  a = _everything(sources.ensure_demo_dataset(tmp_path / "a", num_images=60, image_size=16))
+  b = _everything(sources.ensure_demo_dataset(tmp_path / "b", num_images=60, image_size=16))
+  c = _everything(sources.ensure_demo_dataset(tmp_path / "c", num_images=60, image_size=16, seed=1))
   for split in records.SPLITS:
     assert len(a[split]) == len(b[split])
     for x, y in zip(a[split], b[split]):
@@ -54,7 +55,7 @@ def test_deterministic_from_seed(tmp_path):
         np.testing.assert_array_equal(x[k], y[k])
   assert [r["utterances"] for r in a["train"]] != [r["utterances"] for r in c["train"]]
   # Changing a parameter rebuilds in place.
-  small = demo.ensure_demo_dataset(tmp_path / "a", num_images=45, image_size=16)
+  small = sources.ensure_demo_dataset(tmp_path / "a", num_images=45, image_size=16)
   assert sum(m["images"] for m in records.load_meta(small)["splits"].values()) == 45
 
 
@@ -144,9 +145,9 @@ def test_emotion_is_learnable_from_pixels(full):
 
 
 def test_demo_data_set_with_another_resize_filter_is_made_anew(tmp_path):
-  bicubic = demo.ensure_demo_dataset(tmp_path, num_images=20, image_size=16)
+  bicubic = sources.ensure_demo_dataset(tmp_path, num_images=20, image_size=16)
   assert records.load_meta(bicubic)["resize_filter"] == "bicubic"
   before = records.load_split(bicubic, "train")[0]["image"]
-  bilinear = demo.ensure_demo_dataset(tmp_path, num_images=20, image_size=16, resize_filter="bilinear")
+  bilinear = sources.ensure_demo_dataset(tmp_path, num_images=20, image_size=16, resize_filter="bilinear")
   assert records.load_meta(bilinear)["resize_filter"] == "bilinear"
   assert not np.array_equal(records.load_split(bilinear, "train")[0]["image"], before)

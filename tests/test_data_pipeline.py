@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 
 from sevlm_jax import vocab
-from sevlm_jax.data import demo
+from sevlm_jax.data import sources
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
 from sevlm_jax.data import tokenizer as tokenizer_lib
@@ -20,7 +20,7 @@ L = 24
 
 @pytest.fixture(scope="module")
 def ready(tmp_path_factory):
-  return demo.ensure_demo_dataset(tmp_path_factory.mktemp("demo"), num_images=270, image_size=16)
+  return sources.ensure_demo_dataset(tmp_path_factory.mktemp("demo"), num_images=270, image_size=16)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from sevlm_jax import vocab
-from sevlm_jax.inference.decode import cast_for_decoding, generate, parse_generation, top_p_filter
+from sevlm_jax.inference.decode import cast_for_decoding, generate, top_p_filter
+from sevlm_jax.inference.sentences import parse_generation
 from sevlm_jax.models import SEVLM, ModelConfig, model_config_dict
 from oracles import full_pass, generate_reference
 
@@ -233,8 +234,7 @@ def test_unknown_explanation_rule_is_refused():
 
 
 def test_stop_on_any_special_stops_on_each_of_the_five_added_or_eos_tokens(monkeypatch):
-  """make_generate_fn hands generate the stop tokens eval.stop_on names."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
+  """make_decode_fn hands generate_details the stop tokens eval.stop_on names."""
   from sevlm_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   from sevlm_jax.inference import decode  # pylint: disable=import-outside-toplevel
   assert decode.stop_ids("eos") == (vocab.EOS_ID,)
@@ -243,17 +243,16 @@ def test_stop_on_any_special_stops_on_each_of_the_five_added_or_eos_tokens(monke
     decode.stop_ids("newline")
   seen = []
 
-  def fake_generate(model, params, patches, vad_table, prompt_ids, **kw):
+  def fake_generate_details(model, params, patches, vad_table, prompt_ids, **kw):
     seen.append(kw["eos_id"])
-    return jnp.zeros((patches.shape[0], 2), jnp.int32), None
+    return {"tokens": jnp.zeros((patches.shape[0], 2), jnp.int32)}
 
-  monkeypatch.setattr(decode, "generate", fake_generate)
+  monkeypatch.setattr(decode, "generate_details", fake_generate_details)
   monkeypatch.setattr(SEVLM, "encode_image", lambda self, images: images)
   model = SEVLM(ModelConfig.from_dict(model_config_dict("tiny")))
   for stop_on in ("eos", "any_special"):
-    cfg = ml_collections.ConfigDict(dict(max_new_tokens=2, decoding="greedy", top_p=0.9,
-                                         temperature=1.0, steps_per_check=1, stop_on=stop_on))
-    fn = decode.make_generate_fn(model, cfg, tokenizer_lib.load_tokenizer())
+    options = decode.DecodeOptions(max_new_tokens=2, steps_per_check=1, stop_on=stop_on)
+    fn = decode.make_decode_fn(model, options, tokenizer_lib.load_tokenizer())
     fn({}, jnp.zeros((1, 4, 8)), jnp.zeros((vocab.VOCAB_SIZE, 3)), jax.random.key(0))
     assert seen[-1] == decode.stop_ids(stop_on)
 
@@ -261,14 +260,14 @@ def test_stop_on_any_special_stops_on_each_of_the_five_added_or_eos_tokens(monke
 def test_prediction_of_a_generation_stopped_by_a_segment_token():
   """Tokens after a stop are padding; neither they nor the stop token reach the text."""
   from sevlm_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  from sevlm_jax.inference import decode  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.inference import sentences  # pylint: disable=import-outside-toplevel
   tok = tokenizer_lib.load_tokenizer()
   ids = tok.encode(" awe because it is vast because of the sky") + [vocab.EMOTION_SEGMENT_ID,
                                                                      vocab.PAD_ID, vocab.PAD_ID]
-  assert decode.prediction(tok, np.asarray(ids)) == {
+  assert sentences.prediction(tok, np.asarray(ids)) == {
       "emotion": "awe", "explanation": "it is vast because of the sky",
       "text": "the emotion is awe because it is vast because of the sky"}
-  assert decode.prediction(tok, np.asarray(ids), "last_because")["explanation"] == "of the sky"
+  assert sentences.prediction(tok, np.asarray(ids), "last_because")["explanation"] == "of the sky"
 
 
 def test_weights_cast_once_for_bfloat16_decoding(setup):

@@ -23,7 +23,7 @@ from sevlm_jax.inference.decode import generate, generate_details
 from sevlm_jax.models import SEVLM, ModelConfig, init_params, model_config_dict
 from sevlm_jax.models import decode_kernels
 from sevlm_jax.models.vad import VADEncoder
-from test_train import subprocess_env
+from helpers import subprocess_env
 
 PROMPT = [vocab.BOS_ID, 262, 9942, 318]
 

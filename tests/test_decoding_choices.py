@@ -3,16 +3,22 @@ and VAD prediction), each checked against a plain full pass with no KV cache."""
 
 import dataclasses
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from sevlm_jax import errors
 from sevlm_jax import vocab
+from sevlm_jax.data import tokenizer as tokenizer_lib
+from sevlm_jax.inference import decode
 from sevlm_jax.inference.decode import generate, generate_details
 from sevlm_jax.models import SEVLM, ModelConfig, model_config_dict
 from sevlm_jax.models.sevlm import mean_cross_attention
+from helpers import load_config
 
 PROMPT = [vocab.BOS_ID, 262, 9942, 318]  # "<bos> the emotion is"
 N = 8
@@ -207,3 +213,64 @@ def test_decoding_choice_errors(setup):
   with pytest.raises(ValueError, match="return_logits is not available"):
     generate(SEVLM(config), params, images, vad_table, PROMPT, max_new_tokens=N, because_id=NEVER,
              eos_id=NEVER, pad_id=vocab.PAD_ID, method="beam", return_logits=True)
+
+
+@pytest.mark.parametrize("method", list(decode.METHODS))
+@pytest.mark.parametrize("steps_per_check", [0, 1])
+def test_the_traced_decode_fn_chooses_the_default_loops_tokens(setup, method, steps_per_check):
+  """Evaluation takes the predictions of the images it traces from the traced loop: for every
+  method, it chooses the tokens of the default loop from the same random numbers."""
+  config, params, images, vad_table = setup
+  options = decode.DecodeOptions(method=method, top_p=0.95, temperature=1.5, beam_width=2,
+                                 max_new_tokens=N, steps_per_check=steps_per_check)
+  tokenizer = tokenizer_lib.load_tokenizer()
+  rng = jax.random.key(7)
+  plain = decode.make_decode_fn(SEVLM(config), options, tokenizer)(params, images, vad_table, rng)
+  traced = decode.make_decode_fn(SEVLM(config), options, tokenizer, trace=True)(
+      params, images, vad_table, rng)
+  assert set(plain) == {"tokens"} and {"lengths", "attention", "vad"} <= set(traced)
+  np.testing.assert_array_equal(plain["tokens"], traced["tokens"])
+
+
+def test_decode_options_come_from_the_eval_config_and_are_checked():
+  eval_cfg = load_config("demo").eval
+  options = decode.DecodeOptions.from_config(eval_cfg)
+  assert (options.method, options.beam_width, options.steps_per_check, options.seed) == (
+      eval_cfg.decoding, eval_cfg.beam_width, eval_cfg.steps_per_check, eval_cfg.seed)
+  decode.check_config(eval_cfg)
+  for name, value, message in [
+      ("decoding", "nucleus", "eval.decoding must be one of greedy, top_p, beam; got 'nucleus'"),
+      ("stop_on", "newline", "eval.stop_on must be one of eos, any_special"),
+      ("explanation_after", "middle", "eval.explanation_after must be one of first_because, "
+       "last_because"),
+      ("beam_width", 0, "eval.beam_width must be an integer >= 1"),
+      ("top_p", 0.0, r"eval.top_p must be a number in \(0, 1\]"),
+      ("temperature", 0.0, "eval.temperature must be a number > 0"),
+      ("max_new_tokens", 0, "eval.max_new_tokens must be an integer >= 1"),
+      ("steps_per_check", -1, "eval.steps_per_check must be an integer >= 0"),
+  ]:
+    bad = ml_collections.ConfigDict({**eval_cfg.to_dict(), name: value})
+    with pytest.raises(errors.ConfigError, match=message):
+      decode.check_config(bad)
+  older = {k: v for k, v in eval_cfg.to_dict().items() if k != "beam_width"}
+  with pytest.raises(errors.ConfigError, match="the config lacks eval.beam_width"):
+    decode.check_config(ml_collections.ConfigDict(older))
+
+
+def test_decode_options_replace_by_config_names():
+  options = decode.DecodeOptions()
+  assert options.replace(decoding="beam", beam_width=2) == dataclasses.replace(
+      options, method="beam", beam_width=2)
+  with pytest.raises(errors.ConfigError, match="unknown decoding option"):
+    options.replace(beams=3)
+  with pytest.raises(errors.ConfigError, match="eval.beam_width must be an integer"):
+    options.replace(beam_width=1.5)
+
+
+def test_every_methods_settings_are_options_and_generate_keywords():
+  """A method's knobs reach the loop from DecodeOptions through generate_details' keywords."""
+  fields = {f.name for f in dataclasses.fields(decode.DecodeOptions)}
+  keywords = set(inspect.signature(generate_details).parameters)
+  for name, method in decode.METHODS.items():
+    assert set(method.knobs) <= fields & keywords, name
+  assert set(decode.DecodeOptions().generate_kwargs()) <= keywords

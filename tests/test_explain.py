@@ -14,7 +14,7 @@ from sevlm_jax import vocab
 from sevlm_jax.data import records
 from sevlm_jax.inference import predictor as inference
 from sevlm_jax.inference import trace as trace_lib
-from test_train import REPO, compile_cache, demo_root, main_command, subprocess_env, trained_run
+from helpers import REPO, compile_cache, demo_root, main_command, subprocess_env, trained_run
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_command_line_explains_the_given_emotion(tiny_run, images, tmp_path, tmp
 
 def test_trace_words_follow_the_explanation_split():
   """With explanation_after='last_because' the trace starts after the last " because", where
-  decode.parse_generation starts the explanation."""
+  sentences.parse_generation starts the explanation."""
   because = 9
   tokens = np.asarray([7, because, 0, because, 1, 2, vocab.EOS_ID])
   first = trace_lib.explanation_positions(tokens, 6, because)

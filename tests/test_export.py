@@ -14,13 +14,9 @@ from sevlm_jax import io_utils
 from sevlm_jax.data import records
 from sevlm_jax.data import vad as vad_lib
 from sevlm_jax.inference import export as export_lib
+from sevlm_jax.inference import model_dir
 from sevlm_jax.inference import predictor as predictor_lib
-from test_train import compile_cache, demo_root, run_main, trained_run
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  return trained_run(tmp_path_factory)
+from helpers import compile_cache, demo_root, run_main
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +43,7 @@ def test_directory_holds_the_documented_files(exported, tiny_run):
                    "tokenizer/added_tokens.json"}
   tensors = safetensors.numpy.load_file(str(exported / "model.safetensors"))
   assert all(t.dtype == np.float32 for t in tensors.values())
-  flat = export_lib.flatten_params(predictor_lib.Predictor.from_workdir(str(tiny_run)).params)
+  flat = model_dir.flatten_params(predictor_lib.Predictor.from_workdir(str(tiny_run)).params)
   assert set(tensors) == set(flat) and all("/" in k for k in tensors)
   for k, v in flat.items():
     np.testing.assert_array_equal(tensors[k], v)
@@ -137,7 +133,7 @@ def test_params_that_do_not_fit_the_config_are_named(exported, tmp_path):
   manifest["files"]["model.safetensors"] = io_utils.sha256_file(copy / "model.safetensors")
   (copy / "sevlm_export.json").write_text(json.dumps(manifest))
   with pytest.raises(errors.CheckpointError, match=f"does not fit config.json's network.*{name}"):
-    export_lib.load_exported(copy)
+    model_dir.load_exported(copy)
 
 
 def test_table_from_another_lexicon_warns_and_can_be_left_out(tiny_run, tmp_path, caplog, monkeypatch,

@@ -16,18 +16,19 @@ from sevlm_jax import run as inputs
 from sevlm_jax.training import loop as train_lib
 from sevlm_jax.data import features
 from sevlm_jax.data import records
-from test_train import Stepper, data, demo_root, tiny_config  # noqa: F401  (fixtures)
+from sevlm_jax.data import sources
+from helpers import Stepper, tiny_config
 
 
 @pytest.fixture(scope="module")
-def frozen(data, make_random_params):  # noqa: F811
+def frozen(data, make_random_params):
   return Stepper(data[0], make_random_params, **{"optim.train_vision": False})
 
 
 @pytest.fixture(scope="module")
-def ready(data):  # noqa: F811
+def ready(data):
   root = data[0]
-  return inputs.resolve_ready_dir(tiny_config(root), str(root))
+  return sources.resolve_ready_dir(tiny_config(root), str(root))
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_bad_cache_files_and_indices(tmp_path, ready, frozen, encoder):
     cache[np.asarray([0, len(cache)])]
 
 
-def test_step_on_cached_patches_equals_step_on_images(data, frozen, encoder):  # noqa: F811
+def test_step_on_cached_patches_equals_step_on_images(data, frozen, encoder):
   """Float32 patches: the same step exactly; the bf16 cache: the same loss to bf16 rounding."""
   _, batch, vad_table = data
   patches = np.asarray(encoder[1](batch["image"]))
@@ -119,7 +120,7 @@ def test_step_on_cached_patches_equals_step_on_images(data, frozen, encoder):  #
   np.testing.assert_allclose(m_bf16["loss"], m_img["loss"], rtol=1e-2)
 
 
-def test_training_uses_the_cache_only_when_the_tower_is_frozen(tmp_path, data,  # noqa: F811
+def test_training_uses_the_cache_only_when_the_tower_is_frozen(tmp_path, data,
                                                                make_random_params):
   root = data[0]
   config = tiny_config(root, **{"optim.train_vision": False})

@@ -10,12 +10,7 @@ from PIL import Image
 from sevlm_jax import errors
 from sevlm_jax.inference import predictor as inference
 from sevlm_jax.data import records
-from test_train import demo_root, trained_run  # the tiny run shared by the command-line tests
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  return trained_run(tmp_path_factory)
+from helpers import demo_root
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +138,7 @@ def test_an_image_blind_run_sees_grey_whatever_the_image(predictor, tiny_run, pi
 def test_predictor_resizes_with_the_runs_filter(picture, tmp_path_factory):
   """A run trained on bilinearly resized data gets bilinearly resized pictures in prediction."""
   from sevlm_jax.data import images as images_lib  # pylint: disable=import-outside-toplevel
-  from test_train import tiny_config  # pylint: disable=import-outside-toplevel
+  from helpers import tiny_config  # pylint: disable=import-outside-toplevel
   path, _ = picture
   for name in ("bicubic", "bilinear"):
     config = tiny_config(demo_root(tmp_path_factory), **{"data.resize_filter": name})

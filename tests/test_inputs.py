@@ -8,7 +8,8 @@ from sevlm_jax import errors
 from sevlm_jax import run as inputs
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.data import vad as vad_lib
-from test_train import demo_root, tiny_config  # noqa: F401  (demo_root: the shared demo data)
+from sevlm_jax.data import vad_table
+from helpers import demo_root, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -19,19 +20,19 @@ def root(tmp_path_factory):
 def test_vad_table_records_its_lexicon_and_refuses_another(tmp_path, root):
   tokenizer = tokenizer_lib.load_tokenizer()
   config = tiny_config(root)
-  table = inputs.load_vad_table(config, tokenizer, str(tmp_path))
+  table = vad_table.load_vad_table(config, tokenizer, str(tmp_path))
   recorded = json.loads((tmp_path / "vad_table.json").read_text())
   assert recorded["lexicon"] == str(vad_lib.DEMO_LEXICON_PATH.resolve())
-  assert (inputs.load_vad_table(config, tokenizer, str(tmp_path)) == table).all()  # reused
+  assert (vad_table.load_vad_table(config, tokenizer, str(tmp_path)) == table).all()  # reused
 
   other = tmp_path / "other_lexicon.txt"
   lines = open(vad_lib.DEMO_LEXICON_PATH, encoding="utf-8").read().splitlines()
   other.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # one word fewer
   config.data.lexicon = str(other)
   with pytest.raises(errors.ConfigError, match="use a new --workdir"):
-    inputs.load_vad_table(config, tokenizer, str(tmp_path))
+    vad_table.load_vad_table(config, tokenizer, str(tmp_path))
   (tmp_path / "vad_table.npy").unlink()  # the way out the message names
-  assert inputs.load_vad_table(config, tokenizer, str(tmp_path)).shape == table.shape
+  assert vad_table.load_vad_table(config, tokenizer, str(tmp_path)).shape == table.shape
 
 
 def test_evaluation_keeps_the_training_config(tmp_path, root):
@@ -60,8 +61,8 @@ def test_vad_table_records_its_lookup_rule_and_refuses_another(tmp_path, root):
   tokenizer = tokenizer_lib.load_tokenizer()
   config = tiny_config(root)
   config.data.vad_lookup = "lemma_only"
-  inputs.load_vad_table(config, tokenizer, str(tmp_path))
+  vad_table.load_vad_table(config, tokenizer, str(tmp_path))
   assert json.loads((tmp_path / "vad_table.json").read_text())["vad_lookup"] == "lemma_only"
   config.data.vad_lookup = "word_then_lemma"
   with pytest.raises(errors.ConfigError, match="data.vad_lookup=word_then_lemma differs"):
-    inputs.load_vad_table(config, tokenizer, str(tmp_path))
+    vad_table.load_vad_table(config, tokenizer, str(tmp_path))

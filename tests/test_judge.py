@@ -11,7 +11,7 @@ import pytest
 from sevlm_jax.evaluation import judge as judge_lib
 from sevlm_jax.vocab import NUM_EMOTIONS
 from sevlm_jax.models import emotion_classifier
-from test_train import truncate_array_files
+from helpers import truncate_array_files
 
 _CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "emotion_classifier.py"
 _spec = importlib.util.spec_from_file_location("emotion_classifier_config", _CONFIG_PATH)

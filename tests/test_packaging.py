@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from test_train import REPO, trained_run  # the tiny run shared by the command-line tests
+from helpers import REPO, trained_run  # the tiny run shared by the command-line tests
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,10 @@ def test_the_wheel_holds_every_module_and_data_file(wheel):
                "_artemis/glove.6B.100d.vocabulary.txt", "_artemis/spelling.json", "_artemis/LICENSE",
                "data/assets/demo_vad_lexicon.tsv", "py.typed"):
     assert f"sevlm_jax/{data}" in names, data
+  # The served page's and the evaluation report's HTML, CSS and JS are read from the package.
+  for page in ("inference/assets/page", "evaluation/assets/report"):
+    for suffix in (".html", ".css", ".js"):
+      assert f"sevlm_jax/{page}{suffix}" in names, page + suffix
 
 
 def test_an_installed_wheel_predicts_with_a_trained_run(wheel, tmp_path, tmp_path_factory):
@@ -44,6 +48,9 @@ def test_an_installed_wheel_predicts_with_a_trained_run(wheel, tmp_path, tmp_pat
       f"p = Predictor.from_workdir({str(workdir)!r})\n"
       "(pred,) = p.predict([np.zeros((20, 30, 3), np.uint8)])\n"
       "assert pred['text'].startswith('the emotion is'), pred\n"
+      "from sevlm_jax.inference import serve\n"  # its page and the report's, read from the wheel
+      "from sevlm_jax.evaluation import report\n"
+      "assert '__EMOTIONS__' in serve.PAGE and '$gallery' in report._PAGE.template\n"
       "print('ok')\n")
   env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target), "JAX_PLATFORMS": "cpu",
          "HOME": str(tmp_path)}

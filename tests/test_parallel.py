@@ -26,7 +26,7 @@ from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
 from sevlm_jax.data import tokenizer as tokenizer_lib
 import oracles
-from test_train import compile_cache, demo_root, subprocess_env, tiny_config
+from helpers import compile_cache, demo_root, subprocess_env, tiny_config
 
 NUM_DEVICES = 4
 STEPS = 3

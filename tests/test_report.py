@@ -18,17 +18,12 @@ import pytest
 from PIL import Image
 
 from sevlm_jax.evaluation import report
-from sevlm_jax.evaluation import traces as traces_lib
+from sevlm_jax.evaluation import trace_files
 from sevlm_jax.data import records
 from sevlm_jax.vocab import EMOTIONS
-from test_train import demo_root, load_config, trained_run  # the tiny run shared by the test modules
+from helpers import demo_root, load_config
 
 EVIL = '<script>alert("x")</script> & <img src=x onerror="alert(1)">'
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  return trained_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +231,7 @@ def test_evaluation_saves_small_traces_of_the_gallery(tiny_run, saved):
   _, preds = saved
   with np.load(tiny_run / "trace_test.npz", allow_pickle=False) as f:
     assert f["attention"].dtype == np.float16 and f["vad"].dtype == np.float16
-  traces = traces_lib.load_traces(str(tiny_run / "trace_test.npz"))
+  traces = trace_files.load_traces(str(tiny_run / "trace_test.npz"))
   assert sorted(traces) == sorted(p["image_index"] for p in preds)  # fewer than MAX_GALLERY
   for p in preds:
     t = traces[p["image_index"]]
@@ -252,8 +247,8 @@ def test_traces_round_trip(tmp_path):
                  "tokens": [" dark", " sky", ","], "vad": rng.random((3, 3), np.float32)},
              2: {"words": [], "attention": np.zeros((0, 3, 3), np.float32), "tokens": [],
                  "vad": np.zeros((0, 3), np.float32)}}
-  traces_lib.save_traces(str(tmp_path / "t.npz"), entries)
-  got = traces_lib.load_traces(str(tmp_path / "t.npz"))
+  trace_files.save_traces(str(tmp_path / "t.npz"), entries)
+  got = trace_files.load_traces(str(tmp_path / "t.npz"))
   assert sorted(got) == [2, 7] and got[2]["words"] == [] and got[2]["attention"].shape == (0, 3, 3)
   assert got[7]["words"] == ["dark", "sky,"] and got[7]["tokens"] == [" dark", " sky", ","]
   np.testing.assert_allclose(got[7]["attention"], entries[7]["attention"], atol=1e-3)
@@ -263,7 +258,7 @@ def test_traces_round_trip(tmp_path):
 def test_cards_carry_each_words_map_and_a_vad_chart(tiny_run):
   text = (tiny_run / "report_test.html").read_text(encoding="utf-8")
   text = text[text.index('id="gallery"'):]  # the gallery's cards (worst cases repeat some)
-  traces = traces_lib.load_traces(str(tiny_run / "trace_test.npz"))
+  traces = trace_files.load_traces(str(tiny_run / "trace_test.npz"))
   cards = []
   for chunk in text.split('<div class="item ')[1:]:
     data = re.search(r'data-grid="(\d+)" data-attn="([^"]*)"', chunk.split(">", 1)[0])

@@ -16,11 +16,11 @@ from PIL import Image
 
 from sevlm_jax.inference import predictor as inference
 from sevlm_jax.evaluation import report
-from sevlm_jax.evaluation import traces as traces_lib
+from sevlm_jax.evaluation import trace_files
 from sevlm_jax.inference import serve
 from sevlm_jax.data import records
 from test_report import EVIL, edited_predictions  # predictions with every outcome, hostile text
-from test_train import demo_root, trained_run
+from helpers import demo_root, trained_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -89,7 +89,7 @@ def report_page(tmp_path_factory):
   preds, _ = edited_predictions(json.loads((run / "predictions_test.json").read_text()))
   path = report.write_report(str(workdir), "test", results, preds,
                              str(demo_root(tmp_path_factory) / "ready"), worst_k=4,
-                             traces=traces_lib.load_traces(str(run / "trace_test.npz")))
+                             traces=trace_files.load_traces(str(run / "trace_test.npz")))
   return path, preds
 
 

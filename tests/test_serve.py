@@ -24,12 +24,7 @@ from sevlm_jax.inference import predictor as inference
 from sevlm_jax.inference import serve
 from sevlm_jax import vocab
 from sevlm_jax.data import records
-from test_train import REPO, compile_cache, demo_root, main_command, subprocess_env, trained_run
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  return trained_run(tmp_path_factory)
+from helpers import REPO, compile_cache, demo_root, main_command, subprocess_env
 
 
 @pytest.fixture(scope="module")

@@ -229,12 +229,12 @@ def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Callable
 
 def bench_pipeline(config: ml_collections.ConfigDict) -> list[dict]:
   """Host-side batches/s of the training pipeline, the step rate it has to keep up with."""
-  from sevlm_jax.data import demo  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import sources  # pylint: disable=import-outside-toplevel
   from sevlm_jax.data import features  # pylint: disable=import-outside-toplevel
   from sevlm_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   size = config.model.vision.image_size
   root = tempfile.mkdtemp(prefix="sevlm_bench_pipeline_")
-  ready = demo.ensure_demo_dataset(root, num_images=flags.FLAGS.pipeline_images, image_size=size)
+  ready = sources.ensure_demo_dataset(root, num_images=flags.FLAGS.pipeline_images, image_size=size)
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   n_train = len(pipeline.training_images(ready))
   pairs = min(flags.FLAGS.pairs, n_train)

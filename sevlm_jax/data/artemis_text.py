@@ -161,7 +161,7 @@ def length_bounds(train_token_counts) -> tuple[int, float]:
 
 
 def preprocess_text(paintings: dict, mode: str, progress: bool = True) -> None:
-  """The text of every annotation of artemis.Painting's: surrounding space stripped ('raw') or
+  """The text of every annotation of annotations.Painting's: surrounding space stripped ('raw') or
   ArtEmis's spelled tokens joined by spaces, with their count in Painting.token_counts ('artemis')."""
   if mode not in PREPROCESSINGS:
     raise ValueError(f"unknown text preprocessing {mode!r}; expected one of "
@@ -185,7 +185,7 @@ def drop_by_length(paintings: dict, report) -> dict:
 
   Drops annotations under TOO_SHORT tokens or over the TOO_LONG_PERCENTILE-th percentile of
   the train split's token counts (every split, 'rest' included, as ArtEmis does), each counted
-  in `report` (an artemis.Report) with its file, line and text; a row both too short and too
+  in `report` (an annotations.Report) with its file, line and text; a row both too short and too
   long (a percentile under 5) counts as too short. Before that, a painting's emotion histogram is taken over all its annotations,
   as ArtEmis's image-emotion-histogram.csv (the public SEVLM JSON's
   origin_emotion_distribution) is, so the dominant emotion does not move with the text filters.

@@ -1,9 +1,9 @@
 """A small procedurally generated art-and-emotion data set, made on first use.
 
-`ensure_demo_dataset(root)` writes ArtEmis-format raw files (root/raw: a CSV
-and {art_style}/{painting}.jpg images) and runs exactly the ingestion used for
-real ArtEmis (artemis.prepare_ready) into root/ready. Everything is a pure
-function of the seed; no download.
+`write_raw(raw_dir)` writes ArtEmis-format raw files (a CSV and
+{art_style}/{painting}.jpg images); data.sources.ensure_demo_dataset(root) writes them to
+root/raw and runs exactly the ingestion used for real ArtEmis (prepare.prepare_ready) into
+root/ready. Everything is a pure function of the seed; no download.
 
 How emotion lives in the pictures. Each image is drawn for one intended
 emotion (classes balanced) from four visual attributes: the colour of its
@@ -39,18 +39,15 @@ cannot name the colours and shapes.
 """
 
 import csv
-import json
 import os
 import pathlib
 import shutil
-import time
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
-from sevlm_jax.data import prepare
 from sevlm_jax.data import records
 
 DEMO_VERSION = 3  # 3: emotion phrases shared across emotions
@@ -105,7 +102,8 @@ PHRASE_MIX = {"own": 0.3, "group": 0.3, "common": 0.4}  # the judge: ~0.73 held 
 
 
 def valence_group(emotion: str) -> str:
-  """positive, negative or other: the ternary grouping of SEVLM.md section 1."""
+  """positive, negative or other: ArtEmis's ternary grouping (the first four emotions are
+  positive, the next four negative, the last other)."""
   index = vocab.EMOTIONS.index(emotion)
   return "positive" if index < 4 else "negative" if index < 8 else "other"
 
@@ -268,48 +266,3 @@ def write_raw(raw_dir, *, seed: int, num_images: int, annotators: int) -> pathli
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return raw_dir
-
-
-def _read_json(path):
-  try:
-    return json.loads(pathlib.Path(path).read_text())
-  except (OSError, ValueError):
-    return None
-
-
-def ensure_demo_dataset(root, *, seed: int = 0, num_images: int = DEFAULT_NUM_IMAGES, image_size: int = 32,
-                        annotators: int = 5, verbose: bool = False, resize_filter: str = "bicubic"
-                        ) -> pathlib.Path:
-  """Ready demo data set under root/ready (made on first call, reused when complete and matching)."""
-  root = pathlib.Path(root)
-  ready, raw = root / "ready", root / "raw"
-  raw_params = {"version": DEMO_VERSION, "seed": seed, "num_images": num_images, "annotators": annotators}
-  params = dict(raw_params, image_size=image_size)
-  if resize_filter != "bicubic":  # only then, so that data sets made before the field still match
-    params["resize_filter"] = resize_filter
-
-  def matches():
-    return records.is_complete(ready) and (_read_json(ready / "meta.json") or {}).get("extra", {}).get("demo") == params
-
-  if matches():
-    return ready
-  if num_images < vocab.NUM_EMOTIONS or annotators < 2:
-    raise ValueError(f"demo needs num_images >= 9 and annotators >= 2, got {num_images}, {annotators}")
-  t0 = time.time()
-  if _read_json(raw / "demo.json") != raw_params:
-    try:
-      write_raw(raw, seed=seed, num_images=num_images, annotators=annotators)
-    except OSError:
-      if _read_json(raw / "demo.json") != raw_params:  # not another process's identical raw files
-        raise
-  log = print if verbose else (lambda *a, **k: None)
-  try:  # replace only a stale data set, so concurrent first calls never tear down a fresh one
-    prepare.prepare_ready(raw / CSV_NAME, raw / "images", ready, fmt="v1", image_size=image_size,
-                          text_preprocessing="raw",
-                          workers=0, overwrite=ready.exists(), progress=verbose, extra_meta={"demo": params},
-                          log=log, resize_filter=resize_filter)
-  except OSError:
-    if not matches():  # another process may have published the same data set first
-      raise
-  log(f"demo data set ready in {time.time() - t0:.1f} s: {ready}")
-  return ready

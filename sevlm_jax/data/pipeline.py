@@ -1,6 +1,6 @@
 """grain input pipelines over a ready data set: training pairs and evaluation batches.
 
-Training (SEVLM.md section 4). The training images are those of the split with
+Training (the recipe: README.md). The training images are those of the split with
 at least two distinct emotions. An epoch visits each of them once, in an
 order shuffled per epoch; for each visit it yields a pair of annotations of the
 image: the anchor, which cycles through the image's annotations across epochs

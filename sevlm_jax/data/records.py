@@ -111,7 +111,7 @@ def _check_ready(ready_dir, split=None) -> pathlib.Path:
   ready_dir = pathlib.Path(ready_dir)
   if not ready_dir.is_dir():
     raise FileNotFoundError(f"ready data set {ready_dir} does not exist; create it with "
-                            "`python -m sevlm_jax.data.prepare` (or sevlm_jax.data.demo.ensure_demo_dataset)")
+                            "`python -m sevlm_jax.data.prepare` (or sevlm_jax.data.sources.ensure_demo_dataset)")
   if not is_complete(ready_dir):
     raise ValueError(f"{ready_dir} has no {COMPLETE_MARKER} marker: it is not a finished ready data set "
                      "(an interrupted run?). Prepare it again.")

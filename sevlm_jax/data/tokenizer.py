@@ -11,7 +11,7 @@ Ids: 0..50256 are GPT-2's (50256 = <|endoftext|>, used as <bos> and <eos>);
 "<pad>" or "<|endoftext|>" into control ids, so data can never inject them.
 Control ids are placed only by `build_sequence` and decoding code.
 
-Target sequence (SEVLM.md section 1):
+Target sequence:
 
     <bos> the emotion is {emotion} because {explanation}<eos>
 

@@ -1,6 +1,6 @@
 """Word-level valence/arousal/dominance lexicons and the per-token VAD table.
 
-Every lexicon is mapped to the -1..1 scale (SEVLM.md sections 2 and 6):
+Every lexicon is mapped to the -1..1 scale:
 
   format           file                                   delimiter  source scale  mapping
   nrc_v1           NRC-VAD-Lexicon.txt (2018)             tab        0..1          2x - 1

@@ -3,7 +3,8 @@
 Writes <workdir>/predictions_<split>.json (one entry per image: generated text, parsed emotion
 and explanation, the dominant emotion, the human explanations), <workdir>/metrics_<split>.json
 and, for the report's gallery, <workdir>/trace_<split>.npz (the first eval.trace_images images'
-attention map per explanation word and VAD per token; see evaluation.traces).
+attention map per explanation word and VAD per token; see evaluation.trace_files), from the same
+decoding pass as their predictions.
 """
 
 import os
@@ -25,32 +26,38 @@ from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
 from sevlm_jax.evaluation import judge as judge_lib
 from sevlm_jax.evaluation import metrics as metrics_lib
-from sevlm_jax.evaluation import traces as traces_lib
+from sevlm_jax.evaluation import trace_files
 from sevlm_jax.inference import decode as decode_lib
+from sevlm_jax.inference import sentences
 from sevlm_jax.inference import trace as trace_lib
+from sevlm_jax.weights import pretrained
 
 
-def generator(run: run_lib.Run) -> Callable:
-  """Jitted (params, images, vad_table, rng) -> token ids with the run's model; compiles once."""
-  return decode_lib.make_generate_fn(run.model, run.config.eval, run.tokenizer, run.output_ids)
+def generator(run: run_lib.Run, *, trace: bool = False) -> Callable:
+  """Jitted (params, images, vad_table, rng) -> {'tokens', ...} with the run's model and eval
+  config (decode.make_decode_fn; trace: the traced loop's whole dict); compiles once."""
+  options = decode_lib.DecodeOptions.from_config(run.config.eval)
+  return decode_lib.make_decode_fn(run.model, options, run.tokenizer, run.output_ids, trace=trace)
 
 
 def _over_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
-                max_images: int, call: Callable, what: str):
+                max_images: int, call_for: Callable[[int], Callable], seed: int, what: str):
   """Yields (call's outputs on the host, batch) for the batches of a split, until max_images
   (> 0) real images are done.
 
   Runs over every device of config.parallel: each batch of config.eval.batch_size images
   (rounded up to a multiple of the device count) is split over the devices, each process
   reads only its block of it, and every process gets all the outputs. Every process must
-  iterate it (it is collective). call(params, images, vad_table, rng): a pytree of arrays.
+  iterate it (it is collective). call_for(done): the call for a batch that follows `done` real
+  images, call(params, images, vad_table, rng): a pytree of arrays. seed: the first batch's
+  random numbers (top_p sampling's), split for each batch.
   """
   mesh = parallel.make_mesh(config.parallel)
   params = parallel.put(params, parallel.tree_shardings(params, mesh, config.parallel))
   vad_table = parallel.put(run.vad_table, parallel.replicated(mesh))
   part, parts = parallel.process_part(mesh)
   batch_size = parallel.padded_batch_size(config.eval.batch_size, mesh)
-  rng = jax.random.PRNGKey(config.eval.get("seed", config.seed))  # top_p sampling's
+  rng = jax.random.PRNGKey(seed)
   total = records.load_meta(run.ready_dir)["splits"][split]["images"]  # no second open of the split
   total = min(total, max_images or total)
   done = 0
@@ -61,6 +68,7 @@ def _over_split(run: run_lib.Run, params, split: str, config: ml_collections.Con
       rng, step_rng = jax.random.split(rng)
       images = parallel.shard_host_batch({"image": batch["image"]}, mesh)["image"]
       step_rng = parallel.put(step_rng, parallel.replicated(mesh))
+      call = call_for(done)
       yield jax.tree.map(parallel.to_host, call(params, images, vad_table, step_rng)), batch
       done += int(batch["valid"].sum())
       bar.update(min(int(batch["valid"].sum()), total - bar.done))
@@ -68,41 +76,45 @@ def _over_split(run: run_lib.Run, params, split: str, config: ml_collections.Con
         break
 
 
+def decode_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
+                 max_images: int = 0, trace_images: int = 0, generate: Callable | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+  """(predictions, traces) of the images of a split (the first max_images if > 0), on every
+  device (see _over_split), in one decoding pass.
+
+  The batches that hold the first trace_images images run the traced loop, which gives their
+  predictions (the tokens the default loop chooses from the same random numbers) and their
+  traces (image_index -> inference.trace's words + attention maps and tokens + VAD); the other
+  batches run the default loop. generate: from generator(run), to reuse its compilation.
+  """
+  options = decode_lib.DecodeOptions.from_config(config.eval)
+  plain = generate or generator(run)
+  traced = generator(run, trace=True) if trace_images else None
+
+  def traced_call(*args):  # only what the host needs of the traced loop's outputs
+    got = traced(*args)
+    return {k: got[k] for k in ("tokens", "lengths", "attention", "vad")}
+
+  call_for = lambda done: traced_call if done < trace_images else plain
+  preds, traces = [], {}
+  for got, batch in _over_split(run, params, split, config, max_images, call_for, options.seed,
+                                "generating"):
+    for row in np.flatnonzero(batch["valid"]):
+      index = int(batch["image_index"][row])
+      preds.append({"image_index": index, **sentences.prediction(
+          run.tokenizer, got["tokens"][row], options.explanation_after)})
+      if "attention" in got and len(traces) < trace_images:
+        traces[index] = trace_lib.trace_entry(
+            run.tokenizer, got["tokens"][row], int(got["lengths"][row]), got["attention"][row],
+            got["vad"][row], run.tokenizer.because_id, options.explanation_after)
+  return (preds[:max_images] if max_images else preds), traces
+
+
 def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
                   max_images: int = 0, generate: Callable | None = None) -> list[dict[str, Any]]:
   """Generates emotion + explanation for the images of a split (the first max_images if > 0),
-  on every device (see _over_split). generate: from generator(run), to reuse its compilation.
-  """
-  explanation_after = config.eval.get("explanation_after", "first_because")  # older configs: default
-  preds = []
-  for tokens, batch in _over_split(run, params, split, config, max_images,
-                                   generate or generator(run), "generating"):
-    for row in np.flatnonzero(batch["valid"]):
-      preds.append({"image_index": int(batch["image_index"][row]),
-                    **decode_lib.prediction(run.tokenizer, tokens[row], explanation_after)})
-  return preds[:max_images] if max_images else preds
-
-
-def trace_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
-                max_images: int) -> dict[int, dict[str, Any]]:
-  """image_index -> inference.trace's words + attention maps and tokens + VAD, for the first
-  max_images images of a split. The traced loop chooses the same tokens as predict_split's (the
-  same random numbers per batch), so the words are those of the saved explanations."""
-  details = decode_lib.make_details_fn(run.model, config.eval, run.tokenizer, run.output_ids,
-                                       trace=True)
-  call = lambda params, images, vad_table, rng: {
-      k: v for k, v in details(params, images, vad_table, rng, None).items()
-      if k in ("tokens", "lengths", "attention", "vad")}
-  entries = {}
-  for got, batch in _over_split(run, params, split, config, max_images, call, "tracing"):
-    for row in np.flatnonzero(batch["valid"]):
-      index = int(batch["image_index"][row])
-      if len(entries) < max_images:
-        entries[index] = trace_lib.trace_entry(
-            run.tokenizer, got["tokens"][row], int(got["lengths"][row]), got["attention"][row],
-            got["vad"][row], run.tokenizer.because_id,
-            config.eval.get("explanation_after", "first_because"))
-  return entries
+  with the default loop only (decode_split without traces)."""
+  return decode_split(run, params, split, config, max_images, generate=generate)[0]
 
 
 def _references(ready_dir: str, split: str, preds, dominant_rule: str):
@@ -208,26 +220,25 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: run_lib.R
   mesh = parallel.make_mesh(config.parallel)
   target = parallel.with_shardings(
       run.abstract_params, parallel.tree_shardings(run.abstract_params, mesh, config.parallel))
-  if run_lib.evaluates_imported_weights(config, workdir):  # the authors' released model
-    params = parallel.put(run_lib.pretrained_params(config, run.model.config),
+  if pretrained.evaluates_imported_weights(config, workdir):  # the authors' released model
+    params = parallel.put(pretrained.initial_params(config, run.model.config),
                           jax.tree.map(lambda x: x.sharding, target))
     meta = {"checkpoint": "pretrained.sevlm", "step": 0}
   else:
     params, meta = ckpt_lib.restore_params(workdir, config.eval.checkpoint, abstract_params=target)
   split = config.eval.split
+  trace_images = config.eval.trace_images if config.eval.report else 0  # the report's gallery
   t0 = time.time()
-  preds = predict_split(run, params, split, config)
+  preds, traces = decode_split(run, params, split, config, trace_images=trace_images)
   gen_s = time.time() - t0
   judge = judge or get_judge(run, workdir)
   results = score_predictions(preds, run.ready_dir, split, config, judge)
   results["checkpoint"] = {"kind": meta.get("checkpoint"), "step": meta.get("step")}
   results["generation_seconds"] = gen_s
-  trace_images = int(config.eval.get("trace_images", 0)) if config.eval.get("report", True) else 0
-  traces = trace_split(run, params, split, config, trace_images) if trace_images else None
   if jax.process_index() != 0:  # every process holds the same results; one writes them
     return results
-  if traces is not None:
-    traces_lib.save_traces(os.path.join(workdir, f"trace_{split}.npz"), traces)
+  if trace_images:
+    trace_files.save_traces(os.path.join(workdir, f"trace_{split}.npz"), traces)
   io_utils.write_json_atomic(os.path.join(workdir, f"predictions_{split}.json"), preds)
   io_utils.write_json_atomic(os.path.join(workdir, f"metrics_{split}.json"), results)
   logging.info("%s: %s", split, scalar_metrics(results))

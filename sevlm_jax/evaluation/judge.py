@@ -1,6 +1,6 @@
 """The EA judge: trains, applies, saves and loads the text-to-emotion classifier.
 
-EA (emotional alignment, SEVLM.md section 5) asks a text classifier which
+EA (emotional alignment, README.md "Metrics") asks a text classifier which
 emotion a generated explanation expresses. ArtEmis's own classifier is a
 pickled PyTorch module, so the project trains its own on the training
 utterances and reports its held-out accuracy beside every EA figure.

@@ -1,4 +1,4 @@
-"""Evaluation metrics on plain Python data (SEVLM.md section 5).
+"""Evaluation metrics on plain Python data (README.md, "Metrics").
 
 Emotion metrics compare predictions with an image's dominant emotion index
 (-1 where the image has none; those images are left out). A prediction is

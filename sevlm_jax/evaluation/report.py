@@ -5,11 +5,12 @@ emotion, the confusion matrix, the training curves of <workdir>/metrics.jsonl, a
 split's artworks with the prediction beside the human annotations (filterable by emotion and by
 right / wrong), and the worst cases.
 
-The page needs no network: CSS and the few lines of JS are inline and the charts are SVG drawn
-here. Thumbnails are PNG files in <workdir>/report_<split>/, linked relatively rather than embedded
-as base64: base64 adds a third to every image and puts all of them into one file the browser must
-parse before it shows anything, while links keep the HTML small and let images load lazily. Move
-the folder together with the HTML.
+The page needs no network: CSS and the few lines of JS are inline (the page's skeleton, CSS and JS
+are sevlm_jax/evaluation/assets/report.*) and the charts are SVG drawn here. Thumbnails are PNG
+files in <workdir>/report_<split>/, linked relatively rather than embedded as base64: base64 adds a
+third to every image and puts all of them into one file the browser must parse before it shows
+anything, while links keep the HTML small and let images load lazily. Move the folder together
+with the HTML.
 
 Worst cases are the wrong predictions (the emotion differs from the annotators' dominant one or
 names none) whose explanation has the least word overlap with the closest human explanation
@@ -17,7 +18,7 @@ names none) whose explanation has the least word overlap with the closest human 
 a person wrote. Overlap needs no second model pass, so the report can be rebuilt from the saved
 predictions alone; a confidence ranking would need the model again.
 
-With <workdir>/trace_<split>.npz (evaluation.traces: the gallery's images decoded again in the
+With <workdir>/trace_<split>.npz (evaluation.trace_files: the gallery's images decoded in the
 traced loop), each card's explanation words can be clicked: the word's attention map over the
 image patches is drawn over the thumbnail as red squares (opacity relative to the map's peak; the
 maps go into the page as uint8 base64, a quarter of float32), and a chart shows the VAD head's
@@ -28,11 +29,13 @@ Every text from the data or the model goes through html.escape: explanations are
 
 import base64
 import html
+from importlib import resources
 import io
 import json
 import math
 import os
 import re
+import string
 from typing import Any, Iterable, Sequence
 from urllib.parse import quote
 
@@ -43,7 +46,7 @@ from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.data import records
 from sevlm_jax.evaluation import metrics as metrics_lib
-from sevlm_jax.evaluation import traces as traces_lib
+from sevlm_jax.evaluation import trace_files
 
 MAX_GALLERY = 600  # items in the gallery (a full ArtEmis test split has ~8,000); worst cases always show
 WORST_K = 12
@@ -366,74 +369,14 @@ def filters_html() -> str:
       '<span class="count"><span id="shown"></span> shown</span></div>')
 
 
-_SCRIPT = """
-(function () {
-  var controls = Array.prototype.slice.call(document.querySelectorAll('[data-filter]'));
-  var items = Array.prototype.slice.call(document.querySelectorAll('#gallery .item'));
-  function apply() {
-    var shown = 0;
-    items.forEach(function (el) {
-      var keep = controls.every(function (c) {
-        return c.value === 'all' || el.dataset[c.dataset.filter] === c.value;
-      });
-      el.hidden = !keep;
-      if (keep) { shown += 1; }
-    });
-    document.getElementById('shown').textContent = String(shown);
-  }
-  controls.forEach(function (c) { c.addEventListener('change', apply); });
-  apply();
+def _asset(name: str) -> str:
+  return resources.files(__package__).joinpath("assets").joinpath(name).read_text(encoding="utf-8")
 
-  // A clicked word draws its attention map (uint8 per patch, base64 in the card's data-attn)
-  // as red squares over the thumbnail; a second click, or another word, clears it.
-  function drawWord(card, word) {
-    var svg = card.querySelector('svg.attn'), on = !word.classList.contains('on');
-    Array.prototype.forEach.call(card.querySelectorAll('.w.on'), function (w) { w.classList.remove('on'); });
-    while (svg.firstChild) { svg.removeChild(svg.firstChild); }
-    if (!on) { svg.setAttribute('hidden', ''); return; }
-    var g = Number(card.dataset.grid), bytes = atob(card.dataset.attn), k = Number(word.dataset.k);
-    for (var p = 0; p < g * g; p++) {
-      var r = document.createElementNS(svg.namespaceURI, 'rect');
-      r.setAttribute('x', p % g); r.setAttribute('y', Math.floor(p / g));
-      r.setAttribute('width', 1); r.setAttribute('height', 1); r.setAttribute('fill', '#d62728');
-      r.setAttribute('fill-opacity', (0.75 * bytes.charCodeAt(k * g * g + p) / 255).toFixed(3));
-      svg.appendChild(r);
-    }
-    word.classList.add('on'); svg.removeAttribute('hidden');
-  }
-  document.addEventListener('click', function (e) {
-    var word = e.target.closest ? e.target.closest('.w') : null;
-    if (word) { drawWord(word.closest('.item'), word); }
-  });
-})();
-"""
 
-_STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1200px; }
-h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 8px 16px 8px 0; display: inline-table; vertical-align: top; }
-td, th { border: 1px solid #ddd; padding: 3px 8px; } th { background: #f4f4f4; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.barcell { width: 160px; } .bar { height: 10px; background: #1f77b4; }
-table.confusion td { text-align: right; min-width: 32px; } table.confusion td.diag { font-weight: 700; outline: 2px solid #2ca02c; }
-svg.chart { margin: 8px 16px 8px 0; font-size: 11px; } svg .plot { fill: #fafafa; stroke: #ccc; }
-svg .grid { stroke: #e6e6e6; } svg .ctitle { font-size: 13px; font-weight: 600; }
-.banner { background: #fff4ce; border: 1px solid #e0c060; padding: 8px; }
-.filters { margin: 8px 0 12px; } .filters label { margin-right: 12px; }
-.grid-items { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 10px; }
-.item { display: flex; gap: 10px; border: 1px solid #ddd; border-left: 4px solid #999; padding: 8px; }
-.item.right { border-left-color: #2ca02c; } .item.wrong { border-left-color: #d62728; }
-[hidden] { display: none !important; }
-.item img { width: 128px; height: 128px; object-fit: contain; image-rendering: pixelated; background: #eee; flex: none; }
-.item .id { color: #666; font-size: 12px; word-break: break-all; } .item .expl { margin: 4px 0; font-style: italic; }
-.item .overlap { color: #666; font-size: 12px; } .item ul { margin: 4px 0; padding-left: 18px; }
-.tag { font-size: 11px; padding: 0 4px; border-radius: 3px; color: #fff; background: #999; }
-.tag.right { background: #2ca02c; } .tag.wrong { background: #d62728; }
-.item .pic { position: relative; flex: none; width: 128px; height: 128px; }
-.item svg.attn { position: absolute; left: 0; top: 0; width: 128px; height: 128px; pointer-events: none; }
-.item .words { font-style: normal; margin-top: 2px; } .item .w { cursor: pointer; border-bottom: 1px dotted #999; }
-.item .w.on { background: #ffd7d7; border-bottom-color: #d62728; }
-"""
+# The page's skeleton ($names filled by render_report), its CSS and the filter / attention script.
+_PAGE = string.Template(_asset("report.html"))
+_STYLE = _asset("report.css")
+_SCRIPT = _asset("report.js")
 
 
 def render_report(results: dict, gallery: Sequence[dict], worst: Sequence[dict], curves: dict, *,
@@ -451,35 +394,12 @@ def render_report(results: dict, gallery: Sequence[dict], worst: Sequence[dict],
                 else f"all {total} images")
   worst_cards = "".join(card_html(it, thumbs, True) for it in worst)
   gallery_cards = "".join(card_html(it, thumbs, k < EAGER_IMAGES) for k, it in enumerate(gallery))
-  return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>SEVLM evaluation: {esc(split)}</title>
-<style>{_STYLE}</style></head>
-<body>
-<h1>SEVLM evaluation report: {esc(split)} split</h1>
-<p>{summary}</p>{banner}
-<h2 id="metrics">Metrics</h2>
-{metrics_table_html(results)}
-<h2 id="per-emotion">Accuracy per emotion</h2>
-{per_emotion_html(results)}
-<h2 id="confusion">Confusion matrix</h2>
-<p>Rows: the annotators' dominant emotion; columns: the predicted one. Shade: share of the row.</p>
-{confusion_html(results)}
-<h2 id="curves">Training curves</h2>
-{curves_html(curves)}
-<h2 id="worst">Worst cases</h2>
-<p>Wrong emotion, ranked by the lowest word overlap (unigram F1) of the explanation with the closest
-human annotation: wrong about the feeling and far from anything a person wrote.</p>
-<div class="grid-items" id="worst-items">{worst_cards or "<p>No wrong predictions.</p>"}</div>
-<h2 id="gallery-title">Gallery</h2>
-<p>Showing {shown_note}.</p>
-{filters_html()}
-<div class="grid-items" id="gallery">{gallery_cards}</div>
-<script>{_SCRIPT}</script>
-</body></html>
-"""
+  return _PAGE.substitute(
+      style=_STYLE, script=_SCRIPT, split=esc(split), summary=summary, banner=banner,
+      metrics=metrics_table_html(results), per_emotion=per_emotion_html(results),
+      confusion=confusion_html(results), curves=curves_html(curves),
+      worst=worst_cards or "<p>No wrong predictions.</p>", shown_note=shown_note,
+      filters=filters_html(), gallery=gallery_cards)
 
 
 def write_report(workdir: str, split: str, results: dict, preds: Sequence[dict], ready_dir: str, *,
@@ -487,7 +407,7 @@ def write_report(workdir: str, split: str, results: dict, preds: Sequence[dict],
                  worst_k: int = WORST_K, traces: dict[int, dict] | None = None) -> str:
   """Writes <workdir>/report_<split>.html and its thumbnails; returns the HTML's path.
 
-  traces: image_index -> evaluation.traces' entry (attention per word, VAD per token), drawn
+  traces: image_index -> evaluation.trace_files' entry (attention per word, VAD per token), drawn
   on the cards of those images."""
   items = gallery_items(preds, records.load_annotations(ready_dir, split))
   for it in items:
@@ -514,5 +434,5 @@ def write_report_from_files(workdir: str, split: str, ready_dir: str, **kwargs) 
     preds = json.load(f)
   trace_path = os.path.join(workdir, f"trace_{split}.npz")
   if "traces" not in kwargs and os.path.exists(trace_path):
-    kwargs["traces"] = traces_lib.load_traces(trace_path)
+    kwargs["traces"] = trace_files.load_traces(trace_path)
   return write_report(workdir, split, results, preds, ready_dir, **kwargs)

@@ -19,7 +19,6 @@ so no data set or lexicon is read. Images are resized as the data set's were, pa
 fixed batch so the jitted generation compiles once.
 """
 
-import json
 import os
 from typing import Any, Sequence
 
@@ -30,15 +29,18 @@ import numpy as np
 from PIL import Image
 
 from sevlm_jax import checkpoints as ckpt_lib
-from sevlm_jax import run as run_lib
 from sevlm_jax import vocab
+from sevlm_jax.config import migrate
 from sevlm_jax.data import batching
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import tokenizer as tokenizer_lib
-from sevlm_jax.errors import CheckpointNotFoundError, ConfigError, InputError
+from sevlm_jax.errors import CheckpointNotFoundError, InputError
 from sevlm_jax.inference import decode as decode_lib
-from sevlm_jax.inference import export as export_lib
+from sevlm_jax.inference import model_dir
+from sevlm_jax.inference import sentences
 from sevlm_jax.inference import trace as trace_lib
+from sevlm_jax.models import build
+from sevlm_jax.weights import pretrained
 
 
 def emotion_first_tokens(tokenizer) -> np.ndarray:
@@ -123,20 +125,19 @@ class Predictor:
                batch_size: int | None = None, output_ids: np.ndarray | None = None, tokenizer=None):
     self.config = config
     self.tokenizer = tokenizer or tokenizer_lib.load_tokenizer()
-    self.model = run_lib.build_model(config)
+    self.model = build.build_model(config)
     self.params = params
     self.vad_table = jax.numpy.asarray(vad_table)
     self.batch_size = batch_size or config.eval.batch_size
     self.image_size = config.data.image_size
-    self.resize_filter = config.data.get("resize_filter", "bicubic")  # as the training data was
-    self.explanation_after = config.eval.get("explanation_after", "first_because")
-    self._generate = decode_lib.make_generate_fn(self.model, config.eval, self.tokenizer,
-                                               output_ids)
+    self.resize_filter = config.data.resize_filter  # as the training data was
+    self.options = decode_lib.DecodeOptions.from_config(config.eval)  # checked here, once
+    self._decode = decode_lib.make_decode_fn(self.model, self.options, self.tokenizer, output_ids)
     self._emotion_probs = make_emotion_fn(self.model, self.tokenizer, output_ids)
     self._output_ids = output_ids
     self._columns = emotion_columns(self.tokenizer, output_ids)
     self._traced_fn = None  # the traced decoding loop, compiled on first use
-    self._rng = jax.random.PRNGKey(config.eval.get("seed", config.seed))
+    self._rng = jax.random.PRNGKey(self.options.seed)
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str = "best_acc", batch_size: int | None = None
@@ -148,10 +149,9 @@ class Predictor:
         raise CheckpointNotFoundError(
             f"{path} is missing: {workdir} is not a trained SEVLM run (train one with "
             "python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=DIR)")
-    with open(config_path, encoding="utf-8") as f:
-      config = ml_collections.ConfigDict(json.load(f))
-    if run_lib.evaluates_imported_weights(config, workdir):  # the authors' released model
-      params = run_lib.pretrained_params(config, run_lib.build_model(config).config)
+    config = migrate.load_json(config_path)
+    if pretrained.evaluates_imported_weights(config, workdir):  # the authors' released model
+      params = pretrained.initial_params(config, build.build_model(config).config)
     else:
       params, _ = ckpt_lib.restore_params(workdir, checkpoint)
     vocab_path = os.path.join(workdir, "output_vocab.npy")
@@ -161,9 +161,9 @@ class Predictor:
   @classmethod
   def from_pretrained(cls, directory: str, batch_size: int | None = None, lexicon: str | None = None
                       ) -> "Predictor":
-    """A model directory written by `--mode=export` (inference/export.py): no workdir, data set
+    """A model directory written by `--mode=export` (inference/model_dir.py): no workdir, data set
     or checkpoint manager; lexicon only for an export that left its VAD table out."""
-    exported = export_lib.load_exported(directory, lexicon=lexicon)
+    exported = model_dir.load_exported(directory, lexicon=lexicon)
     return cls(exported.config, exported.params, exported.vad_table, batch_size=batch_size,
                output_ids=exported.output_ids, tokenizer=exported.tokenizer)
 
@@ -193,15 +193,11 @@ class Predictor:
     return np.concatenate(rows) if rows else np.zeros((0, vocab.NUM_EMOTIONS), np.float32)
 
   def with_decoding(self, **options) -> "Predictor":
-    """A predictor with the same parameters and other decoding choices: any of the eval config's
-    decoding (greedy | top_p | beam), top_p, temperature, beam_width, length_penalty, seed."""
-    allowed = ("decoding", "top_p", "temperature", "beam_width", "length_penalty", "seed")
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-      raise ConfigError(f"unknown decoding option(s) {unknown}: choose from {list(allowed)}")
-    if options.get("decoding", "greedy") not in decode_lib.METHODS:
-      raise ConfigError(f"decoding must be one of {', '.join(decode_lib.METHODS)}; got"
-                        f" {options['decoding']!r}")
+    """A predictor with the same parameters and other decoding choices, named as the eval
+    config's fields that decode.DecodeOptions holds: decoding (a name in decode.METHODS: greedy |
+    top_p | beam), top_p, temperature, beam_width, length_penalty, max_new_tokens,
+    steps_per_check, stop_on, explanation_after, seed."""
+    self.options.replace(**options)  # an unknown name or a bad value: ConfigError, before work
     config = ml_collections.ConfigDict(self.config.to_dict())
     config.eval.update(options)
     return Predictor(config, self.params, np.asarray(self.vad_table), self.batch_size,
@@ -226,8 +222,8 @@ class Predictor:
       out = []
       for padded, n in self._batches(images):
         self._rng, rng = jax.random.split(self._rng)
-        tokens = np.asarray(self._generate(self.params, padded, self.vad_table, rng))
-        out += [decode_lib.prediction(self.tokenizer, tokens[row], self.explanation_after)
+        tokens = np.asarray(self._decode(self.params, padded, self.vad_table, rng)["tokens"])
+        out += [sentences.prediction(self.tokenizer, tokens[row], self.options.explanation_after)
                 for row in range(n)]
       return out
     preds = self._traced(images, emotion)
@@ -269,8 +265,8 @@ class Predictor:
       images = [images]
     emotions = None if emotion is None else check_emotions(emotion, len(images))
     if self._traced_fn is None:
-      self._traced_fn = decode_lib.make_details_fn(self.model, self.config.eval, self.tokenizer,
-                                                   self._output_ids, trace=True)
+      self._traced_fn = decode_lib.make_decode_fn(self.model, self.options, self.tokenizer,
+                                                  self._output_ids, trace=True)
     out, start = [], 0
     for padded, n in self._batches(images):
       self._rng, rng = jax.random.split(self._rng)
@@ -284,12 +280,12 @@ class Predictor:
       probs = np.asarray(emotion_probs(got["first_logits"], *self._columns))
       got = {k: np.asarray(v) for k, v in got.items()}
       for row in range(n):
-        entry = decode_lib.prediction(self.tokenizer, got["tokens"][row],
-                                         self.explanation_after)
+        entry = sentences.prediction(self.tokenizer, got["tokens"][row],
+                                     self.options.explanation_after)
         entry["probabilities"] = [float(p) for p in probs[row]]
         entry.update(trace_lib.trace_entry(self.tokenizer, got["tokens"][row],
                                            int(got["lengths"][row]), got["attention"][row],
                                            got["vad"][row], self.tokenizer.because_id,
-                                           self.explanation_after))
+                                           self.options.explanation_after))
         out.append(entry)
     return out

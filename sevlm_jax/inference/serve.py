@@ -4,7 +4,7 @@
 
 Listens on 127.0.0.1 only (nothing else can reach it). Routes:
 
-  GET  /              the page (inline CSS and JS; no network)
+  GET  /              the page (sevlm_jax/inference/assets/, CSS and JS inline; no network)
   GET  /api/health    {"status": "ok", "emotions": [...], "max_upload_bytes": N}
   POST /api/predict   body: the image file's bytes (any format PIL reads); ?emotion=NAME asks
                       for the explanation of that emotion. Answers {"emotion", "explanation",
@@ -23,7 +23,9 @@ predictor keeps a random-number state and one compiled batch shape).
 """
 
 import http.server
+from importlib import resources
 import json
+import string
 import threading
 import urllib.parse
 from typing import Any
@@ -42,6 +44,16 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # a larger picture is refused before it is decoded (decompression bombs)
 SOCKET_TIMEOUT_S = 30  # seconds a client may stall while sending
 DISCARD_LIMIT = 256 * 1024 * 1024  # an oversize body up to this size is read and dropped
+
+
+def _asset(name: str) -> str:
+  return resources.files(__package__).joinpath("assets").joinpath(name).read_text(encoding="utf-8")
+
+
+# The page as one self-contained document: assets/page.html with page.css and page.js inlined.
+# make_handler fills in the page's __MAX_UPLOAD_BYTES__ and __EMOTIONS__.
+PAGE = string.Template(_asset("page.html")).substitute(style=_asset("page.css"),
+                                                       script=_asset("page.js"))
 
 
 class RequestError(Exception):
@@ -237,186 +249,3 @@ def serve(predictor, port: int = DEFAULT_PORT, name: str = "the model") -> None:
   finally:
     server.server_close()
 
-
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>SEVLM: what does this artwork make you feel?</title>
-<style>
-body { font: 15px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 820px; color: #222; padding: 0 12px; }
-#drop { display: block; border: 2px dashed #999; border-radius: 8px; padding: 24px; text-align: center; cursor: pointer; }
-#drop.over { border-color: #1f77b4; background: #eef5fb; }
-#preview { max-width: 256px; max-height: 256px; display: block; margin: 16px auto; image-rendering: auto; }
-#error { color: #b00020; font-weight: 600; }
-#emotion { font-size: 24px; font-weight: 700; } #explanation { font-style: italic; margin: 6px 0 14px; }
-.row { display: flex; align-items: center; gap: 8px; margin: 2px 0; }
-.row .name { width: 120px; text-align: right; } .row .track { flex: 1; background: #eee; height: 14px; }
-.row .fill { background: #1f77b4; height: 14px; } .row .p { width: 56px; font-variant-numeric: tabular-nums; }
-.note { color: #666; font-size: 13px; margin-bottom: 4px; }
-#picture { text-align: center; } #frame { position: relative; display: inline-block; margin: 16px auto; }
-#frame #preview { margin: 0; } #overlay { position: absolute; left: 0; top: 0; width: 100%; height: 100%; pointer-events: none; }
-.word { cursor: pointer; border-bottom: 1px dotted #999; margin-right: 4px; }
-.word.on { background: #ffd7d7; border-bottom-color: #d62728; }
-#vad-chart text { font-size: 10px; fill: #444; }
-[hidden] { display: none !important; }
-</style></head>
-<body>
-<h1>What does this artwork make you feel?</h1>
-<p>Choose or drop an image: the model names the emotion it evokes (one of the nine ArtEmis
-emotions) and explains why. Nothing leaves this computer.</p>
-<p><label for="emotion-choice">Explain:</label> <select id="emotion-choice">
-<option value="">the model's own choice of emotion</option></select></p>
-<label id="drop" for="file">Drop an image here, or click to choose one
-<input type="file" id="file" accept="image/*" hidden></label>
-<p id="status"></p><p id="error" role="alert"></p>
-<div id="picture"><div id="frame"><img id="preview" alt="the uploaded image" hidden>
-<svg id="overlay" preserveAspectRatio="none" hidden></svg></div></div>
-<div id="result" hidden>
-  <div>the emotion is <span id="emotion"></span></div>
-  <div id="explanation"></div>
-  <div class="note">Click a word of the explanation to see where the model looked while writing
-  it (its attention over the image patches, averaged over heads and layers):</div>
-  <div id="words"></div>
-  <div class="note">The valence, arousal and dominance the model predicts for each token of the
-  explanation:</div>
-  <svg id="vad-chart" width="420" height="130" role="img" aria-label="VAD per token"></svg>
-  <div class="note">How likely the model finds each emotion right after "the emotion is":</div>
-  <div id="bars"></div>
-</div>
-<script>
-(function () {
-  var MAX_BYTES = __MAX_UPLOAD_BYTES__, EMOTIONS = __EMOTIONS__;
-  var drop = document.getElementById('drop'), input = document.getElementById('file');
-  var statusEl = document.getElementById('status'), errorEl = document.getElementById('error');
-  var preview = document.getElementById('preview'), result = document.getElementById('result');
-  var overlay = document.getElementById('overlay'), choice = document.getElementById('emotion-choice');
-  var SVG = overlay.namespaceURI;  // the inline <svg>'s namespace, for creating its children
-  var lastFile = null;
-  EMOTIONS.forEach(function (name) {
-    var o = document.createElement('option'); o.value = name; o.textContent = name; choice.appendChild(o);
-  });
-
-  function showError(message) { errorEl.textContent = message; statusEl.textContent = ''; }
-
-  // An <svg> has no .hidden property (it is not an HTMLElement): the attribute is set instead.
-  function showOverlay(on) { if (on) { overlay.removeAttribute('hidden'); } else { overlay.setAttribute('hidden', ''); } }
-
-  function el(name, attrs) {
-    var node = document.createElementNS(SVG, name);
-    Object.keys(attrs).forEach(function (k) { node.setAttribute(k, attrs[k]); });
-    return node;
-  }
-
-  // One word's GxG attention map as red squares over the picture, opacity relative to its peak.
-  function showAttention(map) {
-    overlay.textContent = '';
-    var g = map.length, peak = Math.max.apply(null, map.map(function (r) { return Math.max.apply(null, r); }));
-    overlay.setAttribute('viewBox', '0 0 ' + g + ' ' + g);
-    map.forEach(function (row, y) {
-      row.forEach(function (w, x) {
-        overlay.appendChild(el('rect', { x: x, y: y, width: 1, height: 1, fill: '#d62728',
-                                         'fill-opacity': (0.75 * w / (peak || 1)).toFixed(3) }));
-      });
-    });
-    showOverlay(true);
-  }
-
-  function showWords(r) {
-    var box = document.getElementById('words');
-    box.textContent = ''; showOverlay(false);
-    r.words.forEach(function (word, k) {
-      var span = document.createElement('span'); span.className = 'word'; span.textContent = word;
-      span.tabIndex = 0; span.setAttribute('role', 'button');
-      span.addEventListener('click', function () {
-        var on = !span.classList.contains('on');
-        Array.prototype.forEach.call(box.children, function (s) { s.classList.remove('on'); });
-        if (on) { span.classList.add('on'); showAttention(r.attention[k]); } else { showOverlay(false); }
-      });
-      box.appendChild(span);
-    });
-  }
-
-  // Valence, arousal and dominance per token as three lines.
-  function showVad(r) {
-    var svg = document.getElementById('vad-chart'), w = 420, h = 130, left = 34, top = 8, bottom = 22;
-    svg.textContent = '';
-    if (!r.vad.length) { return; }
-    var all = [].concat.apply([0], r.vad), lo = Math.min.apply(null, all), hi = Math.max.apply(null, all);
-    if (hi - lo < 1e-6) { hi = lo + 1; }
-    var n = r.vad.length, right = w - 90;
-    var sx = function (i) { return left + (n > 1 ? i * (right - left) / (n - 1) : (right - left) / 2); };
-    var sy = function (v) { return top + (hi - v) * (h - top - bottom) / (hi - lo); };
-    svg.appendChild(el('line', { x1: left, y1: sy(lo), x2: left, y2: sy(hi), stroke: '#999' }));
-    [lo, hi].forEach(function (v) {
-      var t = el('text', { x: left - 4, y: sy(v) + 3, 'text-anchor': 'end' }); t.textContent = v.toFixed(2); svg.appendChild(t);
-    });
-    ['valence', 'arousal', 'dominance'].forEach(function (name, d) {
-      var color = ['#1f77b4', '#d62728', '#2ca02c'][d];
-      var points = r.vad.map(function (v, i) { return sx(i).toFixed(1) + ',' + sy(v[d]).toFixed(1); });
-      svg.appendChild(el('polyline', { points: points.join(' '), fill: 'none', stroke: color, 'stroke-width': 2,
-                                       'class': 'vad-' + name }));
-      var t = el('text', { x: right + 8, y: top + 12 + 14 * d, fill: color }); t.textContent = name; svg.appendChild(t);
-    });
-    var t = el('text', { x: left, y: h - 6 }); t.textContent = n + ' tokens: ' + r.tokens.join('|').slice(0, 60); svg.appendChild(t);
-  }
-
-  function showResult(r) {
-    document.getElementById('emotion').textContent = r.emotion || '(no emotion named)';
-    document.getElementById('explanation').textContent =
-        r.explanation ? 'because ' + r.explanation : '(no explanation)';
-    showWords(r); showVad(r);
-    var bars = document.getElementById('bars');
-    bars.textContent = '';
-    r.emotions.map(function (name, i) { return [name, r.probabilities[i]]; })
-      .sort(function (a, b) { return b[1] - a[1]; })
-      .forEach(function (pair) {
-        var row = document.createElement('div'); row.className = 'row';
-        var name = document.createElement('span'); name.className = 'name'; name.textContent = pair[0];
-        var track = document.createElement('span'); track.className = 'track';
-        var fill = document.createElement('div'); fill.className = 'fill';
-        fill.style.width = (100 * pair[1]).toFixed(1) + '%';
-        var p = document.createElement('span'); p.className = 'p'; p.textContent = (100 * pair[1]).toFixed(1) + '%';
-        track.appendChild(fill); row.appendChild(name); row.appendChild(track); row.appendChild(p);
-        bars.appendChild(row);
-      });
-    result.hidden = false;
-  }
-
-  function send(file) {
-    errorEl.textContent = ''; result.hidden = true; showOverlay(false);
-    if (!file) { return; }
-    lastFile = file;
-    if (file.size > MAX_BYTES) {
-      showError('This file is ' + (file.size / 1048576).toFixed(1) + ' MB; the limit is ' +
-                (MAX_BYTES / 1048576).toFixed(0) + ' MB.');
-      return;
-    }
-    if (preview.src) { URL.revokeObjectURL(preview.src); }
-    preview.src = URL.createObjectURL(file); preview.hidden = false;
-    statusEl.textContent = 'Looking at ' + file.name + '...';
-    var url = '/api/predict' + (choice.value ? '?emotion=' + encodeURIComponent(choice.value) : '');
-    fetch(url, { method: 'POST', body: file,
-                            headers: { 'Content-Type': file.type || 'application/octet-stream' } })
-      .then(function (resp) {
-        return resp.json().then(function (data) { return { ok: resp.ok, data: data }; });
-      })
-      .then(function (r) {
-        if (!r.ok) { showError(r.data.error || 'The server refused the image.'); return; }
-        statusEl.textContent = ''; showResult(r.data);
-      })
-      .catch(function (e) { showError('No answer from the server: ' + e); });
-  }
-
-  input.addEventListener('change', function () { send(input.files[0]); });
-  choice.addEventListener('change', function () { if (lastFile) { send(lastFile); } });
-  drop.addEventListener('dragover', function (e) { e.preventDefault(); drop.classList.add('over'); });
-  drop.addEventListener('dragleave', function () { drop.classList.remove('over'); });
-  drop.addEventListener('drop', function (e) {
-    e.preventDefault(); drop.classList.remove('over');
-    send(e.dataTransfer.files[0]);
-  });
-})();
-</script>
-</body></html>
-"""

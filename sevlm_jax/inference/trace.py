@@ -16,12 +16,14 @@ model wrote goes unexplained.
 import numpy as np
 
 from sevlm_jax import vocab
+from sevlm_jax.inference import sentences
 
 
 def explanation_positions(tokens_N, length: int, because_id: int,
                           explanation_after: str = "first_because") -> np.ndarray:
   """Indices of a generation's explanation tokens (see the module docstring): after the first
-  " because", or the last with explanation_after='last_because', as decode.parse_generation."""
+  " because", or the last with explanation_after='last_because', as sentences.parse_generation."""
+  sentences.check_explanation_after(explanation_after)
   text_N = np.asarray(tokens_N)[:length]
   hits = np.flatnonzero(text_N == because_id)
   start = int(hits[-1 if explanation_after == "last_because" else 0]) + 1 if hits.size else 0

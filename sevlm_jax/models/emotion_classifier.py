@@ -1,4 +1,4 @@
-"""Text-to-emotion classifier: the EA judge's network (SEVLM.md section 5).
+"""Text-to-emotion classifier: the EA judge's network (README.md, "Metrics").
 
 Embedding -> bidirectional LSTM -> masked mean and max pooling -> MLP -> one
 logit per emotion. The same family as ArtEmis's GloVe+LSTM classifier, but

@@ -8,6 +8,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+
+def masked_mean(x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+  """Mean over axis 1 of the positions where mask is set: BxD (float32); zeros for an all-masked
+  row (no NaN, finite gradients). The contrastive head's pooling; the losses re-export it."""
+  weights_BxL = mask_BxL.astype(jnp.float32)
+  kept_BxLxD = jnp.where(mask_BxL[..., None].astype(bool),
+                         x_BxLxD.astype(jnp.float32) * weights_BxL[..., None], 0.0)
+  count_Bx1 = jnp.sum(weights_BxL, axis=1, keepdims=True)
+  return jnp.sum(kept_BxLxD, axis=1) / jnp.where(count_Bx1 > 0, count_Bx1, 1.0)
+
+
 class DenseParams(nn.Module):
   """The kernel and bias of a Dense layer (same names and init as nn.Dense), not applied."""
   features: int

@@ -22,6 +22,8 @@ Where the text looks in the image (any of the calls above, with mutable=['interm
   attention_BxTxP = mean_cross_attention(inter['intermediates'], num_patches=P)
 """
 
+from typing import Any
+
 from flax import traverse_util
 import flax.linen as nn
 import jax
@@ -35,7 +37,6 @@ from sevlm_jax.models.heads import ContrastiveHead
 from sevlm_jax.models.segments import config_part_masks
 from sevlm_jax.models.vad import VADEncoder, fuse_explanation_vad
 # The pure masked mean of the losses module: the contrastive head reads the same reduction.
-from sevlm_jax.training.losses import masked_mean
 
 
 class SEVLM(nn.Module):
@@ -141,8 +142,8 @@ class SEVLM(nn.Module):
         "vad_pred": self.vad_head(hidden_BxLxD.astype(jnp.float32)),
         "image_feat": jnp.repeat(jnp.mean(patches_BxPxD.astype(jnp.float32), axis=1), per_image,
                                  axis=0),
-        "emotion_feat": masked_mean(hidden_BxLxD, real_BxL & emotion_BxL),
-        "explanation_feat": masked_mean(hidden_BxLxD, explanation_BxL),
+        "emotion_feat": layers.masked_mean(hidden_BxLxD, real_BxL & emotion_BxL),
+        "explanation_feat": layers.masked_mean(hidden_BxLxD, explanation_BxL),
     }
 
   def score(self, image_feat_BxD, emotion_feat_BxD, explanation_feat_BxD):
@@ -258,3 +259,9 @@ def init_params(config, rng: jax.Array):
   variables = SEVLM(config).init({"params": rng}, images, ids, segs, jnp.zeros((1, 2, 3)),
                                  jnp.ones((1, 2), jnp.int32), method=SEVLM.init_all)
   return variables["params"]
+
+
+def abstract_params(config) -> Any:
+  """The parameters' shapes and dtypes (jax.ShapeDtypeStruct leaves) for a ModelConfig (or its
+  dict form), with no memory used."""
+  return jax.eval_shape(lambda rng: init_params(config, rng), jax.random.PRNGKey(0))

@@ -23,13 +23,14 @@ import numpy as np
 from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax import io_utils
 from sevlm_jax import parallel
-from sevlm_jax import run as run_lib
+from sevlm_jax.config import prepared
 from sevlm_jax.data import features
 from sevlm_jax.data import pipeline
 from sevlm_jax.errors import ConfigError
 from sevlm_jax.training import optim as optim_lib
 from sevlm_jax.training import step as step_lib
 from sevlm_jax.training.metrics_writer import MetricsWriter
+from sevlm_jax.weights import pretrained
 
 
 class _StopRequest:
@@ -90,7 +91,7 @@ def _host_batch(batch: dict[str, np.ndarray],
   return out
 
 
-def patch_feature_cache(config: ml_collections.ConfigDict, run: run_lib.Run, params, workdir: str
+def patch_feature_cache(config: ml_collections.ConfigDict, run: prepared.Run, params, workdir: str
                         ) -> features.PatchCache | None:
   """The frozen tower's patches of the training split, cached (built on first use); or None.
 
@@ -150,7 +151,7 @@ def check_parallel(config: ml_collections.ConfigDict):
 Validator = Callable[[Any], dict[str, float]]  # params -> {"acc": ..., "bleu4": ...} on val
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run, mesh,
+def train(config: ml_collections.ConfigDict, workdir: str, run: prepared.Run, mesh,
           writer: MetricsWriter, validate: Validator) -> tuple[int, bool]:
   """The training loop of a prepared run; returns (step reached, finished or stopped early).
 
@@ -164,7 +165,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run, mes
                                  max_len=config.data.max_len, seed=config.seed,
                                  worker_count=config.data.worker_count, shard_index=part,
                                  shard_count=parts,
-                                 pair_anchor=config.train.get("pair_anchor", "cycle"))
+                                 pair_anchor=config.train.pair_anchor)
   total_steps = total_train_steps(config, run.ready_dir)
   trainable, _ = optim_lib.split_params(run.abstract_params, config.optim.train_vision)
   tx = optim_lib.create_optimizer(config.optim, trainable, total_steps)
@@ -174,15 +175,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run, mes
 
   ckpts = ckpt_lib.RunCheckpoints(workdir)
   data_iter = iter(loader)
-  history: dict[str, Any] = {"evals": 0, "evals_without_improvement": 0}
-  if ckpts.latest_step() is not None:
-    state, history = ckpts.restore_latest(
-        parallel.with_shardings(abstract_state, state_shardings), data_iter)
-    logging.info("resumed from %s at step %d", workdir, int(state.step))
-  else:
-    state = step_lib.init_train_state(run_lib.initial_params(config, run), tx,
-                                      config.optim.train_vision)
-    state = parallel.put(state, state_shardings)
+  state, history = _resume_or_start(config, run, ckpts, tx, abstract_state, state_shardings,
+                                    data_iter)
 
   patch_cache = None  # a finished run started again needs no cache
   if int(state.step) < total_steps:
@@ -204,14 +198,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run, mes
         # them stop at the same one (a local check at every step, no collective).
         stopping = ckpts.reached_preemption(step) if multi_process else stop.requested
         if step % config.train.log_every == 0 or step == total_steps:
-          metrics = jax.tree.map(parallel.to_host, metrics)
           rate = (step - step_start) / max(time.time() - t_start, 1e-9)
-          eta = (total_steps - step) / max(rate, 1e-9)
-          metrics = {k: float(v) for k, v in metrics.items()}
-          metrics["steps_per_s"] = rate
-          writer.write(step, "train", metrics)
-          logging.info("step %d/%d loss %.4f (%.2f steps/s, ETA %s)", step, total_steps,
-                       metrics["loss"], rate, io_utils.format_duration(eta))
+          _log_train_metrics(writer, metrics, step, total_steps, rate)
         if step % config.train.eval_every == 0 or step == total_steps:
           stop_early = _validate(config, validate, state, step, history, ckpts, writer)
           if stop_early:
@@ -233,6 +221,30 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run, mes
                  total_steps)
     return step, False
   return step, True
+
+
+def _resume_or_start(config, run: prepared.Run, ckpts, tx, abstract_state, state_shardings,
+                     data_iter) -> tuple[Any, dict[str, Any]]:
+  """(train state, history): the latest checkpoint's, the data iterator set to its position, or
+  a new state from the pretrained weights the config names."""
+  if ckpts.latest_step() is not None:
+    state, history = ckpts.restore_latest(
+        parallel.with_shardings(abstract_state, state_shardings), data_iter)
+    logging.info("resumed from %s at step %d", ckpts.workdir, int(state.step))
+    return state, history
+  state = step_lib.init_train_state(pretrained.initial_params(config, run.model.config), tx,
+                                    config.optim.train_vision)
+  return parallel.put(state, state_shardings), {"evals": 0, "evals_without_improvement": 0}
+
+
+def _log_train_metrics(writer: MetricsWriter, metrics, step: int, total_steps: int,
+                       rate: float) -> None:
+  metrics = {k: float(v) for k, v in jax.tree.map(parallel.to_host, metrics).items()}
+  metrics["steps_per_s"] = rate
+  writer.write(step, "train", metrics)
+  eta = (total_steps - step) / max(rate, 1e-9)
+  logging.info("step %d/%d loss %.4f (%.2f steps/s, ETA %s)", step, total_steps,
+               metrics["loss"], rate, io_utils.format_duration(eta))
 
 
 def _validate(config, validate: Validator, state, step, history, ckpts, writer) -> bool:

@@ -1,4 +1,4 @@
-"""Pure loss functions of arrays and masks (SEVLM.md section 3).
+"""Pure loss functions of arrays and masks, usable outside this model.
 
 Nothing here knows about the model: every function takes plain arrays, so the
 losses can be reused in other JAX code. Conventions shared by all of them:
@@ -21,6 +21,8 @@ from typing import Union
 
 import jax
 import jax.numpy as jnp
+
+from sevlm_jax.models.layers import masked_mean  # re-exported: the contrastive head pools with it
 
 __all__ = ["shift_for_next_token", "num_targets", "token_nll", "lm_loss", "masked_mean",
            "vad_loss_mask", "vad_loss", "contrastive_loss", "total_loss", "LossTerm"]
@@ -91,17 +93,10 @@ def lm_loss(logits_BxLxV: Array, labels_BxL: Array, *, reduction: str = "mean") 
   raise ValueError(f"lm_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def masked_mean(x_BxLxD: Array, mask_BxL: Array) -> Array:
-  """Mean over axis 1 of the positions where mask is set: BxD (float32); zeros for an all-masked row."""
-  weights_BxL = mask_BxL.astype(jnp.float32)
-  total_BxD = jnp.sum(_masked(mask_BxL[..., None], x_BxLxD.astype(jnp.float32) * weights_BxL[..., None]), axis=1)
-  return _safe_divide(total_BxD, jnp.sum(weights_BxL, axis=1, keepdims=True))
-
-
 def vad_loss_mask(target_BxLx3: Array, explanation_mask_BxL: Array) -> Array:
   """Positions that count in the VAD loss: explanation positions whose target is not [0, 0, 0].
 
-  A zero target means "word not in the lexicon" (SEVLM.md section 2), not a
+  A zero target means "word not in the lexicon", not a
   neutral word, so it is left out. Pass arrays already aligned: target[t] is
   the VAD vector of token t+1, and explanation_mask[t] says whether token
   t+1 belongs to the explanation. Returns a boolean BxL mask.

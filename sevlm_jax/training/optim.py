@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from sevlm_jax import errors
+
 Params = Any
 
 
@@ -93,15 +95,18 @@ def _group_of(name: str) -> str:
   return "decoder"
 
 
+def check_config(optim: ml_collections.ConfigDict) -> None:
+  """The optim section's choices."""
+  errors.check_choice("optim.adam_form", optim.adam_form, ADAM_FORMS)
+
+
 def create_optimizer(optim: ml_collections.ConfigDict, trainable: Params, total_steps: int
                      ) -> optax.GradientTransformation:
   """AdamW for the trainable params, one learning-rate schedule per group."""
   peak = {"decoder": optim.lr, "vad_encoder": optim.vad_encoder_lr, "vision": optim.vision_lr}
 
-  eps = optim.get("adam_eps", 1e-8)  # absent from older runs' configs
-  form = optim.get("adam_form", "optax")
-  if form not in ADAM_FORMS:
-    raise ValueError(f"optim.adam_form={form!r}; choose one of {ADAM_FORMS}")
+  eps, form = optim.adam_eps, optim.adam_form
+  check_config(optim)
 
   def adamw(lr):
     schedule = learning_rate_schedule(lr, total_steps, optim.warmup_steps)

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from sevlm_jax import errors
+from sevlm_jax.errors import ConfigError
 from sevlm_jax.models.segments import config_part_masks
 from sevlm_jax.training import losses
 from sevlm_jax.training import optim as optim_lib
@@ -46,6 +48,17 @@ def flatten_pairs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 NEGATIVES = ("random", "public")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The train and loss sections' choices the step owns."""
+  if config.train.batch_size < 2 and config.loss.contrastive_weight:
+    raise ConfigError("train.batch_size must be >= 2 with the contrastive loss (it needs another image)")
+  errors.check_choice("train.negatives", config.train.negatives, NEGATIVES)
+  eps = config.loss.contrastive_eps
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
+    raise ConfigError(f"loss.contrastive_eps={eps!r}; use 0 (exact InfoNCE) or a small positive"
+                      " number (1e-8 in the public code)")
 
 
 def other_image_rows(rng: jax.Array, num_images: int, negatives: str = "random") -> jax.Array:
@@ -143,7 +156,7 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
                          jnp.concatenate([expl, expl[partner], expl[other]]), method=model.score)
     pos, neg = scores[:n], jnp.stack([scores[n:2 * n], scores[2 * n:]], axis=-1)
     metrics["contrastive_acc"] = jnp.mean(pos > jnp.max(neg, axis=-1))
-    return losses.contrastive_loss(pos, neg, eps=float(loss_cfg.get("contrastive_eps", 0.0)))
+    return losses.contrastive_loss(pos, neg, eps=float(loss_cfg.contrastive_eps))
 
   # A term whose weight is 0 is never computed.
   total, terms = losses.total_loss(
@@ -212,9 +225,9 @@ def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.Gradient
   if output_ids is not None:
     output_ids = jnp.asarray(output_ids, jnp.int32)
   train_vision = config.optim.train_vision
-  pad_vocab_to = int(config.train.get("pad_vocab_to", 128))
-  pair_kv_once = bool(config.train.get("pair_kv_once", True))
-  negatives = str(config.train.get("negatives", "random"))
+  pad_vocab_to = int(config.train.pad_vocab_to)
+  pair_kv_once = bool(config.train.pair_kv_once)
+  negatives = str(config.train.negatives)
 
   def train_step(state: TrainState, batch, vad_table, rng):
     trainable, frozen = optim_lib.split_params(state.params, train_vision)

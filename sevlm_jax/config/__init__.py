@@ -1,0 +1,1 @@
+"""The run config as a versioned document: what older configs lack, filled once when loaded."""

@@ -1,0 +1,95 @@
+"""A run's (vocab x 3) token VAD table: made once from the lexicon, then kept in the workdir, so
+that inference needs no lexicon and a resumed run keeps the table it started with."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from sevlm_jax import errors
+from sevlm_jax import io_utils
+from sevlm_jax.data import formats
+from sevlm_jax.data import vad as vad_lib
+from sevlm_jax.errors import ConfigError
+
+LEXICON_HELP = (
+    "the NRC-VAD lexicon cannot be shipped (its licence forbids redistribution): download it from "
+    "https://saifmohammad.com/WebPages/nrc-vad.html and pass --config.data.lexicon=PATH to "
+    "NRC-VAD-Lexicon.txt (v1, either scale) or NRC-VAD-Lexicon-v2.1.txt; Warriner-style CSV norms "
+    "also work (--config.data.lexicon_format=warriner)")
+TABLE_FILE = "vad_table.npy"
+PROVENANCE_FILE = "vad_table.json"
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  errors.check_choice("data.lexicon_format", config.data.lexicon_format, vad_lib.FORMATS)
+  errors.check_choice("data.vad_lookup", config.data.vad_lookup, vad_lib.LOOKUPS)
+
+
+def lexicon_path(config: ml_collections.ConfigDict) -> str:
+  if config.data.lexicon:
+    if not os.path.exists(config.data.lexicon):
+      raise ConfigError(f"data.lexicon: {config.data.lexicon} does not exist; " + LEXICON_HELP)
+    return config.data.lexicon
+  if config.data.source == formats.DEMO:
+    return vad_lib.DEMO_LEXICON_PATH
+  raise ConfigError("data.lexicon is not set; " + LEXICON_HELP)
+
+
+def lexicon_if_needed(config: ml_collections.ConfigDict, workdir: str
+                      ) -> vad_lib.VadLexicon | None:
+  """The config's lexicon, parsed (errors name the file), unless the workdir already has its
+  table (then None: no lexicon is read)."""
+  if os.path.exists(os.path.join(workdir, TABLE_FILE)):
+    return None
+  return vad_lib.load_lexicon(lexicon_path(config), fmt=config.data.lexicon_format)
+
+
+def load_vad_table(config: ml_collections.ConfigDict, tokenizer, workdir: str,
+                   lexicon: vad_lib.VadLexicon | None = None) -> np.ndarray:
+  """The (vocab x 3) token VAD table; saved in the workdir so inference needs no lexicon.
+
+  A run keeps the table it started with. vad_table.json records the lexicon it came from, so
+  that pointing the same workdir at another lexicon is an error rather than silently ignored.
+  lexicon: the config's lexicon, already parsed (read from data.lexicon otherwise).
+  """
+  path = os.path.join(workdir, TABLE_FILE)
+  provenance_path = os.path.join(workdir, PROVENANCE_FILE)
+  if os.path.exists(path):
+    _check_same_lexicon(config, provenance_path)
+    return np.load(path)
+  lexicon_file = lexicon_path(config)
+  lexicon = lexicon or vad_lib.load_lexicon(lexicon_file, fmt=config.data.lexicon_format)
+  lookup = config.data.vad_lookup
+  table = vad_lib.token_vad_table(tokenizer, lexicon, lookup=lookup).astype(np.float32)
+  io_utils.save_npy_atomic(path, table)
+  io_utils.write_json_atomic(provenance_path, {
+      "lexicon": os.path.abspath(lexicon_file), "lexicon_sha256": io_utils.sha256_file(lexicon_file),
+      "lexicon_format": config.data.lexicon_format, "vad_lookup": lookup})
+  return table
+
+
+def _check_same_lexicon(config: ml_collections.ConfigDict, provenance_path: str) -> None:
+  """Raises if the config names a lexicon or a lookup rule other than the ones the workdir's
+  table came from."""
+  if not os.path.exists(provenance_path):  # a run from before the record existed
+    return
+  with open(provenance_path, encoding="utf-8") as f:
+    recorded = json.load(f)
+  made_with = recorded.get("vad_lookup", "word_then_lemma")  # tables from before the switch
+  table_path = os.path.join(os.path.dirname(provenance_path), TABLE_FILE)
+  if made_with != config.data.vad_lookup:
+    raise ConfigError(
+        f"data.vad_lookup={config.data.vad_lookup} differs from the rule this workdir's VAD table "
+        f"was built with ({made_with}); use a new --workdir, or delete {table_path} to rebuild "
+        "the table")
+  try:
+    lexicon = lexicon_path(config)
+  except ConfigError:  # no lexicon given (e.g. evaluating elsewhere): the saved table is the truth
+    return
+  if io_utils.sha256_file(lexicon) != recorded["lexicon_sha256"]:
+    raise ConfigError(
+        f"data.lexicon={lexicon} differs from the lexicon this workdir's VAD table was built from "
+        f"({recorded['lexicon']}); use a new --workdir, or delete {table_path} to rebuild the "
+        "table (a run resumed with another table is no longer the same run)")

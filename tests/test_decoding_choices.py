@@ -1,5 +1,6 @@
 """Decoding beside greedy: forced starts, beam search, the per-token trace (cross-attention map
-and VAD prediction), each checked against a plain full pass with no KV cache."""
+and VAD prediction), each checked against a plain full pass with no KV cache; the traced loop's
+tokens; DecodeOptions, the eval config's decoding fields, and the methods' registry."""
 
 import dataclasses
 import functools
@@ -239,15 +240,15 @@ def test_decode_options_come_from_the_eval_config_and_are_checked():
       eval_cfg.decoding, eval_cfg.beam_width, eval_cfg.steps_per_check, eval_cfg.seed)
   decode.check_config(eval_cfg)
   for name, value, message in [
-      ("decoding", "nucleus", "eval.decoding must be one of greedy, top_p, beam; got 'nucleus'"),
-      ("stop_on", "newline", "eval.stop_on must be one of eos, any_special"),
-      ("explanation_after", "middle", "eval.explanation_after must be one of first_because, "
-       "last_because"),
-      ("beam_width", 0, "eval.beam_width must be an integer >= 1"),
-      ("top_p", 0.0, r"eval.top_p must be a number in \(0, 1\]"),
-      ("temperature", 0.0, "eval.temperature must be a number > 0"),
-      ("max_new_tokens", 0, "eval.max_new_tokens must be an integer >= 1"),
-      ("steps_per_check", -1, "eval.steps_per_check must be an integer >= 0"),
+      ("decoding", "nucleus", "eval.decoding='nucleus'; choose one of greedy, top_p, beam"),
+      ("stop_on", "newline", "eval.stop_on='newline'; choose one of eos, any_special"),
+      ("explanation_after", "middle", "eval.explanation_after='middle'; choose one of "
+       "first_because, last_because"),
+      ("beam_width", 0, "eval.beam_width=0; choose an integer >= 1"),
+      ("top_p", 0.0, r"eval.top_p=0.0; choose a number in \(0, 1\]"),
+      ("temperature", 0.0, "eval.temperature=0.0; choose a number > 0"),
+      ("max_new_tokens", 0, "eval.max_new_tokens=0; choose an integer >= 1"),
+      ("steps_per_check", -1, "eval.steps_per_check=-1; choose an integer >= 0"),
   ]:
     bad = ml_collections.ConfigDict({**eval_cfg.to_dict(), name: value})
     with pytest.raises(errors.ConfigError, match=message):
@@ -263,7 +264,7 @@ def test_decode_options_replace_by_config_names():
       options, method="beam", beam_width=2)
   with pytest.raises(errors.ConfigError, match="unknown decoding option"):
     options.replace(beams=3)
-  with pytest.raises(errors.ConfigError, match="eval.beam_width must be an integer"):
+  with pytest.raises(errors.ConfigError, match="beam_width must be an integer >= 1; got 1.5"):
     options.replace(beam_width=1.5)
 
 
@@ -271,6 +272,7 @@ def test_every_methods_settings_are_options_and_generate_keywords():
   """A method's knobs reach the loop from DecodeOptions through generate_details' keywords."""
   fields = {f.name for f in dataclasses.fields(decode.DecodeOptions)}
   keywords = set(inspect.signature(generate_details).parameters)
+  handed = set(decode.DecodeOptions().generate_kwargs())
+  assert handed <= keywords
   for name, method in decode.METHODS.items():
-    assert set(method.knobs) <= fields & keywords, name
-  assert set(decode.DecodeOptions().generate_kwargs()) <= keywords
+    assert set(method.knobs) <= fields & handed, name

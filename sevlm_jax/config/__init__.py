@@ -1,1 +1,2 @@
-"""The run config as a versioned document: what older configs lack, filled once when loaded."""
+"""The run config: its versions (migrate.py: what older configs lack, filled once when loaded)
+and what a run prepared from it holds (prepared.py)."""

@@ -19,8 +19,8 @@ import numpy as np
 from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax import io_utils
 from sevlm_jax import parallel
-from sevlm_jax import run as run_lib
 from sevlm_jax import vocab
+from sevlm_jax.config import prepared
 from sevlm_jax.data import dominant as dominant_lib
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
@@ -33,14 +33,14 @@ from sevlm_jax.inference import trace as trace_lib
 from sevlm_jax.weights import pretrained
 
 
-def generator(run: run_lib.Run, *, trace: bool = False) -> Callable:
+def generator(run: prepared.Run, *, trace: bool = False) -> Callable:
   """Jitted (params, images, vad_table, rng) -> {'tokens', ...} with the run's model and eval
   config (decode.make_decode_fn; trace: the traced loop's whole dict); compiles once."""
   options = decode_lib.DecodeOptions.from_config(run.config.eval)
   return decode_lib.make_decode_fn(run.model, options, run.tokenizer, run.output_ids, trace=trace)
 
 
-def _over_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
+def _over_split(run: prepared.Run, params, split: str, config: ml_collections.ConfigDict,
                 max_images: int, call_for: Callable[[int], Callable], seed: int, what: str):
   """Yields (call's outputs on the host, batch) for the batches of a split, until max_images
   (> 0) real images are done.
@@ -76,7 +76,7 @@ def _over_split(run: run_lib.Run, params, split: str, config: ml_collections.Con
         break
 
 
-def decode_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
+def decode_split(run: prepared.Run, params, split: str, config: ml_collections.ConfigDict,
                  max_images: int = 0, trace_images: int = 0, generate: Callable | None = None
                  ) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
   """(predictions, traces) of the images of a split (the first max_images if > 0), on every
@@ -110,7 +110,7 @@ def decode_split(run: run_lib.Run, params, split: str, config: ml_collections.Co
   return (preds[:max_images] if max_images else preds), traces
 
 
-def predict_split(run: run_lib.Run, params, split: str, config: ml_collections.ConfigDict,
+def predict_split(run: prepared.Run, params, split: str, config: ml_collections.ConfigDict,
                   max_images: int = 0, generate: Callable | None = None) -> list[dict[str, Any]]:
   """Generates emotion + explanation for the images of a split (the first max_images if > 0),
   with the default loop only (decode_split without traces)."""
@@ -137,7 +137,7 @@ def validation_scores(preds, ready_dir: str, split: str, dominant_rule: str) -> 
   return {"acc": float(acc), "bleu4": float(bleu4)}
 
 
-def validator(run: run_lib.Run, config: ml_collections.ConfigDict) -> Callable:
+def validator(run: prepared.Run, config: ml_collections.ConfigDict) -> Callable:
   """params -> {"acc", "bleu4"} on (the first train.eval_max_images of) the validation split,
   for the training loop's model selection; generation compiles once for all calls."""
   generate = generator(run)
@@ -150,7 +150,7 @@ def validator(run: run_lib.Run, config: ml_collections.ConfigDict) -> Callable:
   return validate
 
 
-def get_judge(run: run_lib.Run, workdir: str) -> judge_lib.Judge:
+def get_judge(run: prepared.Run, workdir: str) -> judge_lib.Judge:
   """The EA judge of this data set: loaded from the workdir, or trained on the training utterances."""
   judge_dir = os.path.join(workdir, "judge")
   if os.path.isdir(judge_dir):
@@ -211,10 +211,10 @@ def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
   return out
 
 
-def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run | None = None,
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: prepared.Run,
                  judge: judge_lib.Judge | None = None) -> dict[str, Any]:
-  """Evaluates the checkpoint config.eval.checkpoint of a run on config.eval.split."""
-  run = run or run_lib.prepare_run(config, workdir, write_config=False)
+  """Evaluates the checkpoint config.eval.checkpoint of a run (set up by run.prepare_run) on
+  config.eval.split."""
   # Restored straight into the shardings evaluation uses: with fsdp, no device ever holds a
   # full copy.
   mesh = parallel.make_mesh(config.parallel)

@@ -1,5 +1,6 @@
-"""Inference: KV-cached decoding and its text parsing (decode.py), the Python API (predictor.py),
-the local demo page (serve.py). Nothing here imports evaluation.
+"""Inference: KV-cached decoding (decode.py) and its sentences (sentences.py), traces of where
+the model looked (trace.py), the Python API (predictor.py), the local demo page (serve.py), and
+model directories (model_dir.py read, export.py written). Nothing here imports evaluation.
 
   from sevlm_jax.inference.predictor import Predictor
 """

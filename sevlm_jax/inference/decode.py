@@ -112,7 +112,7 @@ def _one_of(names) -> tuple[Callable[[Any], bool], str]:
   return (lambda v: isinstance(v, str) and v in names), f"one of {', '.join(names)}"
 
 
-# Each DecodeOptions field's test, and what its error message says it must be.
+# Each DecodeOptions field's test, and what it allows (for the error messages).
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "method": _one_of(METHODS),
     "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
@@ -151,10 +151,9 @@ class DecodeOptions:
 
   def __post_init__(self):
     for field, name in _config_names().items():
-      test, allowed = _RULES[field]
       value = getattr(self, field)
-      if not test(value):
-        raise ConfigError(f"eval.{name} must be {allowed}; got {value!r}")
+      if not _RULES[field][0](value):
+        raise ConfigError(f"eval.{name}={value!r}; choose {_RULES[field][1]}")
 
   @classmethod
   def from_config(cls, eval_cfg: ml_collections.ConfigDict) -> "DecodeOptions":
@@ -172,6 +171,10 @@ class DecodeOptions:
     unknown = sorted(set(config_fields) - set(fields))
     if unknown:
       raise ConfigError(f"unknown decoding option(s) {unknown}: choose from {list(fields)}")
+    for name, value in config_fields.items():  # in the caller's words: keywords, not eval.*
+      test, allowed = _RULES[fields[name]]
+      if not test(value):
+        raise ConfigError(f"{name} must be {allowed}; got {value!r}")
     return dataclasses.replace(self, **{fields[k]: v for k, v in config_fields.items()})
 
   def generate_kwargs(self) -> dict[str, Any]:
@@ -289,7 +292,7 @@ class Book:
   tokens: jax.Array  # RxN int32: the chosen tokens; pad_id after the stop token
   lengths: jax.Array  # R int32: the tokens before the stop token (N while none came)
   done: jax.Array  # R bool: the stop token came
-  in_expl: jax.Array  # R bool: " because" came (this token included): later tokens explain
+  in_expl: jax.Array  # R bool: " because" came (it included): tokens fed from now on explain
   logits: jax.Array | None = None  # RxNxV float32 (return_logits): each token's logits
   vad: jax.Array | None = None  # RxNx3 (trace): the VAD head's prediction for each token
   attention: jax.Array | None = None  # RxNxP (trace): the choosing position's cross-attention

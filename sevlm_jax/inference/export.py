@@ -200,7 +200,7 @@ def model_card(config, workdir: pathlib.Path, manifest: dict) -> str:
   vad = manifest["vad_table"]
   kind = manifest["checkpoint"]["kind"]
   pretrained = [f"{name} weights from {config.pretrained[name]}" for name in ("clip", "gpt2")
-                if config.pretrained.get(name)]
+                if config.pretrained[name]]
   lines = [
       "# SEVLM model (sevlm_jax export)", "",
       "Looks at an artwork, names the emotion it evokes (one of the nine ArtEmis emotions: "
@@ -241,9 +241,9 @@ def model_card(config, workdir: pathlib.Path, manifest: dict) -> str:
       "on them.",
       f"- WikiArt images{_applies(config.data.source != 'demo')}: each remains under its copyright holder's "
       "terms; WikiArt allows non-commercial research use. No image is part of this directory.",
-      f"- CLIP ViT-B/16 weights (OpenAI){_applies(bool(config.pretrained.get('clip')))}: MIT, the licence of "
+      f"- CLIP ViT-B/16 weights (OpenAI){_applies(bool(config.pretrained.clip))}: MIT, the licence of "
       "the openai/CLIP repository.",
-      f"- distilgpt2 weights (Hugging Face){_applies(bool(config.pretrained.get('gpt2')))}: Apache-2.0.",
+      f"- distilgpt2 weights (Hugging Face){_applies(bool(config.pretrained.gpt2))}: Apache-2.0.",
       "- GPT-2's BPE files in tokenizer/: OpenAI's, MIT.",
   ]
   if vad["demo_lexicon"]:

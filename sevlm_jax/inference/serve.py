@@ -96,125 +96,131 @@ def requested_emotion(path: str) -> str | None:
   return values[-1] or None
 
 
+class Handler(http.server.BaseHTTPRequestHandler):
+  """The page and /api/predict; make_handler binds it to a predictor (one request at a time)."""
+  server_version = "sevlm"
+  predictor: Any = None
+  lock: threading.Lock
+  page: bytes = b""
+  max_upload_bytes: int = MAX_UPLOAD_BYTES
+
+  def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+    logging.info("%s %s", self.address_string(), format % args)
+
+  def log_request(self, code="-", size="-"):
+    if str(code).isdigit() and int(code) >= 400:
+      return  # a refusal is logged once, with its reason (_refuse)
+    super().log_request(code, size)
+
+  def _send(self, status: int, body: bytes, content_type: str) -> None:
+    try:
+      self.send_response(status)
+      self.send_header("Content-Type", content_type)
+      self.send_header("Content-Length", str(len(body)))
+      self.send_header("Cache-Control", "no-store")
+      self.end_headers()
+      self.wfile.write(body)
+    except (BrokenPipeError, ConnectionResetError):
+      self.close_connection = True  # the client left; nothing to answer
+
+  def _refuse(self, status: int, message: str, unread: int = 0) -> None:
+    """Answers with the error, then reads and drops a body of `unread` bytes the client may
+    still be sending: closing on unread data would reset the connection, and the client
+    would lose the answer (curl shows it cut, http.client raises BrokenPipeError)."""
+    logging.warning("%s %s %s refused with %d: %s", self.address_string(), self.command,
+                    self.path, status, message)
+    self._json(status, {"error": message})
+    if unread:
+      self._discard(unread)
+
+  def _json(self, status: int, obj: dict) -> None:
+    self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    if self.path in ("/", "/index.html"):
+      self._send(200, self.page, "text/html; charset=utf-8")
+    elif self.path == "/api/health":
+      self._json(200, {"status": "ok", "emotions": list(vocab.EMOTIONS),
+                       "max_upload_bytes": self.max_upload_bytes})
+    else:
+      self._json(404, {"error": f"no such page: {self.path}"})
+
+  def do_POST(self):  # pylint: disable=invalid-name
+    if urllib.parse.urlsplit(self.path).path != "/api/predict":
+      self._refuse(404, f"no such endpoint: {self.path} (POST images to /api/predict)",
+                   unread=self._declared_length())
+      return
+    try:
+      body = self._read_body()
+      image = decode_upload(body)
+      with self.lock:
+        answer = prediction_json(self.predictor, image, requested_emotion(self.path))
+    except RequestError as e:
+      self._refuse(e.status, str(e), unread=e.unread)
+      return
+    except errors.InputError as e:
+      self._refuse(400, str(e))
+      return
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception("prediction failed")
+      self._json(500, {"error": f"prediction failed: {e.__class__.__name__}: {e}"})
+      return
+    self._json(200, answer)
+
+  def _read_body(self) -> bytes:
+    """The body, after checking its declared length (an oversize one is refused unkept)."""
+    length = self.headers.get("Content-Length")
+    if length is None:
+      self.close_connection = True
+      raise RequestError(411, "the request needs a Content-Length header")
+    try:
+      n = int(length)
+    except ValueError:
+      n = -1
+    if n < 0:
+      self.close_connection = True
+      raise RequestError(400, f"bad Content-Length: {length!r}")
+    if n > self.max_upload_bytes:  # answered from the header; the body is dropped afterwards
+      raise RequestError(413, f"upload too large: {n:,} bytes (limit {self.max_upload_bytes:,})",
+                         unread=n)
+    try:
+      body = self.rfile.read(n)
+    except TimeoutError:
+      body = b""
+    if len(body) != n:
+      self.close_connection = True
+      raise RequestError(400, f"incomplete upload: got {len(body)} of {n} bytes")
+    return body
+
+  def _declared_length(self) -> int:
+    try:
+      return max(int(self.headers.get("Content-Length", "0")), 0)
+    except ValueError:
+      return 0
+
+  def _discard(self, n: int) -> None:
+    """Reads and drops up to n bytes (at most DISCARD_LIMIT), then ends the connection."""
+    self.close_connection = True
+    n = min(n, DISCARD_LIMIT)
+    try:
+      while n > 0:
+        chunk = self.rfile.read(min(n, 1 << 16))
+        if not chunk:
+          break
+        n -= len(chunk)
+    except (TimeoutError, ConnectionError):
+      pass
+
+
 def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-                 socket_timeout_s: float = SOCKET_TIMEOUT_S):
+                 socket_timeout_s: float = SOCKET_TIMEOUT_S) -> type[Handler]:
   """A request handler class bound to one predictor."""
-  lock = threading.Lock()
   page = PAGE.replace("__MAX_UPLOAD_BYTES__", str(max_upload_bytes)).replace(
       "__EMOTIONS__", json.dumps(list(vocab.EMOTIONS))).encode("utf-8")
-
-  class Handler(http.server.BaseHTTPRequestHandler):
-    server_version = "sevlm"
-    timeout = socket_timeout_s  # a stalled client frees its thread
-
-    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
-      logging.info("%s %s", self.address_string(), format % args)
-
-    def log_request(self, code="-", size="-"):
-      if str(code).isdigit() and int(code) >= 400:
-        return  # a refusal is logged once, with its reason (_refuse)
-      super().log_request(code, size)
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-      try:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-      except (BrokenPipeError, ConnectionResetError):
-        self.close_connection = True  # the client left; nothing to answer
-
-    def _refuse(self, status: int, message: str, unread: int = 0) -> None:
-      """Answers with the error, then reads and drops a body of `unread` bytes the client may
-      still be sending: closing on unread data would reset the connection, and the client
-      would lose the answer (curl shows it cut, http.client raises BrokenPipeError)."""
-      logging.warning("%s %s %s refused with %d: %s", self.address_string(), self.command,
-                      self.path, status, message)
-      self._json(status, {"error": message})
-      if unread:
-        self._discard(unread)
-
-    def _json(self, status: int, obj: dict) -> None:
-      self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
-
-    def do_GET(self):  # pylint: disable=invalid-name
-      if self.path in ("/", "/index.html"):
-        self._send(200, page, "text/html; charset=utf-8")
-      elif self.path == "/api/health":
-        self._json(200, {"status": "ok", "emotions": list(vocab.EMOTIONS),
-                         "max_upload_bytes": max_upload_bytes})
-      else:
-        self._json(404, {"error": f"no such page: {self.path}"})
-
-    def do_POST(self):  # pylint: disable=invalid-name
-      if urllib.parse.urlsplit(self.path).path != "/api/predict":
-        self._refuse(404, f"no such endpoint: {self.path} (POST images to /api/predict)",
-                     unread=self._declared_length())
-        return
-      try:
-        body = self._read_body()
-        image = decode_upload(body)
-        with lock:
-          answer = prediction_json(predictor, image, requested_emotion(self.path))
-      except RequestError as e:
-        self._refuse(e.status, str(e), unread=e.unread)
-        return
-      except errors.InputError as e:
-        self._refuse(400, str(e))
-        return
-      except Exception as e:  # pylint: disable=broad-except
-        logging.exception("prediction failed")
-        self._json(500, {"error": f"prediction failed: {e.__class__.__name__}: {e}"})
-        return
-      self._json(200, answer)
-
-    def _read_body(self) -> bytes:
-      """The body, after checking its declared length (an oversize one is refused unkept)."""
-      length = self.headers.get("Content-Length")
-      if length is None:
-        self.close_connection = True
-        raise RequestError(411, "the request needs a Content-Length header")
-      try:
-        n = int(length)
-      except ValueError:
-        n = -1
-      if n < 0:
-        self.close_connection = True
-        raise RequestError(400, f"bad Content-Length: {length!r}")
-      if n > max_upload_bytes:  # answered from the header; the body is dropped afterwards
-        raise RequestError(413, f"upload too large: {n:,} bytes (limit {max_upload_bytes:,})",
-                           unread=n)
-      try:
-        body = self.rfile.read(n)
-      except TimeoutError:
-        body = b""
-      if len(body) != n:
-        self.close_connection = True
-        raise RequestError(400, f"incomplete upload: got {len(body)} of {n} bytes")
-      return body
-
-    def _declared_length(self) -> int:
-      try:
-        return max(int(self.headers.get("Content-Length", "0")), 0)
-      except ValueError:
-        return 0
-
-    def _discard(self, n: int) -> None:
-      """Reads and drops up to n bytes (at most DISCARD_LIMIT), then ends the connection."""
-      self.close_connection = True
-      n = min(n, DISCARD_LIMIT)
-      try:
-        while n > 0:
-          chunk = self.rfile.read(min(n, 1 << 16))
-          if not chunk:
-            break
-          n -= len(chunk)
-      except (TimeoutError, ConnectionError):
-        pass
-
-  return Handler
+  return type("BoundHandler", (Handler,), {
+      "predictor": predictor, "lock": threading.Lock(), "page": page,
+      "max_upload_bytes": max_upload_bytes,
+      "timeout": socket_timeout_s})  # a stalled client frees its thread
 
 
 def make_server(predictor, port: int = DEFAULT_PORT, max_upload_bytes: int = MAX_UPLOAD_BYTES,

@@ -1,4 +1,5 @@
-"""Shared test fixtures (the plain helpers that tests call are in helpers.py)."""
+"""Shared test fixtures (the plain helpers that tests call are in helpers.py; the autouse fixture
+that starts the shared run early stays in test_train.py, where it must apply)."""
 
 import jax
 import jax.numpy as jnp
@@ -66,3 +67,36 @@ def tiny_run(tmp_path_factory):
   """The workdir of the shared tiny run (helpers.trained_run: trained once per session)."""
   from helpers import trained_run  # pylint: disable=import-outside-toplevel
   return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def trainable_vision(data, make_random_params):
+  from helpers import Stepper  # pylint: disable=import-outside-toplevel
+  return Stepper(data[0], make_random_params, **{"optim.train_vision": True})
+
+
+@pytest.fixture(scope="module")
+def frozen_no_vad(data, make_random_params):
+  """Frozen vision tower and the no-VAD-embedding ablation, in one compiled step."""
+  from helpers import Stepper  # pylint: disable=import-outside-toplevel
+  return Stepper(data[0], make_random_params,
+                 **{"optim.train_vision": False, "model.use_vad_embedding": False})
+
+
+@pytest.fixture(scope="module")
+def loader(tmp_path_factory):
+  """A fresh training loader of the tiny demo data, and its first 8 batches."""
+  from sevlm_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import sources  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from helpers import TINY, demo_root  # pylint: disable=import-outside-toplevel
+  ready = sources.ensure_demo_dataset(demo_root(tmp_path_factory),
+                                      num_images=TINY["data.demo_num_images"], image_size=32)
+  tokenizer = tokenizer_lib.load_tokenizer()
+
+  def make():
+    return iter(pipeline.train_loader(ready, tokenizer, batch_size=4, max_len=24, seed=0,
+                                      shard_index=0, shard_count=1))
+
+  straight = make()
+  return make, [next(straight) for _ in range(8)]

@@ -21,10 +21,7 @@ from sevlm_jax import errors
 from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax.training import optim as optim_lib
 from sevlm_jax.training import step as step_lib
-from sevlm_jax.data import sources
-from sevlm_jax.data import pipeline
-from sevlm_jax.data import tokenizer as tokenizer_lib
-from helpers import (TINY, Background, Stepper, compile_cache, demo_root, end_trained_run,
+from helpers import (TINY, Background, compile_cache, demo_root, end_trained_run,
                      file_size_limit, load_config, main_args, run_main, start_trained_run,
                      truncate_array_files)
 
@@ -46,18 +43,6 @@ def assert_trees_equal(a, b, **tol):
 
 
 # ----------------------------------------------------------------------------- the train step
-
-@pytest.fixture(scope="module")
-def trainable_vision(data, make_random_params):
-  return Stepper(data[0], make_random_params, **{"optim.train_vision": True})
-
-
-@pytest.fixture(scope="module")
-def frozen_no_vad(data, make_random_params):
-  """Frozen vision tower and the no-VAD-embedding ablation, in one compiled step."""
-  return Stepper(data[0], make_random_params,
-                 **{"optim.train_vision": False, "model.use_vad_embedding": False})
-
 
 def test_steps_lower_the_loss_on_a_fixed_batch(data, trainable_vision):
   _, batch, vad_table = data
@@ -260,19 +245,10 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def test_restore_latest_restores_state_and_data_iterator(tmp_path, tmp_path_factory):
-  ready = sources.ensure_demo_dataset(demo_root(tmp_path_factory), num_images=TINY["data.demo_num_images"],
-                                   image_size=32)
-  tokenizer = tokenizer_lib.load_tokenizer()
+def test_restore_latest_restores_state_and_data_iterator(tmp_path, loader):
+  make_loader, expected = loader
 
-  def loader():
-    return pipeline.train_loader(ready, tokenizer, batch_size=4, max_len=24, seed=0, shard_index=0,
-                                 shard_count=1)
-
-  straight = iter(loader())
-  expected = [next(straight) for _ in range(5)]
-
-  it = iter(loader())
+  it = make_loader()
   for _ in range(3):
     next(it)
   state = {"step": np.int32(3), "w": np.arange(6, dtype=np.float32).reshape(2, 3)}
@@ -282,14 +258,14 @@ def test_restore_latest_restores_state_and_data_iterator(tmp_path, tmp_path_fact
   ckpts.save_latest(3, state, it, meta)  # saving a step that is on disk keeps it
   ckpts.close()
 
-  resumed = iter(loader())
+  resumed = make_loader()
   ckpts = ckpt_lib.RunCheckpoints(str(tmp_path))
   assert ckpts.latest_step() == 3
   restored, restored_meta = ckpts.restore_latest(jax.eval_shape(lambda: state), resumed)
   ckpts.close()
   assert restored_meta == meta
   assert_trees_equal(restored, state)
-  for want in expected[3:]:
+  for want in expected[3:5]:
     got = next(resumed)
     assert got.keys() == want.keys()
     for key in want:
@@ -373,21 +349,6 @@ def _state(step: int) -> dict:
   """A small train state whose arrays each fill a file of their own (OCDBT stores tiny ones inline)."""
   rng = np.random.default_rng(step)
   return {"step": np.int32(step), "params": {"w": rng.standard_normal((64, 96)).astype(np.float32)}}
-
-
-@pytest.fixture(scope="module")
-def loader(tmp_path_factory):
-  """A fresh training loader of the tiny demo data, and its first 8 batches."""
-  ready = sources.ensure_demo_dataset(demo_root(tmp_path_factory), num_images=TINY["data.demo_num_images"],
-                                   image_size=32)
-  tokenizer = tokenizer_lib.load_tokenizer()
-
-  def make():
-    return iter(pipeline.train_loader(ready, tokenizer, batch_size=4, max_len=24, seed=0, shard_index=0,
-                                      shard_count=1))
-
-  straight = make()
-  return make, [next(straight) for _ in range(8)]
 
 
 def _save_steps(workdir, make_loader, steps) -> None:

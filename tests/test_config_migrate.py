@@ -3,6 +3,7 @@
 import json
 
 import ml_collections
+import numpy as np
 import pytest
 
 from sevlm_jax import errors
@@ -70,3 +71,15 @@ def test_the_run_set_up_refuses_a_config_that_was_not_migrated():
   with pytest.raises(errors.ConfigError, match="config.migrate.migrate"):
     run_lib.check_config(config)
   run_lib.check_config(migrate.migrate(config))
+
+
+def test_a_predictor_made_from_an_older_config_decodes_as_that_run_did(tiny_run):
+  from sevlm_jax.inference import predictor as predictor_lib  # pylint: disable=import-outside-toplevel
+  current = predictor_lib.Predictor.from_workdir(str(tiny_run))
+  older = ml_collections.ConfigDict(_older(current.config))
+  made = predictor_lib.Predictor(older, current.params, current.vad_table,
+                                 output_ids=current._output_ids)  # pylint: disable=protected-access
+  assert made.config.config_version == migrate.CONFIG_VERSION
+  assert made.options.stop_on == "eos" and made.options.beam_width == 4
+  image = (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)
+  assert made.predict([image]) == current.predict([image])

@@ -123,6 +123,7 @@ class Predictor:
 
   def __init__(self, config: ml_collections.ConfigDict, params, vad_table: np.ndarray,
                batch_size: int | None = None, output_ids: np.ndarray | None = None, tokenizer=None):
+    config = migrate.migrate(config)  # a config of an older release: brought up to date once
     self.config = config
     self.tokenizer = tokenizer or tokenizer_lib.load_tokenizer()
     self.model = build.build_model(config)

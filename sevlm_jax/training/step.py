@@ -222,6 +222,7 @@ def make_train_step(model, config: ml_collections.ConfigDict, tx: optax.Gradient
 
   output_ids: the restricted output vocabulary of the run (None: the full vocabulary).
   """
+  check_config(config)  # the step's own choices, whoever builds it
   if output_ids is not None:
     output_ids = jnp.asarray(output_ids, jnp.int32)
   train_vision = config.optim.train_vision

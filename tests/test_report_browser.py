@@ -149,28 +149,41 @@ def test_clicking_a_word_draws_its_attention_over_the_thumbnail(driver, report_p
 def test_report_filters(driver, report_page):
   from selenium.webdriver.common.by import By  # pylint: disable=import-outside-toplevel
   from selenium.webdriver.support.ui import Select  # pylint: disable=import-outside-toplevel
+  from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=import-outside-toplevel
   path, _ = report_page
   driver.get("file://" + path)
 
   def visible():
     return [i for i in driver.find_elements(By.CSS_SELECTOR, "#gallery .item") if i.is_displayed()]
 
+  def settled(count: int) -> None:
+    """Waits for the page's filter to have run: the browser may deliver the change event after
+    select_by_value returns (seen on a loaded 2-core machine), and reading the cards meanwhile
+    mixes the old and the new filter."""
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "shown").text == str(count))
+
   every = driver.find_elements(By.CSS_SELECTOR, "#gallery .item")
   outcome = Select(driver.find_element(By.ID, "f-outcome"))
   for value in ("right", "wrong", "none"):
     outcome.select_by_value(value)
     want = [i for i in every if i.get_attribute("data-outcome") == value]
+    settled(len(want))
     assert want and visible() == want, value
     assert driver.find_element(By.ID, "shown").text == str(len(want))
   outcome.select_by_value("right")
+  settled(sum(i.get_attribute("data-outcome") == "right" for i in every))
   right = visible()
   predicted = Select(driver.find_element(By.ID, "f-pred"))
   predicted.select_by_value(right[0].get_attribute("data-pred"))  # both filters hold together
-  assert visible() == [i for i in right if i.get_attribute("data-pred") == right[0].get_attribute("data-pred")]
+  both = [i for i in right if i.get_attribute("data-pred") == right[0].get_attribute("data-pred")]
+  settled(len(both))
+  assert visible() == both
   Select(driver.find_element(By.ID, "f-true")).select_by_value("none")
+  settled(0)
   assert visible() == [] and driver.find_element(By.ID, "shown").text == "0"
   for select_id in ("f-outcome", "f-pred", "f-true"):
     Select(driver.find_element(By.ID, select_id)).select_by_value("all")
+  settled(len(every))
   assert visible() == every
   assert console_errors(driver) == []
 

@@ -7,6 +7,7 @@ after a kill) sees the old file or the complete new one, never a part. Temporary
 
 import contextlib
 import hashlib
+from importlib import resources
 import json
 import os
 import pathlib
@@ -124,6 +125,13 @@ def vendored_dir(env_var: str, name: str) -> pathlib.Path:
   if installed.is_dir():
     return installed
   return pathlib.Path(__file__).resolve().parents[1] / "third_party" / name
+
+
+def package_text(package: str, name: str) -> str:
+  """The text of <package>/assets/<name>, a data file shipped in the wheel (setup.cfg's
+  package_data), read where the package is installed or checked out."""
+  return resources.files(package).joinpath("assets", name).read_text(encoding="utf-8")
+
 
 # ----------------------------------------------------------------------------- progress
 

@@ -67,7 +67,7 @@ def _painting(path, key: str, entry, report: annotations.Report, split: str | No
     return None
   style, name = _style_and_name(image_name)
   p = annotations.Painting(image_id=key, art_style=style, painting=name, image_rel=image_name,
-                       split_key=style + name, rows=len(emotions), split=split)
+                           split_key=style + name, rows=len(emotions), split=split)
   _add_annotations(path, key, p, emotions, explanations, report)
   _set_histogram(path, key, p, entry.get("origin_emotion_distribution"), report)
   return p

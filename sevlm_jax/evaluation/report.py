@@ -29,7 +29,6 @@ Every text from the data or the model goes through html.escape: explanations are
 
 import base64
 import html
-from importlib import resources
 import io
 import json
 import math
@@ -369,14 +368,10 @@ def filters_html() -> str:
       '<span class="count"><span id="shown"></span> shown</span></div>')
 
 
-def _asset(name: str) -> str:
-  return resources.files(__package__).joinpath("assets").joinpath(name).read_text(encoding="utf-8")
-
-
 # The page's skeleton ($names filled by render_report), its CSS and the filter / attention script.
-_PAGE = string.Template(_asset("report.html"))
-_STYLE = _asset("report.css")
-_SCRIPT = _asset("report.js")
+_PAGE = string.Template(io_utils.package_text(__package__, "report.html"))
+_STYLE = io_utils.package_text(__package__, "report.css")
+_SCRIPT = io_utils.package_text(__package__, "report.js")
 
 
 def render_report(results: dict, gallery: Sequence[dict], worst: Sequence[dict], curves: dict, *,

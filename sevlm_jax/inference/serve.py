@@ -23,7 +23,6 @@ predictor keeps a random-number state and one compiled batch shape).
 """
 
 import http.server
-from importlib import resources
 import json
 import string
 import threading
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from sevlm_jax import errors
+from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.data import images as images_lib
 
@@ -46,14 +46,11 @@ SOCKET_TIMEOUT_S = 30  # seconds a client may stall while sending
 DISCARD_LIMIT = 256 * 1024 * 1024  # an oversize body up to this size is read and dropped
 
 
-def _asset(name: str) -> str:
-  return resources.files(__package__).joinpath("assets").joinpath(name).read_text(encoding="utf-8")
-
-
 # The page as one self-contained document: assets/page.html with page.css and page.js inlined.
 # make_handler fills in the page's __MAX_UPLOAD_BYTES__ and __EMOTIONS__.
-PAGE = string.Template(_asset("page.html")).substitute(style=_asset("page.css"),
-                                                       script=_asset("page.js"))
+PAGE = string.Template(io_utils.package_text(__package__, "page.html")).substitute(
+    style=io_utils.package_text(__package__, "page.css"),
+    script=io_utils.package_text(__package__, "page.js"))
 
 
 class RequestError(Exception):

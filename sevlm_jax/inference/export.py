@@ -23,7 +23,9 @@ from sevlm_jax import checkpoints as ckpt_lib
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.config import migrate
+from sevlm_jax.data import formats
 from sevlm_jax.data import records
+from sevlm_jax.data import sources
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.data import vad as vad_lib
 from sevlm_jax.errors import CheckpointError, CheckpointNotFoundError, ConfigError
@@ -125,8 +127,8 @@ def _fmt(value) -> str:
 
 
 def _training_data(config, workdir: pathlib.Path) -> list[str]:
-  ready = config.data.ready_dir or os.path.join(workdir, "data")  # as data.sources.default_ready_dir
-  if config.data.source == "demo":
+  ready = sources.default_ready_dir(config, str(workdir))
+  if config.data.source == formats.DEMO:  # the demo's root holds its raw files and ready/
     ready = os.path.join(ready, "ready")
   lines = []
   if config.data.source == "demo":

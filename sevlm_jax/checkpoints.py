@@ -39,6 +39,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sevlm_jax import errors
 from sevlm_jax import parallel
 from sevlm_jax.errors import CheckpointNotFoundError, UserError
 
@@ -146,8 +147,7 @@ def _root(workdir: str) -> str:
 def _grain_checkpoint():
   """grain's checkpoint classes, imported only by training's "latest" checkpoints: reading
   parameters (prediction) needs no input pipeline."""
-  import grain  # pylint: disable=import-outside-toplevel
-  return grain.checkpoint
+  return errors.optional_import("grain.checkpoint", "training's checkpoint of its input pipeline")
 
 
 def _item_handlers(kind: str, processes=None) -> dict[str, Any]:

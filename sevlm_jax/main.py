@@ -5,6 +5,8 @@
   python -m sevlm_jax.main --workdir=/tmp/sevlm_demo --mode=predict --images=a.jpg,b.png
   python -m sevlm_jax.main --workdir=/tmp/sevlm_demo --mode=serve --port=8765
   python -m sevlm_jax.main --workdir=/tmp/sevlm_demo --mode=export --out=/tmp/sevlm_demo_model
+  python -m sevlm_jax.main --mode=predict --config=configs/sevlm.py:official --images=a.jpg \
+      --config.pretrained.sevlm=jing5566/SEVLM --config.data.lexicon=NRC-VAD-Lexicon.txt
 """
 
 import json
@@ -34,6 +36,7 @@ from sevlm_jax.evaluation import report as report_lib
 from sevlm_jax.inference import decode as decode_lib
 from sevlm_jax.inference import export as export_lib
 from sevlm_jax.inference import predictor as predictor_lib
+from sevlm_jax.inference import publish as publish_lib
 from sevlm_jax.inference import serve as serve_lib
 from sevlm_jax.training import loop
 from sevlm_jax.training import optim as optim_lib
@@ -56,6 +59,14 @@ _OUT = flags.DEFINE_string("out", None, "export: the model directory to write (c
 _EXPORT_VAD_TABLE = flags.DEFINE_bool(
     "export_vad_table", True, "export: include the VAD table; False for a table from a lexicon "
     "that may not be redistributed (NRC-VAD): loading then needs the user's copy of it.")
+_SPACE = flags.DEFINE_bool("space", False, "export: also write app.py and requirements.txt, a "
+                           "Gradio app that runs as a Hugging Face Space (pip install "
+                           "'sevlm_jax[space]'; try it with python OUT/app.py).")
+_PUSH_TO_HUB = flags.DEFINE_string(
+    "push_to_hub", None, "export: then upload the directory to this Hugging Face hub model "
+    "repository (OWNER/NAME; created if missing), with the token of HF_TOKEN or `hf auth login`.")
+_PRIVATE = flags.DEFINE_bool("private", False, "export with --push_to_hub: create the repository "
+                             "private (an existing one keeps its visibility).")
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -159,8 +170,9 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
+  if not _WORKDIR.value and not _runs_released(_MODE.value, _CONFIG.value, None):
+    raise app.UsageError("--workdir is required (predict, serve and export of the authors' "
+                         "released model need none: --config.pretrained.sevlm=DIR_OR_HUB)")
   try:
     _run_mode(_MODE.value, _CONFIG.value, _WORKDIR.value)
   except (errors.UserError, OSError) as e:  # what the user can fix: one line, no traceback
@@ -174,22 +186,40 @@ def _one_line(message) -> str:
   return " ".join(str(message).split())
 
 
+def _runs_released(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None) -> bool:
+  """predict, serve and export run the authors' released model (--config.pretrained.sevlm, with
+  --config.data.lexicon) when --workdir holds no trained checkpoint, or is not given."""
+  return (mode in ("predict", "serve", "export") and config is not None
+          and bool(config.pretrained.sevlm)
+          and not (workdir and checkpoints.has_checkpoint(workdir)))
+
+
 def _run_mode(mode: str, config: ml_collections.ConfigDict | None, workdir: str) -> None:
   if mode == "export":
     if not _OUT.value:
       raise app.UsageError("--mode=export needs --out=DIR, the model directory to write")
+    released = _runs_released(mode, config, workdir)
     out = export_lib.export_model(workdir, _OUT.value, checkpoint=_CHECKPOINT.value or "best_acc",
-                                  include_vad_table=_EXPORT_VAD_TABLE.value)
+                                  include_vad_table=_EXPORT_VAD_TABLE.value, space=_SPACE.value,
+                                  released_config=config if released else None)
     print(f"exported to {out}; load it with Predictor.from_pretrained({str(out)!r})")
+    publish_lib.push_from_command_line(out, _PUSH_TO_HUB.value, _PRIVATE.value, workdir,
+                                       lexicon=config.data.lexicon if released else None)
     return
   if mode in ("predict", "serve"):
     checkpoint = _CHECKPOINT.value or "best_acc"
     if mode == "predict" and not _IMAGES.value:
       raise app.UsageError("--mode=predict needs --images=path1,path2,...")
-    predictor = predictor_lib.Predictor.from_workdir(workdir, checkpoint,
-                                                     batch_size=1 if mode == "serve" else None)
+    batch_size = 1 if mode == "serve" else None
+    if _runs_released(mode, config, workdir):
+      predictor = predictor_lib.Predictor.from_released(config.pretrained.sevlm, config=config,
+                                                        batch_size=batch_size)
+      name = f"the authors' released SEVLM ({config.pretrained.sevlm})"
+    else:
+      predictor = predictor_lib.Predictor.from_workdir(workdir, checkpoint, batch_size=batch_size)
+      name = f"{workdir} (checkpoint {checkpoint})"
     if mode == "serve":
-      serve_lib.serve(predictor, port=_PORT.value, name=f"{workdir} (checkpoint {checkpoint})")
+      serve_lib.serve(predictor, port=_PORT.value, name=name)
       return
     preds = (predictor.predict(_IMAGES.value) if _EMOTION.value is None
              else predictor.explain(_IMAGES.value, emotion=_EMOTION.value))

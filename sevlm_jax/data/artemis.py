@@ -24,7 +24,7 @@ and value. The whole run (splits, images, the ready data set) is prepare.py's.
 import csv
 
 from sevlm_jax import vocab
-from sevlm_jax.data import records
+from sevlm_jax.data import splits
 from sevlm_jax.data.annotations import Painting, Report, stripped
 from sevlm_jax.errors import InputError
 
@@ -138,9 +138,9 @@ def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report, do
 
 def _preassign_split(path, line: int, p: Painting, split: str) -> None:
   """The split column of ArtEmis's preprocessed CSV: one known split per painting."""
-  if split not in records.SPLITS:
+  if split not in splits.SPLITS:
     raise InputError(f"{path}: line {line} has split {split!r}; ArtEmis's preprocessed CSV uses "
-                     f"{', '.join(records.SPLITS)}")
+                     f"{', '.join(splits.SPLITS)}")
   if p.split is not None and p.split != split:
     raise InputError(f"{path}: line {line} puts {p.image_id} in split {split!r}, an earlier row in "
                      f"{p.split!r}; a painting belongs to one split, fix the split column")

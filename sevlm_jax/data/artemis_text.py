@@ -37,6 +37,7 @@ from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.data import dominant
 from sevlm_jax.data import treebank
+from sevlm_jax import errors
 from sevlm_jax.errors import InputError
 
 PREPROCESSINGS = ("artemis", "raw")
@@ -83,7 +84,8 @@ class Preprocessor:
   """ArtEmis's utterance -> tokens, with every distinct token's correction remembered."""
 
   def __init__(self, folder: pathlib.Path | None = None):
-    import symspellpy  # only data preparation with text_preprocessing='artemis' needs it
+    symspellpy = errors.optional_import(  # only preparation with text_preprocessing='artemis' does
+        "symspellpy", "ArtEmis's text preprocessing (text_preprocessing='artemis')")
 
     folder = pathlib.Path(folder) if folder is not None else default_dir()
     tables = json.loads(_read_checked(folder, "spelling.json"))

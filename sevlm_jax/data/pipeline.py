@@ -29,11 +29,16 @@ Batches are dicts of numpy arrays (B images = B pairs = 2B sequences):
 """
 
 
-import grain
+import typing
+
 import numpy as np
 
+from sevlm_jax import errors
 from sevlm_jax.data import batching
 from sevlm_jax.data import records
+
+if typing.TYPE_CHECKING:
+  import grain  # imported where first used (train_loader): importing this module needs no grain
 
 _TAG_ORDER, _TAG_CYCLE, _TAG_PARTNER = 0, 1, 2  # keep the three random streams apart
 PAIR_ANCHORS = ("cycle", "last")
@@ -121,7 +126,7 @@ def _default_shard(shard_index, shard_count) -> tuple[int, int]:
 def train_loader(ready_dir, tokenizer, *, batch_size: int, max_len: int, seed: int, num_epochs: int | None = None,
                  worker_count: int = 0, shard_index: int | None = None, shard_count: int | None = None,
                  drop_remainder: bool = True, split: str = "train", read_threads: int = 4,
-                 pair_anchor: str = "cycle") -> grain.IterDataset:
+                 pair_anchor: str = "cycle") -> "grain.IterDataset":
   """grain IterDataset of training-pair batches; iter() gives a checkpointable iterator.
 
   batch_size is this shard's part of a step's batch (the global batch / shard_count).
@@ -134,6 +139,7 @@ def train_loader(ready_dir, tokenizer, *, batch_size: int, max_len: int, seed: i
     raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
   if pair_anchor not in PAIR_ANCHORS:
     raise ValueError(f"pair_anchor must be one of {PAIR_ANCHORS}, got {pair_anchor!r}")
+  grain_lib = errors.optional_import("grain", "training's input pipeline")
   shard_index, shard_count = _default_shard(shard_index, shard_count)
   source = records.load_split(ready_dir, split)
   images = training_images(ready_dir, split)
@@ -146,12 +152,13 @@ def train_loader(ready_dir, tokenizer, *, batch_size: int, max_len: int, seed: i
     raise ValueError(f"{ready_dir} split {split!r} has {len(images)} images with two distinct emotions "
                      f"({len(images) // shard_count} per shard of {shard_count}), too few for batch_size "
                      f"{batch_size}")
-  ds = grain.MapDataset.range(example.per_epoch).repeat(num_epochs)
+  ds = grain_lib.MapDataset.range(example.per_epoch).repeat(num_epochs)
   ds = ds.map_with_index(example)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size))
+  ids = ds.to_iter_dataset(grain_lib.ReadOptions(num_threads=read_threads,
+                                                 prefetch_buffer_size=2 * batch_size))
   if worker_count > 0:
-    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    ids = ids.mp_prefetch(grain_lib.MultiprocessingOptions(num_workers=worker_count))
   return ids
 
 

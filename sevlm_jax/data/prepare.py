@@ -33,6 +33,7 @@ import collections
 import os
 import pathlib
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -46,7 +47,7 @@ from sevlm_jax.data import formats
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import records
 from sevlm_jax.data import splits
-from sevlm_jax.errors import InputError
+from sevlm_jax.errors import InputError, UserError
 
 _SPLIT_STATS = ("images", "annotations", "with_two_emotions", "dominant_half", "dominant_artemis")
 
@@ -318,9 +319,11 @@ def main(argv):
             text_preprocessing=_F['text'].value, workers=_F['workers'].value,
             overwrite=_F['overwrite'].value,
             resize_filter=_F['resize_filter'].value)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
-    # Input problems get one clear line, not a traceback.
-    raise SystemExit(f"error: {e}") from None
+  except (UserError, FileNotFoundError, FileExistsError, ValueError) as e:
+    # Input problems (or a dependency missing on this platform) get one clear line, not a
+    # traceback, and exit status 2, as in sevlm_jax.main.
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

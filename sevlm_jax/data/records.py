@@ -31,13 +31,19 @@ import pathlib
 import msgpack
 import numpy as np
 
-from array_record.python import array_record_data_source
-from array_record.python import array_record_module
+from sevlm_jax import errors
+from sevlm_jax.data.splits import SPLITS  # also read as records.SPLITS
 
-SPLITS = ("train", "val", "test", "rest")  # 'rest': heavily annotated paintings, set aside as ArtEmis does
 COMPLETE_MARKER = "COMPLETE"
 FORMAT_VERSION = 1
 WRITER_OPTIONS = "group_size:1,zstd:3"  # group_size 1: each record read on its own (random access)
+
+
+def _array_record(module: str):
+  """array_record's `module`, imported on first use: it has no wheel for Windows, and prediction,
+  which reads no data set, runs without it."""
+  return errors.optional_import(f"array_record.python.{module}",
+                                "the prepared data set of training, data preparation and evaluation")
 
 
 def encode_record(record: dict) -> bytes:
@@ -77,8 +83,8 @@ class SplitWriter:
   def __init__(self, folder: pathlib.Path, split: str):
     self.split = split
     self.count = 0
-    self._writer = array_record_module.ArrayRecordWriter(str(folder / f"{split}.array_record"),
-                                                         WRITER_OPTIONS)
+    writer = _array_record("array_record_module").ArrayRecordWriter
+    self._writer = writer(str(folder / f"{split}.array_record"), WRITER_OPTIONS)
     self._jsonl = open(folder / f"{split}.annotations.jsonl", "w", encoding="utf-8")
 
   def write(self, record: dict) -> None:
@@ -146,7 +152,7 @@ class ReadySplit:
     ready_dir = _check_ready(ready_dir, split)
     self.ready_dir, self.split = ready_dir, split
     path = ready_dir / f"{split}.array_record"
-    self._source = array_record_data_source.ArrayRecordDataSource([str(path)])
+    self._source = _array_record("array_record_data_source").ArrayRecordDataSource([str(path)])
     self._len = len(self._source)
 
   def __len__(self) -> int:

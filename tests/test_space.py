@@ -76,8 +76,9 @@ def space_env(folder: pathlib.Path, home: pathlib.Path, **extra) -> dict[str, st
 def test_the_export_holds_the_space_files_under_its_manifest(space_dir):
   files = {str(p.relative_to(space_dir)) for p in space_dir.rglob("*") if p.is_file()}
   manifest = json.loads((space_dir / model_dir.MANIFEST).read_text())
-  # Every file but the Space's own two, which are free to edit.
-  assert set(manifest["files"]) == files - {model_dir.MANIFEST, "app.py", "requirements.txt"}
+  # Every file but the Space's own settings, which are free to edit.
+  assert set(manifest["files"]) == files - {model_dir.MANIFEST, "app.py", "requirements.txt",
+                                            "README.md"}
   assert {"app.py", "requirements.txt", "README.md", "model.safetensors"} <= files
   assert (space_dir / "app.py").read_text() == io_utils.package_text("sevlm_jax.inference",
                                                                      "space_app.py")
@@ -126,7 +127,7 @@ def test_the_mapped_folders_are_those_the_wheel_ships():
 def test_a_changed_copy_fails_to_load_and_an_edited_app_does_not(space_dir, tmp_path):
   copy = tmp_path / "model"
   shutil.copytree(space_dir, copy)
-  for name in ("app.py", "requirements.txt"):
+  for name in ("app.py", "requirements.txt", "README.md"):  # README.md: the Space's title etc.
     with open(copy / name, "a") as f:
       f.write("\n# edited\n")
   model_dir.load_exported(copy)

@@ -114,7 +114,7 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
     (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     manifest["files"] = {str(p.relative_to(tmp)): io_utils.sha256_file(p)
                          for p in sorted(tmp.rglob("*")) if p.is_file()
-                         and str(p.relative_to(tmp)) not in space_lib.UNLISTED_FILES}
+                         and not (space and str(p.relative_to(tmp)) in space_lib.UNLISTED_FILES)}
     io_utils.write_json_atomic(tmp / MANIFEST, manifest)
     io_utils.replace_dir(tmp, out_path)
   except BaseException:

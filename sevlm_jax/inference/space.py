@@ -9,8 +9,9 @@ on PyPI, so the folder carries its own copy of the package (sevlm_jax/, with its
 found first on sys.path because app.py lies beside it; requirements.txt pins, at the versions of
 the exporting environment, only the distributions that prediction and the app import. The copy
 is listed in the manifest with its sha256 like every other file, so a changed or partial copy
-fails to load as a changed weight file does. app.py and requirements.txt are not: they are the
-Space's own settings, free to edit (a GPU Space's jax, another layout), and app.py is what runs
+fails to load as a changed weight file does. app.py, requirements.txt and README.md are not: they
+are the Space's own settings, free to edit (a GPU Space's jax, another layout; the title and
+hardware the hub's settings page writes into README.md's front matter), and app.py is what runs
 the check anyway. The Space's settings (sdk: gradio, app_file, the Gradio and Python versions)
 join the model card's front matter.
 
@@ -31,7 +32,10 @@ from sevlm_jax.errors import ConfigError
 
 APP_FILE = "app.py"
 REQUIREMENTS_FILE = "requirements.txt"
-UNLISTED_FILES = (APP_FILE, REQUIREMENTS_FILE)  # at the folder's top, outside the manifest
+# At the folder's top, outside the manifest: the Space's own settings. The card (README.md) is
+# one of them in a Space: its front matter holds the Space's title, hardware and sdk, which the
+# hub's settings page edits in place.
+UNLISTED_FILES = (APP_FILE, REQUIREMENTS_FILE, "README.md")
 PACKAGE = "sevlm_jax"
 # The folders setup.cfg's package_dir ships inside the package (sevlm_jax/<name> in a wheel) and
 # where a checkout keeps them; tests/test_space.py checks this against setup.cfg.

@@ -27,6 +27,7 @@ The workdir must be on storage that every host sees (a shared file system or a b
 
 import contextlib
 import functools
+import json
 import logging as logging_std
 import os
 import re
@@ -40,6 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sevlm_jax import errors
+from sevlm_jax import io_utils
 from sevlm_jax import parallel
 from sevlm_jax.errors import CheckpointNotFoundError, UserError
 
@@ -224,6 +226,51 @@ def _set_aside(workdir: str, kind: str, step: int | None = None) -> str:
   return os.path.dirname(target)
 
 
+def _logged_validations(workdir: str) -> dict[int, dict[str, float]]:
+  """step -> the scores of its last validation in <workdir>/metrics.jsonl (the same scores the
+  best checkpoints were offered; a line cut by a kill is skipped)."""
+  scores = {}
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+      lines = f.readlines()
+  except OSError:
+    return scores
+  for line in lines:
+    try:
+      entry = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(entry, dict) and entry.get("split") == "val" and isinstance(entry.get("step"), int):
+      scores[entry["step"]] = {k: v for k, v in entry.items() if k not in ("step", "split", "time")}
+  return scores
+
+
+def _repair_best_metrics(workdir: str, kind: str) -> list[int]:
+  """Rewrites each step's metrics file of a best checkpoint that cannot be read (Orbax ranks the
+  steps by it; without it the kind would start again, and a worse validation become "best") from
+  that step's validation in metrics.jsonl. Returns the steps rewritten."""
+  directory = os.path.join(_root(workdir), kind)
+  if not os.path.isdir(directory):
+    return []
+  logged, repaired = None, []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name, "metrics", "metrics")
+    if not name.isdigit() or not os.path.isdir(os.path.dirname(path)):
+      continue
+    try:
+      with open(path, encoding="utf-8") as f:
+        readable = isinstance(json.load(f), dict)
+    except (OSError, ValueError):
+      readable = False
+    if readable:
+      continue
+    logged = _logged_validations(workdir) if logged is None else logged
+    if BEST_METRIC[kind] in logged.get(int(name), {}):
+      io_utils.write_json_atomic(path, {"step": int(name), **logged[int(name)]})
+      repaired.append(int(name))
+  return repaired
+
+
 # ----------------------------------------------------------------------------- a training run
 
 class RunCheckpoints:
@@ -242,6 +289,15 @@ class RunCheckpoints:
     if why is None:
       return opened
     directory = os.path.join(_root(self.workdir), kind)
+    repaired = parallel.primary_first(lambda: _repair_best_metrics(self.workdir, kind),
+                                      f"repair_metrics:{kind}")
+    if repaired:
+      opened, still = _attempt(lambda: _writer(self.workdir, kind))
+      if still is None:
+        logging.warning("%s: the metrics file of step %s was unreadable (%s); rewritten from the "
+                        "step's validation in metrics.jsonl", directory,
+                        ", ".join(map(str, repaired)), why)
+        return opened
     with saving(_root(self.workdir)):  # e.g. a directory that cannot be written
       if os.path.isdir(directory):
         where = _set_aside(self.workdir, kind)

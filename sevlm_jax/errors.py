@@ -1,6 +1,7 @@
 """The errors a user can fix, each with a message saying what to do (a leaf: anything may import it).
 
-`python -m sevlm_jax.main` prints any UserError as one line and exits with status 2.
+The commands (`python -m sevlm_jax.main`, `python -m sevlm_jax.data.prepare`) print any UserError,
+bad flag or usage error as one line and exit with status 2 (one_line_errors, parse_flags).
 """
 
 import importlib
@@ -73,3 +74,47 @@ def check_choice(field: str, value, choices) -> None:
   every config section's check gives for a closed set of choices)."""
   if value not in tuple(choices):
     raise ConfigError(f"{field}={value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+# ----------------------------------------------------------------------------- the commands
+
+def one_line(message) -> str:
+  """The message with its line breaks and runs of space collapsed into single spaces."""
+  return " ".join(str(message).split())
+
+
+def exit_with_error(message) -> None:
+  """Ends a command the way every command reports what the user can fix: `error: MESSAGE` on one
+  line of stderr, exit status 2."""
+  print(f"error: {one_line(message)}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's flag parser for app.run(flags_parser=...): a bad flag or flag value is one line and
+  exit status 2, not absl's two-line FATAL message with status 1."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    exit_with_error(f"{str(e).strip().splitlines()[-1]} (--helpshort lists the flags)")
+
+
+def one_line_errors(main, also: tuple[type[Exception], ...] = ()):
+  """main(argv) for absl's app.run, with what the user can fix (a UserError, an OSError, a
+  UsageError, and the exception types `also`) reported by exit_with_error instead of a traceback
+  or absl's usage dump. -v 1 (--verbosity=1) shows the traceback of all but UsageError."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
+
+  def run(argv):
+    try:
+      return main(argv)
+    except app.UsageError as e:
+      exit_with_error(e)
+    except (UserError, OSError, *also) as e:
+      if logging.level_debug():
+        raise
+      exit_with_error(e)
+
+  return run

@@ -82,15 +82,38 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
       np.save(f, array)
 
 
+def _hidden_beside(out: pathlib.Path, kind: str) -> pathlib.Path:
+  """`.NAME.KIND-PID-RANDOM` next to `out`: whose it is shows in its name."""
+  return out.parent / f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale_dirs(out: pathlib.Path) -> list[pathlib.Path]:
+  """Removes the hidden folders that killed attempts at `out` left beside it, those whose process
+  is gone: `.NAME.incomplete-PID-*` (an unfinished new folder) and `.NAME.old-PID-*` (the replaced
+  folder, when the kill came between replace_dir's two renames; an older release named it
+  `.NAME.old-RANDOM`, with no PID: always a leftover). Returns the removed folders."""
+  removed = []
+  if not out.parent.is_dir():
+    return removed
+  prefix = f".{out.name}."
+  for name in os.listdir(out.parent):
+    if not name.startswith(prefix):
+      continue
+    kind, _, owner = name[len(prefix):].partition("-")
+    pid = owner.split("-")[0] if owner.count("-") == 1 else ""  # owner: PID-RANDOM
+    alive = pid.isdigit() and pid_alive(int(pid))
+    if kind in ("incomplete", "old") and owner and not alive:
+      shutil.rmtree(out.parent / name, ignore_errors=True)
+      removed.append(out.parent / name)
+  return removed
+
+
 def temp_dir_beside(out: pathlib.Path) -> pathlib.Path:
   """A fresh hidden folder next to `out` (same file system, so a rename is atomic); the folders
-  of earlier, killed attempts at `out` are removed first."""
+  that earlier, killed attempts at `out` left are removed first (remove_stale_dirs)."""
   out.parent.mkdir(parents=True, exist_ok=True)
-  for stale in out.parent.glob(f".{out.name}.incomplete-*-*"):
-    pid = stale.name.rsplit("-", 2)[-2]
-    if pid.isdigit() and not pid_alive(int(pid)):
-      shutil.rmtree(stale, ignore_errors=True)
-  tmp = out.parent / f".{out.name}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  remove_stale_dirs(out)
+  tmp = _hidden_beside(out, "incomplete")
   tmp.mkdir()
   return tmp
 
@@ -99,13 +122,55 @@ def replace_dir(tmp: pathlib.Path, out: pathlib.Path) -> None:
   """Renames the finished folder `tmp` (from temp_dir_beside) onto `out`, replacing any folder
   there: a reader sees the old folder or the new one whole (for an instant, neither)."""
   if out.exists():
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    old = _hidden_beside(out, "old")  # removed below, or by the next remove_stale_dirs
     os.rename(out, old)
     os.rename(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
   else:
     os.rename(tmp, out)
 
+
+
+def path_problem(path, kind: str) -> str | None:
+  """Why `path` is not a `kind` ("file" or "folder"): "does not exist", "is a folder, not a
+  file" or "is a file, not a folder"; None when it is one."""
+  if not os.path.exists(path):
+    return "does not exist"
+  if kind == "file" and os.path.isdir(path):
+    return "is a folder, not a file"
+  if kind == "folder" and not os.path.isdir(path):
+    return "is a file, not a folder"
+  return None
+
+
+def check_path(path, kind: str, what: str, hint: str = "") -> None:
+  """Raises FileNotFoundError, IsADirectoryError or NotADirectoryError, "{what} {path} {problem}"
+  and the hint, unless `path` is a `kind` ("file" or "folder")."""
+  problem = path_problem(path, kind)
+  if problem is None:
+    return
+  error = (FileNotFoundError if problem == "does not exist"
+           else IsADirectoryError if kind == "file" else NotADirectoryError)
+  raise error(f"{what} {path} {problem}{hint}")
+
+
+def check_can_create(out: str | os.PathLike, what: str = "output folder") -> None:
+  """Raises an OSError naming `out` unless a folder can be made there: its nearest existing parent
+  is a folder that takes a new file (tried, so that a read-only mount fails here, before any
+  work, and not at the end)."""
+  out = pathlib.Path(os.path.abspath(out))
+  parent = out.parent
+  while not parent.exists():
+    parent = parent.parent
+  if not parent.is_dir():
+    raise NotADirectoryError(f"{what} {out} cannot be created: {parent} is a file, not a folder")
+  probe = parent / f".{out.name}.write-check-{os.getpid()}"
+  try:
+    probe.mkdir()
+    probe.rmdir()
+  except OSError as e:
+    raise type(e)(f"{what} {out} cannot be created: {parent} cannot be written to "
+                  f"({e.strerror}); choose another folder") from None
 
 
 def sha256_file(path) -> str:

@@ -173,17 +173,7 @@ def main(argv):
   if not _WORKDIR.value and not _runs_released(_MODE.value, _CONFIG.value, None):
     raise app.UsageError("--workdir is required (predict, serve and export of the authors' "
                          "released model need none: --config.pretrained.sevlm=DIR_OR_HUB)")
-  try:
-    _run_mode(_MODE.value, _CONFIG.value, _WORKDIR.value)
-  except (errors.UserError, OSError) as e:  # what the user can fix: one line, no traceback
-    if logging.level_debug():  # -v 1 (or --verbosity=1) shows where it came from
-      raise
-    print(f"error: {_one_line(e)}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _one_line(message) -> str:
-  return " ".join(str(message).split())
+  _run_mode(_MODE.value, _CONFIG.value, _WORKDIR.value)
 
 
 def _runs_released(mode: str, config: ml_collections.ConfigDict | None, workdir: str | None) -> bool:
@@ -221,10 +211,7 @@ def _run_mode(mode: str, config: ml_collections.ConfigDict | None, workdir: str)
     if mode == "serve":
       serve_lib.serve(predictor, port=_PORT.value, name=name)
       return
-    preds = (predictor.predict(_IMAGES.value) if _EMOTION.value is None
-             else predictor.explain(_IMAGES.value, emotion=_EMOTION.value))
-    for path, pred in zip(_IMAGES.value, preds):
-      print(json.dumps({"image": path, **pred}, ensure_ascii=False))
+    _print_predictions(_IMAGES.value, predictor.predict_each(_IMAGES.value, emotion=_EMOTION.value))
     return
   if config is None:
     raise app.UsageError(f"--config is required for {mode}, e.g. --config=configs/sevlm.py:demo")
@@ -248,6 +235,20 @@ def _run_mode(mode: str, config: ml_collections.ConfigDict | None, workdir: str)
     evaluate(config, workdir)
 
 
+def _print_predictions(paths: list[str], preds: list[dict[str, Any]]) -> None:
+  """A JSON line on stdout for each image read, an `error:` line on stderr for each image that
+  was not (so stdout holds only results, each naming its image); exit status 2 if any failed."""
+  failed = 0
+  for path, pred in zip(paths, preds):
+    if "error" in pred:
+      print(f"error: {errors.one_line(pred['error'])}", file=sys.stderr)
+      failed += 1
+    else:
+      print(json.dumps({"image": path, **pred}, ensure_ascii=False))
+  if failed:
+    sys.exit(2)
+
+
 def _parse_flags(argv):
   """absl's parser, with one clear line instead of a traceback for a bad config or override."""
   try:
@@ -265,9 +266,9 @@ def _parse_flags(argv):
               f"{', '.join(bad)})" + (f"; did you mean '{suggestion.group(1)}'?" if suggestion else ""))
   except OSError as e:  # a config file that cannot be loaded
     reason = str(e)
-  print(f"error: {_one_line(reason)}", file=sys.stderr)
-  sys.exit(2)
+  errors.exit_with_error(reason)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  # What the user can fix (a UserError, an OSError, a usage error): one line, exit status 2.
+  app.run(errors.one_line_errors(main), flags_parser=_parse_flags)

@@ -49,6 +49,7 @@ def test_evaluation_keeps_the_training_config(tmp_path, root):
 def test_prepared_data_of_another_resize_filter_is_refused(tmp_path, root):
   config = tiny_config(root)
   config.data.source, config.data.ready_dir = "ready", str(root / "ready")
+  config.data.text_preprocessing = "raw"  # the demo's text, as its meta.json records
   config.data.lexicon = str(vad_lib.DEMO_LEXICON_PATH)
   inputs.check_inputs_before_preparation(config, str(tmp_path))  # made bicubic, as configured
   config.data.resize_filter = "bilinear"

@@ -62,6 +62,7 @@ def _error_cases(demo, run, tmp):
           ["--config=configs/sevlm.py:demo", f"--workdir={tmp / 'w_size'}",
            "--config.data.source=ready", f"--config.data.ready_dir={demo / 'ready'}",
            f"--config.data.lexicon={vad.DEMO_LEXICON_PATH}",
+           "--config.data.text_preprocessing=raw",  # the demo's text, as its meta.json records
            "--config.data.image_size=64", "--config.model.vision.image_size=64"],
           ["holds 32x32 images", "data.image_size=64"]),
       "predict_nothing_readable": (
@@ -92,6 +93,12 @@ def commands(tiny_run, split_records, tmp_path_factory):
     Image.fromarray(split_records[i]["image"]).save(path)
   args = ["--mode=predict", f"--workdir={tiny_run}", "--images=" + ",".join(map(str, paths))]
   started["predict"] = (Background(args, cache, tmp / "predict"), paths)
+
+  # predict with a missing and an unreadable image between the two good ones.
+  (tmp / "text.png").write_text("not an image")
+  mixed = [paths[0], tmp / "gone.png", tmp / "text.png", paths[1]]
+  args = ["--mode=predict", f"--workdir={tiny_run}", "--images=" + ",".join(map(str, mixed))]
+  started["predict_some_unreadable"] = (Background(args, cache, tmp / "predict_mixed"), mixed)
 
   # evaluate: a copy of the run without its evaluation files.
   workdir = tmp / "evaluated"
@@ -133,6 +140,20 @@ def test_predict_prints_one_json_line_per_image(commands, tiny_run):
     assert set(pred) == {"image", "emotion", "explanation", "text"}
     assert pred["image"] == str(path)
     assert pred["text"] == evaluated[i]["text"]
+
+
+def test_predict_answers_the_readable_images_and_names_the_others(commands):
+  """A missing and an unreadable image among good ones: a JSON line for each good one, one error
+  line each for the others (stdout holds only results), and exit status 2."""
+  background, mixed = commands["predict_some_unreadable"]
+  result = background.result()
+  assert result.returncode == 2, result.stderr[-5000:]
+  assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(mixed[0]), str(mixed[3])]
+  errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+  assert len(errors) == 2, result.stderr[-3000:]
+  assert errors[0] == f"error: image 1: image file {mixed[1]} does not exist"
+  assert errors[1].startswith(f"error: image 2: {mixed[2]} is not a readable image ("), errors[1]
+  assert TRACEBACK not in result.stderr
 
 
 def test_predict_falls_back_from_an_unreadable_best_checkpoint(commands):

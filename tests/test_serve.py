@@ -4,6 +4,7 @@ The server runs in a thread of this process on a free loopback port; requests ar
 to 127.0.0.1 only.
 """
 
+import collections
 import http.client
 import io
 import json
@@ -309,3 +310,116 @@ def test_a_stalled_client_is_dropped_after_the_socket_timeout(predictor):
     srv.shutdown()
     srv.server_close()
     thread.join(timeout=10)
+
+
+# ----------------------------------------------------------------------------- crowds and strangers
+
+
+def post_all_at_once(srv, clients, body):
+  """The status of each of `clients` uploads sent at the same moment (one thread each, released
+  together), or the name of the error its connection met."""
+  release = threading.Barrier(clients)
+  outcomes = [None] * clients
+
+  def client(i):
+    release.wait()
+    try:
+      outcomes[i] = request(srv, "POST", "/api/predict", body=body,
+                            headers={"Content-Type": "image/png"})[0]
+    except OSError as e:  # a reset or refused connection
+      outcomes[i] = e.__class__.__name__
+
+  threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=300)
+  return outcomes
+
+
+@pytest.mark.parametrize("clients", [16, 32])
+def test_simultaneous_uploads_are_all_answered(server, test_images, clients):
+  """A listen backlog of 5 (socketserver's default) overflows here, and connections are reset."""
+  assert server.request_queue_size >= 128
+  body = png_bytes(test_images[0])
+  for _ in range(3):  # with a backlog of 5, most rounds of 16 and every round of 32 met resets
+    outcomes = post_all_at_once(server, clients, body)
+    assert outcomes == [200] * clients, collections.Counter(outcomes)
+  assert_still_answers(server)
+
+
+def test_only_raster_formats_reach_pillow(monkeypatch):
+  """EPS goes to Ghostscript, SVG, PDF and the rest to decoders the page does not need: refused
+  by their first bytes, before Pillow opens anything."""
+  def no_open(*args, **kwargs):
+    raise AssertionError("Pillow was asked to open a refused upload")
+  monkeypatch.setattr(Image, "open", no_open)
+  uploads = {
+      "picture.eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "PostScript"),
+      "binary.eps": (b"\xc5\xd0\xd3\xc6" + bytes(40), "PostScript"),
+      "drawing.svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "SVG"),
+      "paper.pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "PDF"),
+      "archive.zip": (b"PK\x03\x04" + bytes(40), "ZIP"),
+      "picture.ppm": (b"P6\n2 2\n255\n" + bytes(12), "not a JPEG, PNG, WebP, GIF, BMP or TIFF"),
+  }
+  for name, (body, says) in uploads.items():
+    with pytest.raises(serve.RequestError) as e:
+      serve.decode_upload(body, name=name)
+    assert e.value.status == 400 and says in str(e.value) and repr(name) in str(e.value), str(e.value)
+    assert str(e.value).startswith("not an image that can be read")
+
+
+def test_each_raster_format_is_read(monkeypatch):
+  opened = []
+  real_open = Image.open
+  monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(k.get("formats")) or real_open(*a, **k))
+  pixels = np.arange(40 * 30 * 3, dtype=np.uint8).reshape(40, 30, 3)
+  for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"):
+    opened.clear()
+    image = serve.decode_upload(png_bytes(pixels, fmt))
+    assert image.mode == "RGB" and image.size == (30, 40), fmt
+    assert opened[0] == serve.UPLOAD_FORMATS  # Pillow itself may use only these decoders
+
+
+def test_errors_name_the_upload_not_a_python_object(server):
+  damaged = {b"this is not a picture": "is not a JPEG",
+             b"\x89PNG\r\n\x1a\n" + b"junk" * 10: "PNG",
+             b"GIF89a" + b"x" * 20: "GIF",
+             png_bytes(np.zeros((40, 40, 3), np.uint8))[:60]: "PNG"}
+  for body, says in damaged.items():
+    for headers, who in (({}, "the upload"),
+                         ({"X-Upload-Name": "Nymph%C3%A9as%0A.png"}, "'Nymphéas\\n.png'")):
+      status, answer = request(server, "POST", "/api/predict", body=body, headers=headers)
+      message = answer["error"]
+      assert status == 400 and who in message and says in message, message
+      assert "object at 0x" not in message and "BytesIO" not in message, message
+  assert_still_answers(server)
+
+
+def test_a_page_elsewhere_gets_403(server, test_images):
+  """A page open in the user's browser may post a text/plain body without a preflight."""
+  port = server.server_address[1]
+  body = png_bytes(test_images[0])
+  for origin in ("http://evil.example", f"http://evil.example:{port}", "null",
+                 f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}"):
+    status, answer = request(server, "POST", "/api/predict", body=body,
+                             headers={"Content-Type": "text/plain", "Origin": origin})
+    assert status == 403 and repr(origin) in answer["error"], (origin, answer)
+    assert request(server, "GET", "/api/health", headers={"Origin": origin})[0] == 403
+  for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):  # the page itself
+    status, answer = request(server, "POST", "/api/predict", body=body, headers={"Origin": origin})
+    assert status == 200, answer
+  assert_still_answers(server)
+
+
+def test_a_rebinding_host_gets_403(server, test_images):
+  """DNS rebinding: a name the attacker controls, pointed at 127.0.0.1, carries its own Host."""
+  port = server.server_address[1]
+  for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}", "127.0.0.1"):
+    for method, path, body in (("GET", "/", None), ("GET", "/api/health", None),
+                               ("POST", "/api/predict", png_bytes(test_images[0]))):
+      status, answer = request(server, method, path, body=body, headers={"Host": host})
+      assert status == 403 and repr(host) in answer["error"], (host, path, answer)
+  for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}"):
+    assert request(server, "GET", "/", headers={"Host": host})[0] == 200
+  assert_still_answers(server)

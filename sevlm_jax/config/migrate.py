@@ -99,6 +99,15 @@ def load_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
   except json.JSONDecodeError as e:
     raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); it is not a "
                       "config written by sevlm_jax") from None
+  except UnicodeDecodeError as e:
+    raise ConfigError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                      f"{e.start}); it is not a config written by sevlm_jax") from None
   if not isinstance(raw, dict):
     raise ConfigError(f"{path} holds {type(raw).__name__}, not a config")
-  return migrate(ml_collections.ConfigDict(raw), source=str(path))
+  try:
+    return migrate(ml_collections.ConfigDict(raw), source=str(path))
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, AttributeError, TypeError) as e:  # valid JSON, but not a config
+    raise ConfigError(f"{path} is not a config written by sevlm_jax ({type(e).__name__}: "
+                      f"{e})") from None

@@ -12,6 +12,13 @@ The ArtEmis formats (their entries in formats.py, which detects and dispatches e
 Every reader gives Paintings and fills a Report (annotations.py); sevlm_json.py reads the public
 SEVLM code's JSON.
 
+A painting is its NFC-normalised (art_style, painting) pair (annotations.painting_key): rows naming
+it in NFC and in NFD, in one CSV or across v2's CSVs, are one painting, reported as merged. Its
+image path and its split key keep the spelling first read, so a CSV written in one form gets
+exactly ArtEmis's split. In the preprocessed CSV, a painting whose spellings ArtEmis put in two
+splits gets one (annotations.SPLIT_PRECEDENCE), reported as repaired; one spelling in two splits
+is an error in the file.
+
 Utterances are kept as written; artemis_text.py then strips them ('raw') or applies ArtEmis's
 preprocessing for deep nets ('artemis': spelled tokens, and once the split is known, rows under 5
 tokens or over the train split's 95th length percentile dropped).
@@ -24,6 +31,7 @@ and value. The whole run (splits, images, the ready data set) is prepare.py's.
 import csv
 
 from sevlm_jax import vocab
+from sevlm_jax.data import annotations
 from sevlm_jax.data import splits
 from sevlm_jax.data.annotations import Painting, Report, stripped
 from sevlm_jax.errors import InputError
@@ -62,21 +70,25 @@ def read_artemis_csv(paths, report: Report, preprocessed: bool = False) -> dict:
   """image_id -> Painting from ArtEmis v1 / v2 CSV files, or (preprocessed) ArtEmis's own
   artemis_preprocessed.csv, whose utterance_spelled and split columns are taken as given."""
   paintings = {}
+  given_splits = {} if preprocessed else None  # image_id -> {spelling: split} of the split column
   for path in paths:
     try:
-      _read_one_csv(path, paintings, report, preprocessed)
+      _read_one_csv(path, paintings, report, given_splits)
     except UnicodeDecodeError as e:
       raise _not_utf8(path, e) from None
+  if given_splits is not None:
+    _settle_given_splits(paintings, given_splits, report)
+  annotations.report_merged(paintings, report)
   return paintings
 
 
-def _read_one_csv(path, paintings: dict, report: Report, preprocessed: bool) -> None:
-  """Add the rows of one ArtEmis CSV to `paintings`."""
+def _read_one_csv(path, paintings: dict, report: Report, given_splits: dict | None) -> None:
+  """Add the rows of one ArtEmis CSV to `paintings` (given_splits: collect the split column)."""
   with open(path, newline="", encoding="utf-8-sig") as f:
     reader = csv.DictReader(f, strict=True)
     done = [1]  # the last line of the last row read (the header's at first)
     try:
-      _read_rows(path, reader, paintings, report, done, preprocessed)
+      _read_rows(path, reader, paintings, report, done, given_splits)
     except csv.Error as e:  # strict parsing: a stray quote is an error, not a swallowed row
       what = ("opens a quoted field that is never closed" if "end of data" in str(e)
               else "is malformed")
@@ -85,8 +97,9 @@ def _read_one_csv(path, paintings: dict, report: Report, preprocessed: bool) -> 
 
 
 def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report, done: list,
-               preprocessed: bool) -> None:
+               given_splits: dict | None) -> None:
   """The rows of one CSV reader into `paintings`; done[0] follows the last line read."""
+  preprocessed = given_splits is not None
   columns = [c.strip().lower() for c in (reader.fieldnames or [])]
   required = _PREPROCESSED_COLUMNS if preprocessed else _REQUIRED_COLUMNS
   missing = [c for c in required if c not in columns]
@@ -106,11 +119,8 @@ def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report, do
       report.skip("missing_art_style_or_painting", file=str(path), line=line,
                   art_style=style, painting=name)
       continue
-    image_id = f"{style}/{name}"
-    p = paintings.get(image_id)
-    if p is None:
-      p = paintings[image_id] = Painting(image_id=image_id, art_style=style, painting=name,
-                                         image_rel=f"{style}/{name}.jpg", split_key=style + name)
+    p = _painting(paintings, style, name)
+    image_id = p.image_id
     p.rows += 1
     rep = stripped(row.get("repetition"))
     if rep:
@@ -130,21 +140,47 @@ def _read_rows(path, reader: csv.DictReader, paintings: dict, report: Report, do
       report.skip("empty_utterance", file=str(path), line=line, image_id=image_id)
       continue
     if preprocessed:
-      _preassign_split(path, line, p, stripped(row.get("split")))
+      _given_split(path, line, given_splits.setdefault(image_id, {}), f"{style}/{name}",
+                   stripped(row.get("split")))
     p.emotions.append(emotion)
     p.utterances.append(raw)
     p.sources.append((str(path), line))
 
 
-def _preassign_split(path, line: int, p: Painting, split: str) -> None:
-  """The split column of ArtEmis's preprocessed CSV: one known split per painting."""
+def _painting(paintings: dict, style: str, name: str) -> Painting:
+  """The painting (style, name) names, made on its first row; keyed by its NFC form."""
+  image_id = annotations.painting_key(style, name)
+  p = paintings.get(image_id)
+  if p is None:
+    # The image path and the split key keep the spelling read: the image lookup tries both
+    # normal forms, and ArtEmis's split sorts the keys as written.
+    p = paintings[image_id] = Painting(image_id=image_id, art_style=annotations.nfc(style),
+                                       painting=annotations.nfc(name),
+                                       image_rel=f"{style}/{name}.jpg", split_key=style + name)
+  annotations.add_spelling(p, f"{style}/{name}")
+  return p
+
+
+def _given_split(path, line: int, by_spelling: dict, spelling: str, split: str) -> None:
+  """The split column of ArtEmis's preprocessed CSV: one known split per spelling of a painting."""
   if split not in splits.SPLITS:
     raise InputError(f"{path}: line {line} has split {split!r}; ArtEmis's preprocessed CSV uses "
                      f"{', '.join(splits.SPLITS)}")
-  if p.split is not None and p.split != split:
-    raise InputError(f"{path}: line {line} puts {p.image_id} in split {split!r}, an earlier row in "
-                     f"{p.split!r}; a painting belongs to one split, fix the split column")
-  p.split = split
+  earlier = by_spelling.setdefault(spelling, split)
+  if earlier != split:
+    raise InputError(f"{path}: line {line} puts {spelling} in split {split!r}, an earlier row in "
+                     f"{earlier!r}; a painting belongs to one split, fix the split column")
+
+
+def _settle_given_splits(paintings: dict, given_splits: dict, report: Report) -> None:
+  """Each painting's split from the split column; one whose spellings were given different
+  splits gets the first in annotations.SPLIT_PRECEDENCE, so no painting sits in two."""
+  for image_id, by_spelling in given_splits.items():
+    p = paintings[image_id]
+    p.split = annotations.merged_split(list(by_spelling.values()))
+    if len(set(by_spelling.values())) > 1:
+      report.repair("painting_in_two_splits", image_id=image_id, given=by_spelling, kept=p.split,
+                    fix="one split for the painting: " + " > ".join(annotations.SPLIT_PRECEDENCE))
 
 
 _MAX_FIELD_BREAKS = 2  # an utterance may hold a quoted line break or two; more is a quote left open

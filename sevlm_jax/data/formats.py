@@ -14,9 +14,9 @@ the data set demo.py generates (it writes ArtEmis v1 files and prepares them as 
 import dataclasses
 import functools
 import os
-import pathlib
 from typing import Callable
 
+from sevlm_jax import io_utils
 from sevlm_jax.data import annotations
 from sevlm_jax.data import artemis
 from sevlm_jax.data import sevlm_json
@@ -58,6 +58,20 @@ def for_config_source(source: str) -> Format | None:
   return next((f for f in FORMATS.values() if f.config_source == source), None)
 
 
+def for_files(named: Format, paths) -> Format:
+  """The format to read `paths` in where the config's data.source names `named`.
+
+  ArtEmis's preprocessed CSV has every column of a raw v1 / v2 CSV, so data.source=artemis_v1
+  (the default) or artemis_v2 could read it as raw, throwing away the split and the text ArtEmis
+  published and re-splitting it. It is read as what it is instead, as the prepare command's
+  --format=auto does: nobody gives the preprocessed file to get another split of it, and a
+  refusal would only make the default config fail on ArtEmis's own file."""
+  preprocessed = FORMATS["artemis_preprocessed"]
+  if named.name in ("v1", "v2") and preprocessed.detect(list(paths)):
+    return preprocessed
+  return named
+
+
 def detect_format(inputs) -> str:
   """The name of the first format in FORMATS whose detect accepts the annotation files (a list
   of paths, or {split: path})."""
@@ -77,8 +91,7 @@ def read_annotations(inputs, fmt: str, report: annotations.Report) -> tuple[dict
   if not paths:
     raise ValueError("no annotation file given")
   for p in paths:
-    if not pathlib.Path(p).is_file():
-      raise FileNotFoundError(f"annotation file {p} not found")
+    io_utils.check_path(p, "file", "annotation file")
   if fmt == AUTO:
     fmt = detect_format(paths)
   if fmt not in FORMATS:

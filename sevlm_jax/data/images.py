@@ -11,7 +11,24 @@ later, in the model's input code.
 
 Doors: ingestion (`load_all`: image files of a data set, decoded in worker processes),
 prediction (`to_pixels`: paths, PIL images or arrays) and the demo page (`open_image` on
-uploaded bytes). All of them decode with `open_image`.
+uploaded bytes). All of them decode with `open_image` and make 8-bit RGB with `to_rgb`, so a
+picture gives the model the same pixels whatever door it came in by:
+- 16-bit pictures (Pillow modes I;16, I;16L, I;16B, I;16N, and I, Pillow's container for 16-bit
+  data) are scaled from their mode's full range, 0..65535, to 0..255 by keeping the high byte, as
+  Pillow itself reduces 16-bit RGB(A) PNG and TIFF files, so grey and colour files agree. Not
+  from each picture's own minimum and maximum: that would stretch a dark or low-contrast picture
+  into a bright, contrasty one and change how it looks, which is what the model is asked about.
+- transparent pixels (RGBA, LA, PA, premultiplied modes, P or L or RGB with a transparent colour)
+  are composited on mid-grey, BACKGROUND_RGB. Dropping alpha would show the model colours the
+  picture hides; mid-grey is neither the light of white nor the dark of black, both of which
+  carry emotion, and it sits close to CLIP's normalisation mean, so transparent areas feed the
+  model inputs near zero.
+- at most MAX_PIXELS are decoded, judged from the header before decoding. A JPEG over the cap,
+  decoded to a known size (ingestion, paths given to predict), is decoded at its 1/2, 1/4 or 1/8
+  scale that still covers that size (Pillow's draft mode), so a 100-megapixel JPEG costs a few
+  megapixels of memory; other formats over the cap are refused (a report entry at ingestion).
+  A picture under the cap is decoded whole, as the public code decodes it, so the resize filter
+  alone makes its pixels.
 """
 
 import io
@@ -26,15 +43,24 @@ from PIL import Image
 from sevlm_jax.errors import InputError
 
 
+MAX_PIXELS = 40_000_000  # the most pixels decoded for one picture (decompression bombs, memory)
+BACKGROUND_RGB = (128, 128, 128)  # under transparent pixels (see the module's docstring)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
 class ImageTooLarge(InputError):
   """A picture with more pixels than allowed, refused before it is decoded."""
 
 
-def open_image(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> Image.Image:
-  """The decoded RGB picture of an image file or of its bytes.
+def open_image(source: str | os.PathLike | bytes, max_pixels: int | None = None,
+               draft_size: int | None = None) -> Image.Image:
+  """The decoded 8-bit RGB picture (to_rgb) of an image file or of its bytes.
 
-  More than max_pixels (read from the header, so nothing is decoded) raises ImageTooLarge, and so
-  does PIL's own decompression-bomb guard; anything unreadable raises the decoder's error.
+  draft_size: the picture will be resized to draft_size x draft_size, so a JPEG with more than
+  max_pixels is decoded at a reduced scale no smaller than that on either side. More than
+  max_pixels to decode (read from the header, so nothing is decoded) raises ImageTooLarge, and
+  so does PIL's own decompression-bomb guard; anything unreadable raises the decoder's error.
   """
   try:
     im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
@@ -43,10 +69,29 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
     raise ImageTooLarge(f"image too large ({limit}): {e}") from None
   with im:
     width, height = im.size
+    if draft_size and max_pixels and width * height > max_pixels:
+      im.draft(None, (draft_size, draft_size))  # JPEG only; other formats ignore it
+      width, height = im.size
     if max_pixels and width * height > max_pixels:
       raise ImageTooLarge(f"image too large: {width} x {height} pixels (limit {max_pixels:,})")
     im.load()  # decode fully here so truncated files fail now, not later
-    return im.convert("RGB")
+    return to_rgb(im)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """A new 8-bit RGB image of a PIL image of any mode: 16-bit scaled from 0..65535, transparent
+  pixels composited on BACKGROUND_RGB."""
+  if image.mode in SIXTEEN_BIT_MODES:
+    return Image.fromarray(sixteen_to_eight_bits(np.asarray(image))).convert("RGB")
+  if image.mode in ALPHA_MODES or "transparency" in image.info:
+    background = Image.new("RGBA", image.size, BACKGROUND_RGB + (255,))
+    return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+  return image.convert("RGB")
+
+
+def sixteen_to_eight_bits(values: np.ndarray) -> np.ndarray:
+  """uint8 high bytes of integers in 0..65535 (clipped there)."""
+  return (np.clip(values, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
 
 
 RESIZE_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
@@ -56,27 +101,30 @@ def resize_square(image: Image.Image, size: int, resize_filter: str = "bicubic")
   """uint8[size, size, 3] RGB of a PIL image, resized with resize_filter (RESIZE_FILTERS)."""
   if resize_filter not in RESIZE_FILTERS:
     raise ValueError(f"resize_filter must be one of {tuple(RESIZE_FILTERS)}, got {resize_filter!r}")
-  if image.mode != "RGB":
-    image = image.convert("RGB")
+  if image.mode != "RGB" or "transparency" in image.info:
+    image = to_rgb(image)
   if image.size != (size, size):
     image = image.resize((size, size), RESIZE_FILTERS[resize_filter])
   return np.asarray(image, np.uint8)
 
 
 def load_image(path, size: int, resize_filter: str = "bicubic") -> np.ndarray:
-  """uint8[size, size, 3] RGB of an image file; raises the decoder's error if unreadable."""
-  return resize_square(open_image(path), size, resize_filter)
+  """uint8[size, size, 3] RGB of an image file (at most MAX_PIXELS decoded: a JPEG over them at
+  the smallest scale that covers size); raises ImageTooLarge or the decoder's error."""
+  return resize_square(open_image(path, MAX_PIXELS, draft_size=size), size, resize_filter)
 
 
 def to_pixels(image: Any, size: int, where: str, resize_filter: str = "bicubic") -> np.ndarray:
-  """uint8[size, size, 3] of a file path, a PIL image or an RGB array (uint8, or floats in [0, 1]
-  or [0, 255]); InputError naming `where` otherwise."""
+  """uint8[size, size, 3] of a file path, a PIL image or an RGB array (uint8, uint16 scaled from
+  0..65535, or floats in [0, 1] or [0, 255]); InputError naming `where` otherwise."""
   if isinstance(image, (str, os.PathLike)):
     path = os.fspath(image)
     if not os.path.exists(path):
       raise InputError(f"{where}: image file {path} does not exist")
     try:
       return load_image(path, size, resize_filter)
+    except ImageTooLarge as e:
+      raise InputError(f"{where}: {path}: {e}") from e
     except Exception as e:  # any decoder failure
       raise InputError(f"{where}: {path} is not a readable image ({e.__class__.__name__}: {e})") from e
   if isinstance(image, Image.Image):
@@ -84,7 +132,9 @@ def to_pixels(image: Any, size: int, where: str, resize_filter: str = "bicubic")
   array = np.asarray(image)
   if array.ndim != 3 or array.shape[-1] != 3:
     raise InputError(f"{where}: expected an RGB array of shape [H, W, 3], got {array.shape}")
-  if array.dtype != np.uint8:
+  if array.dtype == np.uint16:
+    array = sixteen_to_eight_bits(array)
+  elif array.dtype != np.uint8:
     if np.issubdtype(array.dtype, np.floating) and array.min() >= 0 and array.max() <= 1:
       array = np.round(array * 255)
     array = np.clip(array, 0, 255).astype(np.uint8)

@@ -23,7 +23,8 @@ the dominant emotions by both rules (dominant.py).
 Nothing is dropped silently: paintings whose image is missing or unreadable, and paintings left
 with no valid annotation, are counted and listed in {out}/report.json beside the rows the readers
 skipped; a file found only under the other Unicode normal form (NFC/NFD) of its name is used
-and listed as repaired. The output folder appears atomically, complete with a COMPLETE marker.
+and listed as repaired, and rows naming a painting in both forms are one painting (one record, one
+split; counted as paintings_merged), which a check of the written splits confirms. The output folder appears atomically, complete with a COMPLETE marker.
 """
 
 from absl import app
@@ -33,11 +34,11 @@ import collections
 import os
 import pathlib
 import shutil
-import sys
 import time
 
 import numpy as np
 
+from sevlm_jax import errors
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.data import annotations
@@ -47,7 +48,7 @@ from sevlm_jax.data import formats
 from sevlm_jax.data import images as images_lib
 from sevlm_jax.data import records
 from sevlm_jax.data import splits
-from sevlm_jax.errors import InputError, UserError
+from sevlm_jax.errors import InputError
 
 _SPLIT_STATS = ("images", "annotations", "with_two_emotions", "dominant_half", "dominant_artemis")
 
@@ -122,6 +123,7 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
     records.write_json(tmp / "meta.json", meta)
     records.write_json(tmp / "report.json", report.to_json())
     records.mark_complete(tmp)
+    annotations.check_disjoint({s: records.load_annotations(tmp, s) for s in records.SPLITS})
     _refuse_existing(out, overwrite)  # again: another run may have written it meanwhile
     io_utils.replace_dir(tmp, out)
   except BaseException:
@@ -136,8 +138,9 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
 def _check_arguments(out: pathlib.Path, images_dir: pathlib.Path, image_size: int,
                      resize_filter: str, overwrite: bool) -> None:
   _refuse_existing(out, overwrite)
-  if not images_dir.is_dir():
-    raise FileNotFoundError(f"images folder {images_dir} not found (expected {{art_style}}/{{painting}}.jpg inside)")
+  io_utils.check_can_create(out)  # now, not after hours of reading and decoding
+  io_utils.check_path(images_dir, "folder", "images folder",
+                      " (expected {art_style}/{painting}.jpg inside)")
   if image_size <= 0:
     raise ValueError(f"image_size must be positive, got {image_size}")
   if resize_filter not in images_lib.RESIZE_FILTERS:
@@ -313,19 +316,16 @@ def main(argv):
     raise app.UsageError(f"--split_loads={_F['split_loads'].value}: expected three numbers") from None
   if len(loads) != 3:
     raise app.UsageError(f"--split_loads needs train,val,test fractions, got {_F['split_loads'].value}")
-  try:
-    prepare(_F['csv'].value, _F['images'].value, _F['out'].value, fmt=_F['format'].value, image_size=_F['image_size'].value,
-            seed=_F['seed'].value, split_loads=loads, too_high_repetition=_F['too_high'].value,
-            text_preprocessing=_F['text'].value, workers=_F['workers'].value,
-            overwrite=_F['overwrite'].value,
-            resize_filter=_F['resize_filter'].value)
-  except (UserError, FileNotFoundError, FileExistsError, ValueError) as e:
-    # Input problems (or a dependency missing on this platform) get one clear line, not a
-    # traceback, and exit status 2, as in sevlm_jax.main.
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
+  prepare(_F['csv'].value, _F['images'].value, _F['out'].value, fmt=_F['format'].value, image_size=_F['image_size'].value,
+          seed=_F['seed'].value, split_loads=loads, too_high_repetition=_F['too_high'].value,
+          text_preprocessing=_F['text'].value, workers=_F['workers'].value,
+          overwrite=_F['overwrite'].value,
+          resize_filter=_F['resize_filter'].value)
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  # Input problems (a UserError, an OSError, a ValueError of the readers, a bad flag or a usage
+  # error; a dependency missing on this platform) are one line and exit status 2, as in
+  # sevlm_jax.main.
+  app.run(errors.one_line_errors(main, also=(ValueError,)), flags_parser=errors.parse_flags)

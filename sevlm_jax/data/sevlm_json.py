@@ -4,6 +4,10 @@ A file is {image_id: {emotions, explanations, image_name, origin_emotion_distrib
 input is one file (split here, like ArtEmis) or one file per split ({split: path}). Its entry in
 formats.py detects it by the .json suffix. Entries and annotations it cannot use are counted in
 the Report (annotations.py) with file, key and position.
+
+A painting is its NFC-normalised image_name (annotations.painting_key): entries naming one painting,
+under two keys or two Unicode normal forms, in one file or in two split files, are merged into the
+first one's record (one split: annotations.SPLIT_PRECEDENCE) and reported.
 """
 
 import json
@@ -23,16 +27,46 @@ def read_sevlm_json_inputs(inputs, report: annotations.Report) -> dict:
   """image_id -> Painting of a list of JSON files, or of {split: path} (each file's paintings
   then in its split)."""
   items = inputs.items() if isinstance(inputs, dict) else [(None, p) for p in inputs]
-  paintings = {}
+  paintings, keys, first_key = {}, set(), {}  # first_key: painting_key -> the key of its Painting
   for split, path in items:
     if split is not None and split not in splits.SPLITS:
       raise ValueError(f"unknown split {split!r} for {path}; expected one of "
                        f"{', '.join(splits.SPLITS)}")
     for key, p in read_sevlm_json(path, report, split).items():
-      if key in paintings:
+      if key in keys:
         raise ValueError(f"image_id {key!r} appears in more than one SEVLM JSON file (second: {path})")
-      paintings[key] = p
+      keys.add(key)
+      identity = annotations.painting_key(p.art_style, p.painting)
+      if identity in first_key:
+        _merge(paintings[first_key[identity]], p, path, key, report)
+      else:
+        first_key[identity] = key
+        paintings[key] = p
+  annotations.report_merged(paintings, report)
   return paintings
+
+
+def _merge(into: annotations.Painting, p: annotations.Painting, path, key: str,
+           report: annotations.Report) -> None:
+  """Entry `key` names the painting of `into`: its annotations, histogram and split join it."""
+  report.repair("entries_of_one_painting", file=str(path), key=key, merged_into=into.image_id,
+                fix="one record for the painting, with the annotations of both entries")
+  if into.histogram is not None and p.histogram is not None:  # both given: weighted by entries
+    into.histogram = ((into.histogram * into.rows + p.histogram * p.rows)
+                      / (into.rows + p.rows)).astype(np.float32)
+  else:
+    into.histogram = None  # computed from the kept annotations of both
+  into.emotions += p.emotions
+  into.utterances += p.utterances
+  into.rows += p.rows
+  for spelling in p.spellings:
+    annotations.add_spelling(into, spelling)
+  if into.split != p.split and into.split is not None and p.split is not None:
+    kept = annotations.merged_split([into.split, p.split])
+    report.repair("painting_in_two_splits", image_id=into.image_id, given={into.image_id: into.split,
+                  key: p.split}, kept=kept,
+                  fix="one split for the painting: " + " > ".join(annotations.SPLIT_PRECEDENCE))
+    into.split = kept
 
 
 def read_sevlm_json(path, report: annotations.Report, split: str | None = None) -> dict:
@@ -66,8 +100,10 @@ def _painting(path, key: str, entry, report: annotations.Report, split: str | No
                 problem="needs image_name and equally long emotions / explanations lists")
     return None
   style, name = _style_and_name(image_name)
-  p = annotations.Painting(image_id=key, art_style=style, painting=name, image_rel=image_name,
-                           split_key=style + name, rows=len(emotions), split=split)
+  p = annotations.Painting(image_id=key, art_style=annotations.nfc(style),
+                           painting=annotations.nfc(name), image_rel=image_name,
+                           split_key=style + name, rows=len(emotions),
+                           split=split, spellings=[f"{style}/{name}"])
   _add_annotations(path, key, p, emotions, explanations, report)
   _set_histogram(path, key, p, entry.get("origin_emotion_distribution"), report)
   return p

@@ -11,9 +11,11 @@ import os
 import pathlib
 import time
 
+from absl import logging
 import ml_collections
 
 from sevlm_jax import errors
+from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.data import artemis_text
 from sevlm_jax.data import demo
@@ -69,12 +71,27 @@ def check_data_source(config: ml_collections.ConfigDict, ready_dir: str) -> str 
   fmt = formats.for_config_source(data.source)
   if fmt is None:
     raise ConfigError(f"data.source={data.source!r} is not one of {', '.join(formats.CONFIG_SOURCES)}")
-  for path in data.csv.split(","):
-    if not os.path.exists(path):
-      raise ConfigError(f"data.csv: {path} does not exist. " + ARTEMIS_HELP)
-  if not os.path.isdir(data.images):
-    raise ConfigError(f"data.images: {data.images} is not a directory. " + ARTEMIS_HELP)
-  return fmt.name
+  for field, path, kind in [*(("data.csv", p, "file") for p in data.csv.split(",")),
+                            ("data.images", data.images, "folder")]:
+    problem = io_utils.path_problem(path, kind)
+    if problem:
+      raise ConfigError(f"{field}: {path} {problem}. " + ARTEMIS_HELP)
+  return _format_read(data, fmt).name
+
+
+def _format_read(data: ml_collections.ConfigDict, named: formats.Format) -> formats.Format:
+  """The format data.csv is read in (formats.for_files), said in the log."""
+  paths = data.csv.split(",")
+  fmt = named
+  if all(os.path.isfile(p) for p in paths):  # other paths are refused when read
+    fmt = formats.for_files(named, paths)
+  if fmt is named:
+    logging.info("data: reading %s as %s (data.source=%s)", data.csv, fmt.name, data.source)
+  else:
+    logging.warning("data: %s is ArtEmis's preprocessed CSV (utterance_spelled and split columns): "
+                    "reading it as %s, its split and text as given, not as data.source=%s's raw "
+                    "CSV", data.csv, fmt.name, data.source)
+  return fmt
 
 
 def _read_json(path):
@@ -137,7 +154,8 @@ def check_prepared(config: ml_collections.ConfigDict, ready_dir: str) -> None:
     return
   meta = records.load_meta(ready_dir)
   text = meta.get("text_preprocessing", "raw")  # data sets prepared before the switch: raw
-  fmt = formats.for_config_source(config.data.source)
+  made_from = meta.get("source", {}).get("format")  # what was read, whatever data.source says
+  fmt = formats.FORMATS.get(made_from) or formats.for_config_source(config.data.source)
   if fmt is not None and fmt.preprocesses_text and text != config.data.text_preprocessing:
     raise ConfigError(f"the prepared data set {ready_dir} holds text preprocessed as {text!r}, the "
                       f"config data.text_preprocessing={config.data.text_preprocessing!r}; set "

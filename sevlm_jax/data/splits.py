@@ -5,6 +5,10 @@ art_style + painting and sorted, are split 85/5/10 the way sklearn's train_test_
 with random_state=2021 (a RandomState permutation; reimplemented here, so the same CSV gives
 ArtEmis's own split). Every painting named in the input takes part in the split, even one
 dropped later for a bad image, so one bad file never moves other paintings between splits.
+
+A painting is one painting whatever Unicode normal form names it (annotations.painting_key): the
+readers merge its spellings before the split, and annotations.check_disjoint proves that the
+prepared data set holds each painting once.
 """
 
 import math

@@ -199,9 +199,8 @@ def parse_lexicon(text: str, *, fmt: str = "auto", source: str = "<memory>",
 def load_lexicon(path, fmt: str = "auto") -> VadLexicon:
   """Read a VAD lexicon file (NRC-VAD v1 / v1 bipolar / v2.1, Warriner CSV); values on -1..1."""
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"VAD lexicon {path} not found. NRC-VAD cannot be redistributed: download it "
-                            f"yourself, or use the project's demo lexicon {DEMO_LEXICON_PATH}")
+  io_utils.check_path(path, "file", "VAD lexicon", ". NRC-VAD cannot be redistributed: download "
+                      f"it yourself, or use the project's demo lexicon {DEMO_LEXICON_PATH}")
   raw = path.read_bytes()
   try:
     text = raw.decode("utf-8-sig")

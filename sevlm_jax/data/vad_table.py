@@ -29,8 +29,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def lexicon_path(config: ml_collections.ConfigDict) -> str:
   if config.data.lexicon:
-    if not os.path.exists(config.data.lexicon):
-      raise ConfigError(f"data.lexicon: {config.data.lexicon} does not exist; " + LEXICON_HELP)
+    problem = io_utils.path_problem(config.data.lexicon, "file")
+    if problem:
+      raise ConfigError(f"data.lexicon: {config.data.lexicon} {problem}; " + LEXICON_HELP)
     return config.data.lexicon
   if config.data.source == formats.DEMO:
     return vad_lib.DEMO_LEXICON_PATH

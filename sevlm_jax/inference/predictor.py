@@ -269,6 +269,27 @@ class Predictor:
     return self.predict(images, emotion=emotion, return_attention=return_attention,
                         return_vad=return_vad)
 
+  def predict_each(self, images: Sequence[Any], *, emotion: str | Sequence[str] | None = None
+                   ) -> list[dict[str, Any]]:
+    """predict (with an emotion: explain) for each image, where an image that cannot be read gets
+    {"error": message} and the others their results (predict raises InputError for it instead)."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+      images = [images]
+    emotions = None if emotion is None else check_emotions(emotion, len(images))
+    out: list[dict[str, Any]] = []
+    readable = {}  # position in `images` -> its pixels
+    for i, image in enumerate(images):
+      try:
+        readable[i] = images_lib.to_pixels(image, self.image_size, f"image {i}", self.resize_filter)
+        out.append({})
+      except InputError as e:
+        out.append({"error": str(e)})
+    if readable:  # already image_size x image_size: predict's preprocessing leaves them as they are
+      chosen = None if emotions is None else [emotions[i] for i in readable]
+      for i, pred in zip(readable, self.predict(list(readable.values()), emotion=chosen)):
+        out[i] = pred
+    return out
+
   def analyse(self, images: Sequence[Any], emotion: str | Sequence[str] | None = None
               ) -> list[dict[str, Any]]:
     """predict with everything: probabilities, attention per word and VAD per token."""

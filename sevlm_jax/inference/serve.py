@@ -2,27 +2,35 @@
 
   python -m sevlm_jax.main --mode=serve --workdir=runs/demo [--port=8765]
 
-Listens on 127.0.0.1 only (nothing else can reach it). Routes:
+Listens on 127.0.0.1 only (nothing else can reach it), and answers only its own page: a request
+whose Host is not 127.0.0.1:PORT or localhost:PORT (a DNS-rebinding page) or whose Origin is another
+site (a page in the user's browser may post a text/plain body without a preflight) gets 403.
+Routes:
 
   GET  /              the page (sevlm_jax/inference/assets/, CSS and JS inline; no network)
   GET  /api/health    {"status": "ok", "emotions": [...], "max_upload_bytes": N}
-  POST /api/predict   body: the image file's bytes (any format PIL reads); ?emotion=NAME asks
-                      for the explanation of that emotion. Answers {"emotion", "explanation",
+  POST /api/predict   body: the image file's bytes (JPEG, PNG, WebP, GIF, BMP or TIFF, told by
+                      their first bytes; the optional X-Upload-Name header, percent-encoded, names
+                      it in error messages); ?emotion=NAME asks for the explanation of that
+                      emotion. Answers {"emotion", "explanation",
                       "text", "emotions", "probabilities", "words", "attention", "tokens",
                       "vad"}: the generated sentence, the model's probabilities of the nine
                       emotions (first decoding step), per explanation word a GxG map of where
                       the model looked (rows sum to 1), per token its predicted VAD.
 
-Bad requests get a JSON {"error": "..."}: 400 (not an image, empty), 411 (no Content-Length),
+Bad requests get a JSON {"error": "..."}: 400 (not one of those formats, damaged, empty), 403 (a
+foreign Host or Origin), 411 (no Content-Length),
 413 (over the upload limit, judged from the Content-Length, or over the pixel limit, judged from
 the image header before anything is decoded, decompression bombs included). A refused body is
 read and dropped first (up to DISCARD_LIMIT), so the client gets the whole answer; each refusal
 is logged as one line with its reason. A client stalling for SOCKET_TIMEOUT_S is dropped. The
-server goes on answering. Requests are served by threads; predictions run one at a time (the
-predictor keeps a random-number state and one compiled batch shape).
+server goes on answering. Requests are served by threads, with a listen backlog for a crowd of
+simultaneous uploads; predictions run one at a time (the predictor keeps a random-number state and
+one compiled batch shape).
 """
 
 import http.server
+import io
 import json
 import string
 import threading
@@ -41,9 +49,22 @@ from sevlm_jax.data import images as images_lib
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-MAX_PIXELS = 40_000_000  # a larger picture is refused before it is decoded (decompression bombs)
+MAX_PIXELS = images_lib.MAX_PIXELS  # a larger picture is refused before it is decoded (as at ingestion)
 SOCKET_TIMEOUT_S = 30  # seconds a client may stall while sending
 DISCARD_LIMIT = 256 * 1024 * 1024  # an oversize body up to this size is read and dropped
+LISTEN_BACKLOG = 128  # connections the kernel holds before the server accepts them
+
+# The raster formats an upload may be (Pillow's names), told by the bytes their files start with.
+# Anything else is refused before Pillow sees it: Pillow also opens EPS (through Ghostscript, where
+# it is installed), PDF, PSD, ICO and more, decoders a page for pictures has no use for.
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+FORMATS_IN_WORDS = "a JPEG, PNG, WebP, GIF, BMP or TIFF file"
+MAGIC_BYTES = (("JPEG", b"\xff\xd8\xff"), ("PNG", b"\x89PNG\r\n\x1a\n"), ("GIF", b"GIF87a"),
+               ("GIF", b"GIF89a"), ("BMP", b"BM"), ("TIFF", b"II*\0"), ("TIFF", b"MM\0*"),
+               ("TIFF", b"II+\0"), ("TIFF", b"MM\0+"))  # the last two: BigTIFF
+# Files that are often mistaken for pictures, named in the refusal.
+OTHER_MAGIC_BYTES = ((b"%!PS", "PostScript (EPS)"), (b"\xc5\xd0\xd3\xc6", "PostScript (EPS)"),
+                     (b"%PDF", "PDF"), (b"PK\x03\x04", "ZIP"), (b"<", "SVG, HTML or XML"))
 
 
 # The page as one self-contained document: assets/page.html with page.css and page.js inlined.
@@ -63,17 +84,45 @@ class RequestError(Exception):
     self.unread = unread
 
 
-def decode_upload(body: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-  """An RGB PIL image of the uploaded bytes, or RequestError saying why not."""
+def upload_format(body: bytes) -> str | None:
+  """The name in UPLOAD_FORMATS of the format whose magic bytes start `body`, or None."""
+  if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
+    return "WEBP"
+  return next((fmt for fmt, magic in MAGIC_BYTES if body.startswith(magic)), None)
+
+
+def not_a_picture(body: bytes, who: str) -> str:
+  """The refusal of an upload that is none of UPLOAD_FORMATS, naming what it is where known."""
+  kind = next((kind for magic, kind in OTHER_MAGIC_BYTES
+               if body[:64].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(magic)), None)
+  if kind:
+    return f"not an image that can be read: {who} is a {kind} file; upload {FORMATS_IN_WORDS}"
+  return f"not an image that can be read: {who} is not {FORMATS_IN_WORDS}"
+
+
+def decode_upload(body: bytes, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
+  """An RGB PIL image of the uploaded bytes, or RequestError saying why not; name: the upload's
+  file name, for the messages."""
+  who = repr(name) if name else "the upload"
   if not body:
     raise RequestError(400, "empty upload: send the image file's bytes as the request body")
+  fmt = upload_format(body)
+  if fmt is None:
+    raise RequestError(400, not_a_picture(body, who))
   try:
+    # Pillow's own guard of the same formats: only their decoders may read the header.
+    Image.open(io.BytesIO(body), formats=UPLOAD_FORMATS).close()
     return images_lib.open_image(body, max_pixels)
   except images_lib.ImageTooLarge as e:
-    raise RequestError(413, str(e)) from e
-  except Exception as e:  # PIL raises several types for non-images and truncated data
-    raise RequestError(400, f"not an image that can be read ({e.__class__.__name__}: {e}): upload "
-                       "a PNG, JPEG, GIF, BMP or WebP file") from e
+    raise RequestError(413, f"{who}: {e}") from e
+  except Image.DecompressionBombError as e:  # PIL's own guard, far above max_pixels
+    raise RequestError(413, f"{who}: image too large (limit {max_pixels:,} pixels): {e}") from e
+  except Image.UnidentifiedImageError as e:  # its message holds a Python object, not the upload
+    raise RequestError(400, f"not an image that can be read: {who} starts as a {fmt} file but "
+                       "its header is damaged") from e
+  except Exception as e:  # PIL raises several types for truncated and damaged data
+    raise RequestError(400, f"not an image that can be read: {who} is a damaged {fmt} file "
+                       f"({e.__class__.__name__}: {e})") from e
 
 
 def prediction_json(predictor, image: Image.Image, emotion: str | None = None) -> dict[str, Any]:
@@ -85,6 +134,37 @@ def prediction_json(predictor, image: Image.Image, emotion: str | None = None) -
   return {**pred, "emotions": list(vocab.EMOTIONS),
           "attention": np.round(pred["attention"], 5).tolist(),
           "vad": np.round(pred["vad"], 5).tolist()}
+
+
+def page_hosts(port: int) -> tuple[str, ...]:
+  """The Host headers that name this server (a browser leaves out the port only when it is 80)."""
+  hosts = (f"{HOST}:{port}", f"localhost:{port}")
+  return hosts + (HOST, "localhost") if port == 80 else hosts
+
+
+def stranger_refusal(hosts: list[str], origins: list[str], port: int) -> str | None:
+  """Why a request with these Host and Origin headers is refused with 403, or None.
+
+  A Host other than this server's is a page whose name was pointed at 127.0.0.1 (DNS rebinding);
+  an Origin other than this server's is a page elsewhere posting to it (a text/plain POST needs
+  no CORS preflight). A request without either is not from a browser's page and is served."""
+  ours = page_hosts(port)
+  for host in hosts:
+    if host.strip().lower() not in ours:
+      return (f"forbidden: Host {host[:200]!r} is not this server; open "
+              f"http://{HOST}:{port}/ or http://localhost:{port}/")
+  for origin in origins:
+    if origin.strip().lower() not in [f"http://{h}" for h in ours]:
+      return (f"forbidden: a page from {origin[:200]!r} may not use this server; only its own "
+              f"page (http://{HOST}:{port}/) may")
+  return None
+
+
+def upload_name(header: str | None) -> str | None:
+  """The file name of X-Upload-Name (percent-encoded UTF-8), at most 200 characters."""
+  if not header:
+    return None
+  return urllib.parse.unquote(header.strip())[:200] or None
 
 
 def requested_emotion(path: str) -> str | None:
@@ -133,7 +213,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
   def _json(self, status: int, obj: dict) -> None:
     self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
 
+  def _refuse_strangers(self, unread: int = 0) -> bool:
+    """Refuses (403) a request from a foreign Host or Origin; True if it did."""
+    refusal = stranger_refusal(self.headers.get_all("Host", []), self.headers.get_all("Origin", []),
+                               self.server.server_address[1])
+    if refusal:
+      self._refuse(403, refusal, unread)
+    return refusal is not None
+
   def do_GET(self):  # pylint: disable=invalid-name
+    if self._refuse_strangers():
+      return
     if self.path in ("/", "/index.html"):
       self._send(200, self.page, "text/html; charset=utf-8")
     elif self.path == "/api/health":
@@ -143,13 +233,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
       self._json(404, {"error": f"no such page: {self.path}"})
 
   def do_POST(self):  # pylint: disable=invalid-name
+    if self._refuse_strangers(unread=self._declared_length()):
+      return
     if urllib.parse.urlsplit(self.path).path != "/api/predict":
       self._refuse(404, f"no such endpoint: {self.path} (POST images to /api/predict)",
                    unread=self._declared_length())
       return
     try:
       body = self._read_body()
-      image = decode_upload(body)
+      image = decode_upload(body, name=upload_name(self.headers.get("X-Upload-Name")))
       with self.lock:
         answer = prediction_json(self.predictor, image, requested_emotion(self.path))
     except RequestError as e:
@@ -220,13 +312,17 @@ def make_handler(predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
       "timeout": socket_timeout_s})  # a stalled client frees its thread
 
 
+class PageServer(http.server.ThreadingHTTPServer):
+  """A thread per request, and a listen backlog for a crowd: with socketserver's 5, a dozen
+  uploads arriving at once overflow it and the kernel resets or delays connections."""
+  request_queue_size = LISTEN_BACKLOG
+  daemon_threads = True
+
+
 def make_server(predictor, port: int = DEFAULT_PORT, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-                socket_timeout_s: float = SOCKET_TIMEOUT_S) -> http.server.ThreadingHTTPServer:
+                socket_timeout_s: float = SOCKET_TIMEOUT_S) -> PageServer:
   """A server on 127.0.0.1:port (0: a free port; see server.server_address) not yet serving."""
-  server = http.server.ThreadingHTTPServer(
-      (HOST, port), make_handler(predictor, max_upload_bytes, socket_timeout_s))
-  server.daemon_threads = True
-  return server
+  return PageServer((HOST, port), make_handler(predictor, max_upload_bytes, socket_timeout_s))
 
 
 def warm_up(predictor) -> None:

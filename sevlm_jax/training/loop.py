@@ -73,10 +73,28 @@ def total_train_steps(config: ml_collections.ConfigDict, ready_dir: str) -> int:
   steps_per_epoch = pipeline.steps_per_epoch(ready_dir, batch_size=config.train.batch_size)
   if steps_per_epoch == 0:
     num_pair_images = len(pipeline.training_images(ready_dir))
-    raise ValueError(
+    raise ConfigError(
         f"train.batch_size={config.train.batch_size} is larger than the {num_pair_images} training "
         "images with at least two distinct emotions; lower --config.train.batch_size")
   return int(config.train.num_epochs * steps_per_epoch)
+
+
+def check_batch_fits(config: ml_collections.ConfigDict, ready_dir: str, mesh) -> None:
+  """ConfigError, before any compilation, unless a training batch fits the train split: an epoch
+  is a whole number of batches of its images with two distinct emotions (pipeline.train_loader),
+  each process reading an equal part of them."""
+  _, parts = parallel.process_part(mesh)
+  devices = parallel.data_size(mesh)
+  images = len(pipeline.training_images(ready_dir))
+  largest = (images // parts) * parts // devices * devices  # also a multiple of the devices
+  if config.train.batch_size <= largest:
+    return
+  shared = f", read in {parts} equal parts by the processes" if parts > 1 else ""
+  fits = (f"the largest batch that fits is {largest} (--config.train.batch_size={largest})"
+          if largest else f"no batch split over {devices} devices fits; prepare more data")
+  raise ConfigError(f"train.batch_size={config.train.batch_size} is larger than the train split "
+                    f"of {ready_dir} allows: it has {images} images with at least two distinct "
+                    f"emotions (the ones training uses){shared}; {fits}")
 
 
 def _host_batch(batch: dict[str, np.ndarray],
@@ -159,6 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: prepared.Run, me
   train.eval_every steps it picks the best checkpoints and decides early stopping.
   """
   model, tokenizer = run.model, run.tokenizer
+  check_batch_fits(config, run.ready_dir, mesh)
   part, parts = parallel.process_part(mesh)
   loader = pipeline.train_loader(run.ready_dir, tokenizer,
                                  batch_size=config.train.batch_size // parts,

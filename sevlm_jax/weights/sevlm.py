@@ -90,7 +90,10 @@ def read_decoder_tensors(model_dir: pathlib.Path) -> tuple[dict[str, np.ndarray]
   """The GPT-2 subclass's tensors (float32 numpy), after checking its config.json."""
   config_path = model_dir / "config.json"
   if config_path.is_file():
-    cfg = json.loads(config_path.read_text())
+    try:
+      cfg = json.loads(config_path.read_text("utf-8"))
+    except ValueError as e:  # invalid JSON or not UTF-8
+      raise CheckpointError(f"{config_path}: not a readable JSON file ({e})") from None
     if cfg.get("len_prefix") or 0:
       raise CheckpointError(f"{config_path}: len_prefix={cfg['len_prefix']}; only models trained"
                             " without the CLIP prefix (the public default, 0) can be imported")

@@ -110,7 +110,8 @@
     statusEl.textContent = 'Looking at ' + file.name + '...';
     var url = '/api/predict' + (choice.value ? '?emotion=' + encodeURIComponent(choice.value) : '');
     fetch(url, { method: 'POST', body: file,
-                            headers: { 'Content-Type': file.type || 'application/octet-stream' } })
+                            headers: { 'Content-Type': file.type || 'application/octet-stream',
+                                       'X-Upload-Name': encodeURIComponent(file.name || '') } })
       .then(function (resp) {
         return resp.json().then(function (data) { return { ok: resp.ok, data: data }; });
       })

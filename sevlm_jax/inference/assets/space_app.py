@@ -34,7 +34,7 @@ the explanation to see where the model looked while writing it."""
 def open_picture(path: str) -> Image.Image:
   """The upload, read as the local page reads one (its checks and its messages, shown here)."""
   try:
-    return serve.decode_upload(pathlib.Path(path).read_bytes())
+    return serve.decode_upload(pathlib.Path(path).read_bytes(), name=pathlib.Path(path).name)
   except serve.RequestError as e:
     raise gr.Error(str(e)) from None
 

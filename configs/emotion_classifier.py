@@ -25,6 +25,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.grad_clip_norm = 1.0
   config.num_epochs = 4
   config.seed = 0
+  # Which classifier reads EA: trained (this one, trained on the run's training utterances; its
+  # held-out accuracy is reported beside EA) | artemis (ArtEmis's released GloVe + LSTM
+  # classifier, the paper's judge, read from the two files below without PyTorch; README.md,
+  # "Metrics"). The fields above then matter only to `trained`.
+  config.source = "trained"
+  config.artemis_classifier = ""  # source=artemis: ArtEmis's best_model.pt (its text-to-emotion classifier)
+  config.artemis_vocabulary = ""  # source=artemis: ArtEmis's vocabulary.pkl (from its preprocessing)
 
   if arg in (None, "", "default"):
     pass

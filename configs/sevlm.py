@@ -50,8 +50,12 @@ OFFICIAL = {
     "model.contrastive.mean_over_padding": True,  # explanation mean over padding positions too
     "loss.contrastive_eps": 1e-8,  # -log(eps + softmax)
     "train.negatives": "public",  # the neg_ids draw of the other-image negatives
+    "train.drop_last": False,  # artEmisX_train.py:387-391 (DataLoader's default), 410-413
+    "train.validate_final_step": False,  # artEmisX_train.py:516, every eval_steps only
+    "model.vad.init": "public",  # models/vad_encoder.py: nn.Linear's init, _get_clones copies
     "data.resize_filter": "bilinear",  # torchvision Resize's default
-    "data.vad_lookup": "lemma_only",  # utils/get_VADfeature.py
+    "data.prescale_max_side": 600,  # utils/datasets.py:153, the 600-pixel copies of WikiArt
+    "data.vad_lookup": "wordnet_pos",  # utils/get_VADfeature.py, utils/get_wordBase.py
     "pretrained.new_token_init": "normal",  # resize_token_embeddings of transformers 4.x
     "optim.adam_eps": 1e-6,  # transformers' AdamW default
     "optim.adam_form": "transformers",  # eps before the bias correction
@@ -59,19 +63,31 @@ OFFICIAL = {
     "train.patience": 11,  # stops when more than stop_after_evals=10 evaluations did not improve
     "eval.stop_on": "any_special",
     "eval.explanation_after": "last_because",
+    # artEmisX_train.py:176-189, 239: 25 steps after a -1 placeholder, output[1:25] kept.
+    "eval.max_new_tokens": 24,
+    # single_caption_per_image.py:59 (`>` half, where ArtEmis has `>=`) over the annotations the
+    # length filters kept (the grouped references it is given); its ACC reads all annotations.
+    "eval.ea_dominant": "half",
+    "eval.ea_histogram": "kept",
 }
+
+
+# demo,official keeps the public code's lemma-only lookup but with simplemma's lemma, which needs
+# no downloaded data; --config.data.vad_lookup=wordnet_pos gives it the public rule itself.
+DEMO_OFFICIAL_VAD_LOOKUP = "lemma_only"
 
 
 def _base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # The config's schema version (sevlm_jax/config/migrate.py fills what older configs lack).
-  c.config_version = 1
+  c.config_version = 2
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
   # artemis_v1 | artemis_v2 | sevlm_json | artemis_preprocessed (ArtEmis's own preprocessed CSV:
   # its text and split as given): an input format, each an entry of sevlm_jax/data/formats.py;
-  # or ready (a prepared data set at data.ready_dir) | demo (generated on first use)
+  # or ready (a prepared data set at data.ready_dir) | demo (generated on first use) | tfds (the
+  # TFDS build of sevlm_jax/data/tfds_artemis.py: data.ready_dir={data_dir}/artemis/{config})
   c.data.source = "artemis_v1"
   # Text of artemis_v1 / v2 rows: 'artemis' = ArtEmis's preprocessing for deep nets, the text
   # the SEVLM authors trained on (spell-checked tokens; rows under 5 tokens or over the train
@@ -83,12 +99,22 @@ def _base() -> ml_collections.ConfigDict:
   c.data.lexicon = ""  # NRC-VAD (v1 or v2.1) or Warriner-style norms file
   c.data.lexicon_format = "auto"
   # How a token's VAD is found: word_then_lemma (the word if listed, else its lemma) | lemma_only
-  # (only its lemma, as the public code looks up; simplemma stands in for its WordNet lemmatiser).
+  # (only its lemma, as the public code looks up, with simplemma's context-free lemma) |
+  # wordnet_pos (the public rule: WordNet's lemma with the part of speech NLTK's tagger gives the
+  # token in its training sentences; needs NLTK and its data, sevlm_jax/data/vad_wordnet.py).
   c.data.vad_lookup = "word_then_lemma"
   c.data.image_size = 224
   # bicubic (the filter CLIP's ViT was pretrained with) | bilinear (the public code's torchvision
   # Resize). Recorded in the prepared data set: a data set made with the other one is an error.
   c.data.resize_filter = "bicubic"
+  # > 0: each picture is first resized to this longer side, same aspect ratio, as the copies of
+  # WikiArt the public code and ArtEmis read (rescaled_max_size_to_600px_same_aspect_ratio: 600);
+  # pictures no larger are kept as they are, so data.images may also hold those copies. 0: off.
+  # Recorded in the prepared data set, as resize_filter; the Predictor does the same.
+  c.data.prescale_max_side = 0
+  # The filter of that step: lanczos (ArtEmis's code resizes with Lanczos wherever it resizes)
+  # | bicubic | bilinear.
+  c.data.prescale_filter = "lanczos"
   c.data.max_len = 30
   c.data.worker_count = 0
   c.data.blank_images = False  # image-blind control: every image replaced by a constant grey
@@ -139,6 +165,11 @@ def _base() -> ml_collections.ConfigDict:
   # last one, as the public code trains; see sevlm_jax/data/pipeline.py).
   c.train.pair_anchor = "cycle"
   c.train.eval_max_images = 0  # periodic validation on at most this many images; 0 = whole split
+  # Validation BLEU-4's tokenizer (model selection and patience): ptb (the COCO toolkit's Stanford
+  # PTBTokenizer, as the public code's validation and the final BLEU; one Java start per
+  # validation, about 0.5 s on the demo on a busy 2-core CPU: README, "Metrics") | regex (pure
+  # Python, no Java; can differ on contractions, possessives and hyphens).
+  c.train.eval_bleu_tokenizer = "ptb"
   # auto: with a frozen vision tower, its patch features are computed once into
   # <workdir>/features and read by the train step instead of running the tower (one
   # process only); off: run the tower every step.
@@ -151,10 +182,23 @@ def _base() -> ml_collections.ConfigDict:
   # Other-image negatives of the contrastive loss: 'random' (one random shift per batch) or
   # 'public' (the public code's neg_ids draw).
   c.train.negatives = "random"
+  # True: each epoch's last, partial batch is dropped (the few images left over change with the
+  # shuffle). False: it is trained, padded to the batch size with rows of no weight (one compiled
+  # step), and counted in the epoch's steps and the learning-rate schedule, as the public code.
+  c.train.drop_last = True
+  # True: also validate at the last step, so that the run's end is a best-checkpoint candidate;
+  # False: only every train.eval_every steps, as the public code.
+  c.train.validate_final_step = True
+  # Where metrics go, comma-separated (sevlm_jax/training/metrics_writer.py): jsonl
+  # (<workdir>/metrics.jsonl, hparams.json, images/), tensorboard (<workdir>/tensorboard, with the
+  # config as hyperparameters), wandb (Weights & Biases; pip install 'sevlm_jax[wandb]').
+  c.train.writers = "jsonl,tensorboard"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.batch_size = 64  # global; rounded up to a multiple of the device count
+  # Generated tokens at most; a generation that meets no stop token keeps them all (the public
+  # code keeps 24: official).
   c.eval.max_new_tokens = 25
   # Tokens generated between two "has every sequence ended?" tests; results do not depend
   # on it. 0: no test, always max_new_tokens steps in a loop of known trip count, so that on
@@ -179,6 +223,12 @@ def _base() -> ml_collections.ConfigDict:
   # the histogram: the public SEVLM code, so the paper's ACC) | artemis (>= half, a tie to the
   # lower index) | artemis_no_tie (>= half, none on a tie: ArtEmis's dominant_maximizer)
   c.eval.dominant = "half"
+  # EA's dominant emotion, rule: acc (eval.dominant's) | half | artemis | artemis_no_tie; over
+  # eval.ea_histogram: acc (the histogram ACC reads: meta.json's "histogram", every annotation
+  # of the image) | kept (the annotations the length filters kept, the captions' references: the
+  # public code's EA). acc/acc: ACC and EA count the same images.
+  c.eval.ea_dominant = "acc"
+  c.eval.ea_histogram = "acc"
   c.eval.checkpoint = "best_acc"  # best_acc | best_bleu | latest
   c.eval.spice = False
   c.eval.judge_max_train = 0  # cap on the EA judge's training utterances; 0 = all
@@ -200,7 +250,11 @@ def _base() -> ml_collections.ConfigDict:
   c.parallel.process_id = -1  # -1 = detected
   c.parallel.initialization_timeout = 300  # seconds to wait for the other processes
 
-  c.judge = _judge_config("")  # the EA judge (configs/emotion_classifier.py)
+  # The EA judge (configs/emotion_classifier.py). judge.source: trained (ours, the default) |
+  # artemis (ArtEmis's released classifier, the paper's judge: set judge.artemis_classifier to its
+  # best_model.pt and judge.artemis_vocabulary to its vocabulary.pkl; not set by `official`,
+  # which would then need files the user downloads).
+  c.judge = _judge_config("")
   c.demo_blind_baseline = False  # also train and report an image-blind model (the demo sets it)
   return c
 
@@ -260,6 +314,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.data.source = "artemis_v2"
     elif name == "official":
       c.update_from_flattened_dict(OFFICIAL)
+      if "demo" in names:  # the demo runs anywhere offline: no NLTK data needed (README)
+        c.data.vad_lookup = DEMO_OFFICIAL_VAD_LOOKUP
     elif name == "no_vad_embedding":
       c.model.use_vad_embedding = False
     elif name == "no_vad_loss":

@@ -143,7 +143,7 @@ def _attempt(fn: Callable[[], Any]) -> tuple[Any, str | None]:
 # ----------------------------------------------------------------------------- managers
 
 def _root(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  return os.path.join(io_utils.absolute(workdir), "checkpoints")
 
 
 def _grain_checkpoint():
@@ -218,9 +218,13 @@ def _set_aside(workdir: str, kind: str, step: int | None = None) -> str:
   target = os.path.join(_root(workdir), UNREADABLE, name)
 
   def move():
-    if os.path.exists(source):
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      os.replace(source, target if not os.path.exists(target) else f"{target}.{int(time.time())}")
+    if io_utils.as_path(source).exists():
+      io_utils.as_path(target).parent.mkdir(parents=True, exist_ok=True)
+      free = target if not io_utils.as_path(target).exists() else f"{target}.{int(time.time())}"
+      if io_utils.is_local(source):
+        os.replace(source, free)
+      else:  # an object store has no rename: fsspec copies the objects, then deletes them
+        io_utils.as_path(source).rename(free)
 
   parallel.primary_first(move, f"set_aside:{name}")
   return os.path.dirname(target)
@@ -231,7 +235,7 @@ def _logged_validations(workdir: str) -> dict[int, dict[str, float]]:
   best checkpoints were offered; a line cut by a kill is skipped)."""
   scores = {}
   try:
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    with io_utils.as_path(workdir, "metrics.jsonl").open(encoding="utf-8") as f:
       lines = f.readlines()
   except OSError:
     return scores
@@ -250,15 +254,15 @@ def _repair_best_metrics(workdir: str, kind: str) -> list[int]:
   steps by it; without it the kind would start again, and a worse validation become "best") from
   that step's validation in metrics.jsonl. Returns the steps rewritten."""
   directory = os.path.join(_root(workdir), kind)
-  if not os.path.isdir(directory):
+  if not io_utils.as_path(directory).is_dir():
     return []
   logged, repaired = None, []
-  for name in sorted(os.listdir(directory)):
+  for name in sorted(p.name for p in io_utils.as_path(directory).iterdir()):
     path = os.path.join(directory, name, "metrics", "metrics")
-    if not name.isdigit() or not os.path.isdir(os.path.dirname(path)):
+    if not name.isdigit() or not io_utils.as_path(path).parent.is_dir():
       continue
     try:
-      with open(path, encoding="utf-8") as f:
+      with io_utils.as_path(path).open(encoding="utf-8") as f:
         readable = isinstance(json.load(f), dict)
     except (OSError, ValueError):
       readable = False
@@ -299,7 +303,7 @@ class RunCheckpoints:
                         ", ".join(map(str, repaired)), why)
         return opened
     with saving(_root(self.workdir)):  # e.g. a directory that cannot be written
-      if os.path.isdir(directory):
+      if io_utils.as_path(directory).is_dir():
         where = _set_aside(self.workdir, kind)
         logging.warning("%s is unreadable (%s); moved to %s, the next validation starts it again",
                         directory, why, where)
@@ -437,7 +441,7 @@ def _candidates(workdir: str, order: Iterable[str], unreadable: list
                 ) -> Iterator[tuple[str, ocp.CheckpointManager, int]]:
   """(kind, reader, step) in the order to try them; kinds Orbax cannot list go to `unreadable`."""
   for kind in order:
-    if not os.path.isdir(os.path.join(_root(workdir), kind)):
+    if not io_utils.as_path(_root(workdir), kind).is_dir():
       continue
     reader, why = _attempt(functools.partial(_reader, workdir, kind))
     if why is not None:
@@ -486,6 +490,6 @@ def restore_params(workdir: str, kind: str = "best_acc", abstract_params: Any = 
 def has_checkpoint(workdir: str, kinds=ALL_KINDS) -> bool:
   """Does the workdir hold a finished step of any of these kinds? (A directory listing: cheap,
   so commands can check before any other work.)"""
-  root = os.path.join(os.path.abspath(workdir), "checkpoints")
-  return any(name.isdigit() for kind in kinds if os.path.isdir(os.path.join(root, kind))
-             for name in os.listdir(os.path.join(root, kind)))
+  root = io_utils.as_path(_root(workdir))
+  return any(p.name.isdigit() for kind in kinds if (root / kind).is_dir()
+             for p in (root / kind).iterdir())

@@ -42,11 +42,15 @@ class MissingDependencyError(UserError, ImportError):
 NOT_INSTALLED_ON = {"array_record": ("win32", "Windows")}
 
 
-def missing_dependency_message(package: str, needed_for: str, reason: str, platform: str) -> str:
+def missing_dependency_message(package: str, needed_for: str, reason: str, platform: str,
+                               extra: str | None = None) -> str:
   """What `needed_for` lacks, why, and what to do: where the package has no wheel, that prediction
-  works here and where the rest runs; elsewhere, how to install it."""
+  works here and where the rest runs; elsewhere, how to install it (extra: the sevlm_jax extra
+  that brings it, for a package only an optional feature needs)."""
   without, name = NOT_INSTALLED_ON.get(package, (None, None))
-  if platform == without:
+  if extra:
+    advice = f"install it with `pip install 'sevlm_jax[{extra}]'`"
+  elif platform == without:
     advice = (f"it has no wheel for {name}, so pip does not install it there; prediction, export "
               "and serving work here; train, prepare and evaluate on Linux, macOS or WSL")
   else:
@@ -55,9 +59,10 @@ def missing_dependency_message(package: str, needed_for: str, reason: str, platf
   return f"{needed_for} needs {package}, which cannot be imported here ({reason}): {advice}"
 
 
-def optional_import(module: str, needed_for: str):
+def optional_import(module: str, needed_for: str, extra: str | None = None):
   """The module `module` (e.g. "array_record.python.array_record_module"), or a
-  MissingDependencyError saying that `needed_for` (e.g. "training") needs its package.
+  MissingDependencyError saying that `needed_for` (e.g. "training") needs its package (and, with
+  `extra`, which sevlm_jax extra installs it).
 
   For the packages prediction does without: they are imported where first used, through this."""
   try:
@@ -65,7 +70,7 @@ def optional_import(module: str, needed_for: str):
   except ImportError as e:
     # The package that is missing: the one asked for, or one it imports (grain's array_record).
     package = (e.name or module).split(".")[0]
-    message = missing_dependency_message(package, needed_for, str(e), sys.platform)
+    message = missing_dependency_message(package, needed_for, str(e), sys.platform, extra)
     raise MissingDependencyError(message) from e
 
 

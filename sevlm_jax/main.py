@@ -13,7 +13,6 @@ import json
 import logging as logging_std
 import os
 import re
-import shutil
 import sys
 from typing import Any
 
@@ -29,8 +28,10 @@ from sevlm_jax import errors
 from sevlm_jax import io_utils
 from sevlm_jax import parallel
 from sevlm_jax import run as run_lib
+from sevlm_jax.config import config_path
 from sevlm_jax.config import migrate
 from sevlm_jax.data import sources
+from sevlm_jax.evaluation import artemis_judge
 from sevlm_jax.evaluation import evaluate as eval_lib
 from sevlm_jax.evaluation import report as report_lib
 from sevlm_jax.inference import decode as decode_lib
@@ -41,7 +42,7 @@ from sevlm_jax.inference import serve as serve_lib
 from sevlm_jax.training import loop
 from sevlm_jax.training import optim as optim_lib
 from sevlm_jax.training import step as step_lib
-from sevlm_jax.training.metrics_writer import MetricsWriter
+from sevlm_jax.training import metrics_writer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/sevlm.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
@@ -87,34 +88,36 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   step_lib.check_config(config)
   optim_lib.check_config(config.optim)
   decode_lib.check_config(config.eval)
+  artemis_judge.check_config(config.judge)  # judge.source, and ArtEmis's files before any training
+  metrics_writer.parse_writers(config.train.writers)
+  eval_lib.check_config(config)  # validation BLEU-4's tokenizer
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`, then evaluates its best checkpoint on config.eval.split."""
   mesh = loop.check_parallel(config)
   run = parallel.primary_first(lambda: run_lib.prepare_run(config, workdir), "prepare_run")
-  writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  writer = metrics_writer.open_for_run(config, workdir, enabled=jax.process_index() == 0)
   try:
     step, finished = loop.train(config, workdir, run, mesh, writer,
                                 eval_lib.validator(run, config))
     if not finished:
       return {"step": step, "finished": False}
-    results = evaluate(config, workdir, run)
-    writer.write(step, config.eval.split, eval_lib.scalar_metrics(results))
+    results = evaluate(config, workdir, run, writer)  # its figures go through the same writers
   finally:
     writer.close()
   return results
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run | None = None
-             ) -> dict[str, Any]:
+def evaluate(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run | None = None,
+             writer: metrics_writer.MetricsWriter | None = None) -> dict[str, Any]:
   """evaluate.evaluate_run on every process (process 0 first prepares the files they share), then
   the HTML report."""
   if run is None:
     run = parallel.primary_first(lambda: run_lib.prepare_run(config, workdir, write_config=False),
                                  "prepare_run")
   judge = parallel.primary_first(lambda: eval_lib.get_judge(run, workdir), "judge")
-  results = eval_lib.evaluate_run(config, workdir, run=run, judge=judge)
+  results = eval_lib.evaluate_run(config, workdir, run=run, judge=judge, writer=writer)
   # The HTML report, from the files evaluate_run wrote.
   if jax.process_index() == 0 and config.eval.report:
     path = report_lib.write_report_from_files(workdir, config.eval.split, run.ready_dir,
@@ -137,7 +140,7 @@ def train_with_blind_baseline(config: ml_collections.ConfigDict, workdir: str) -
   blind.demo_blind_baseline = False
   blind.data.ready_dir = sources.default_ready_dir(config, workdir)  # reuse the prepared data
   blind_dir = os.path.join(workdir, "image_blind")
-  os.makedirs(blind_dir, exist_ok=True)
+  io_utils.as_path(blind_dir).mkdir(parents=True, exist_ok=True)  # a local folder or gs://...
   _share_judge(workdir, blind_dir)
   blind_results = train_and_evaluate(blind, blind_dir)
   if "ACC" not in blind_results:
@@ -145,7 +148,8 @@ def train_with_blind_baseline(config: ml_collections.ConfigDict, workdir: str) -
   rows = {}
   for name, res in (("model", results), ("image_blind", blind_results)):
     rows[name] = eval_lib.scalar_metrics(res)
-    rows[name]["EA_judge_heldout_accuracy"] = res["EA_judge_heldout_accuracy"]
+    if res.get("EA_judge_heldout_accuracy") is not None:  # none with ArtEmis's judge
+      rows[name]["EA_judge_heldout_accuracy"] = res["EA_judge_heldout_accuracy"]
   rows["gain"] = {k: rows["model"][k] - rows["image_blind"].get(k, 0.0) for k in rows["model"]
                   if k in rows["image_blind"]}
   io_utils.write_json_atomic(os.path.join(workdir, "comparison.json"), rows)
@@ -153,15 +157,15 @@ def train_with_blind_baseline(config: ml_collections.ConfigDict, workdir: str) -
   print(f"\n{'':14s}" + "".join(f"{k:>9s}" for k in keys))
   for name in ("model", "image_blind", "gain"):
     print(f"{name:14s}" + "".join(f"{rows[name].get(k, float('nan')):9.4f}" for k in keys))
-  print(f"(EA judge held-out accuracy {results['EA_judge_heldout_accuracy']:.4f}; "
+  print(f"(EA read by {eval_lib.judge_name(results.get('EA_judge'))}; "
         f"written to {os.path.join(workdir, 'comparison.json')})")
   return rows
 
 
 def _share_judge(src_workdir: str, dst_workdir: str) -> None:
   src, dst = os.path.join(src_workdir, "judge"), os.path.join(dst_workdir, "judge")
-  if os.path.isdir(src) and not os.path.exists(dst):
-    shutil.copytree(src, dst)
+  if io_utils.as_path(src).is_dir() and not io_utils.as_path(dst).exists():
+    io_utils.copy_tree(src, dst)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -222,7 +226,7 @@ def _run_mode(mode: str, config: ml_collections.ConfigDict | None, workdir: str)
   if (mode == "evaluate" and not checkpoints.has_checkpoint(workdir)
       and not config.pretrained.sevlm):
     raise errors.CheckpointNotFoundError(
-        f"no checkpoint in {os.path.abspath(workdir)}: train first (--mode=train with the same "
+        f"no checkpoint in {io_utils.absolute(workdir)}: train first (--mode=train with the same "
         "--workdir), point --workdir at a trained run, or evaluate the authors' released model "
         "(--config.pretrained.sevlm=DIR)")
   parallel.maybe_initialize_distributed(config.parallel)  # before anything touches a device
@@ -252,7 +256,8 @@ def _print_predictions(paths: list[str], preds: list[dict[str, Any]]) -> None:
 def _parse_flags(argv):
   """absl's parser, with one clear line instead of a traceback for a bad config or override."""
   try:
-    parsed = flags.FLAGS(argv)
+    # configs/<file> that is not in the current directory: the copy inside the package.
+    parsed = flags.FLAGS(config_path.resolve_in_argv(argv))
     _ = _CONFIG.value  # the config file is loaded lazily: load it here, where errors are caught
     return parsed
   except flags.Error as e:  # config_flags appends the config file's traceback
@@ -264,7 +269,7 @@ def _parse_flags(argv):
     suggestion = re.search(r'Did you mean "([^"\\]+)', message)
     reason = (f"the config has no field '{field.group(0) if field else message}' (overrides: "
               f"{', '.join(bad)})" + (f"; did you mean '{suggestion.group(1)}'?" if suggestion else ""))
-  except OSError as e:  # a config file that cannot be loaded
+  except (OSError, errors.ConfigError) as e:  # a config file that is missing or cannot be loaded
     reason = str(e)
   errors.exit_with_error(reason)
 

@@ -40,13 +40,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-  """The workdir exists (created if needed) and can be written to."""
+  """The workdir (any epath path: a local folder, gs://bucket/dir) exists (created if needed)
+  and can be written to."""
   try:
-    os.makedirs(workdir, exist_ok=True)
+    io_utils.as_path(workdir).mkdir(parents=True, exist_ok=True)
     io_utils.write_bytes_atomic(os.path.join(workdir, ".write_check"), b"")
-    os.remove(os.path.join(workdir, ".write_check"))
+    io_utils.as_path(workdir, ".write_check").unlink()
   except OSError as e:
-    raise ConfigError(f"--workdir={workdir} cannot be written to ({e.strerror}); choose a "
+    raise ConfigError(f"--workdir={workdir} cannot be written to ({e.strerror or e}); choose a "
                       "writable directory") from None
 
 
@@ -76,10 +77,10 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str, write_config: b
   lexicon = check_inputs_before_preparation(config, workdir)
   ready_dir = sources.resolve_ready_dir(config, workdir)
   tokenizer = tokenizer_lib.load_tokenizer()
-  table = vad_table.load_vad_table(config, tokenizer, workdir, lexicon)
+  table = vad_table.load_vad_table(config, tokenizer, workdir, lexicon, ready_dir)
   model = build.build_model(config)
   output_ids = output_vocab.output_vocabulary(config, tokenizer, ready_dir, workdir)
   config_path = os.path.join(workdir, "config.json")  # last: a failed set-up leaves none
-  if write_config or not os.path.exists(config_path):
+  if write_config or not io_utils.as_path(config_path).exists():
     io_utils.write_json_atomic(config_path, config.to_dict())
   return Run(config, ready_dir, tokenizer, table, model, sevlm_lib.abstract_params(model.config), output_ids)

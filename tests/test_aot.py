@@ -148,6 +148,79 @@ def test_aot_command_prints_launches_and_memory_of_each_program():
     assert r["program_GiB"] > 0 and r["temp_GiB"] >= 0
   assert rows["train_cached"]["loops"] == [] and rows["train_cached"]["by_kind"]["gemm"] > 0
   assert len(rows["decode"]["loops"]) == 1 and rows["decode"]["launches_per_token"] > 0
+  assert rows["decode"]["decode_kernels"] == "xla" and rows["decode"]["pallas_kernels"] == 0
+  for r in rows.values():  # the roofline estimates (benchmark/roofline.py)
+    e = r["estimates"]
+    assert e["peaks_from"] == "description" and e["bandwidth_TBps"] == pytest.approx(3.352)
+    assert e["estimate_ms"] >= e["roofline_ms"] > 0 and e["matmul_GFLOP"] > 0
+    assert 0 < e["floor_ms"] and len(e["top_kernels"]) == 10
+  assert rows["decode"]["estimates"]["estimate_us_per_token"] > 0
+  assert rows["train_cached"]["estimates"]["estimate_seqs_per_s"] > 0
+
+
+@pytest.mark.parametrize("gpu,cc,kernels", [
+    ("h200", (9, 0), "pallas"), ("h100", (9, 0), "pallas"), ("b200", (10, 0), "pallas"),
+    ("rtx6000pro", (12, 0), "pallas"), ("a100_sxm_80", (8, 0), "pallas"),
+    ("a100_sxm_40", (8, 0), "pallas"), ("a100_pcie_80", (8, 0), "pallas"),
+    ("a6000", (8, 6), "pallas"), ("v100", (7, 0), "xla")])
+def test_each_gpu_gets_the_kernels_where_triton_builds_them(gpu, cc, kernels):
+  assert aot.compute_capability(gpu) == cc
+  assert aot.decode_kernels_for(gpu, "pallas") == kernels
+  assert aot.decode_kernels_for(gpu, "xla") == "xla"
+  text = aot.target_config(gpu)  # without the fields the plugin rejects
+  assert not re.search(r"^\s*(mem_clock_ghz|max_blocks_per_multiprocessor|"
+                       r"collective_memory_granularity):", text, re.M)
+
+
+def test_pallas_on_a_gpu_older_than_sm_80_lowers_xlas_path(monkeypatch):
+  from sevlm_jax.models import decode_kernels  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  q = jax.ShapeDtypeStruct((2, 4, 16), "float32")
+  k = jax.ShapeDtypeStruct((2, 10, 4, 16), "float32")
+  step = jax.jit(lambda q, k, v: decode_kernels.cross_attention_step(q, k, v, "pallas"))
+  triton_calls = lambda: step.trace(q, k, k).lower(lowering_platforms=("cuda",)).as_text().count(
+      "__gpu$xla.gpu.triton")
+  for cc, calls in (((7, 0), 0), ((8, 0), 1), (None, 1)):  # None: no local GPU (this machine)
+    monkeypatch.setattr(decode_kernels, "_local_gpu_compute_capability", lambda cc=cc: cc)
+    jax.clear_caches()
+    assert triton_calls() == calls, cc
+
+
+LOWER_DECODING_PER_GPU = """
+import sys
+import jax
+from absl import flags
+import sevlm_jax.benchmark.__main__  # the command's flags
+from sevlm_jax.benchmark import aot, speed
+flags.FLAGS(sys.argv)
+mesh = jax.sharding.Mesh(jax.devices()[:1], ("x",))
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+kernels = {}  # the lowering for CUDA depends on the description through this choice only
+for gpu in aot.GPUS:
+  config = speed.variant_config(flags.FLAGS.config, "optimized")
+  impl = config.model.decode_kernels = aot.decode_kernels_for(gpu, "pallas")
+  if impl not in kernels:
+    [(_, fn, args, _)] = aot.programs(speed, speed.Setup(config), "optimized", ["decode"], sharding)
+    text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    kernels[impl] = text.count('custom_call @__gpu$xla.gpu.triton')
+  print(gpu, impl, kernels[impl])
+"""
+
+
+def test_decoding_lowers_for_every_gpu_description_without_the_gpu_compiler():
+  """The decoding program --aot compiles for each GPU, lowered for CUDA here (CI has no [aot]
+  extra): the Pallas kernels where Triton builds them (one per attention sub-layer and one for
+  the VAD encoder), XLA's path on the V100."""
+  model = {k: v for k, v in TINY.items() if k.startswith("model.")}
+  args = [sys.executable, "-c", LOWER_DECODING_PER_GPU, "--config=configs/sevlm.py:demo",
+          *(f"--config.{k}={v}" for k, v in model.items()), "--pairs=2", "--new_tokens=3"]
+  out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = {gpu: (impl, int(n)) for gpu, impl, n in map(str.split, out.stdout.splitlines())}
+  per_program = 2 * TINY["model.decoder.layers"] + 1
+  assert rows == {gpu: ("xla", 0) if gpu == "v100" else ("pallas", per_program)
+                  for gpu in aot.GPUS}
 
 
 LOWER_EVERY_PROGRAM = """

@@ -48,7 +48,7 @@ def test_benchmark_command_prints_every_figure(tmp_path):
   args = [sys.executable, "-m", "sevlm_jax.benchmark", "--config=configs/sevlm.py:demo",
           *(f"--config.{k}={v}" for k, v in model.items()),
           "--pairs=2", "--iters=2", "--warmup=1", "--new_tokens=3", "--variants=optimized,baseline",
-          "--steps_per_check=1,3",
+          "--steps_per_check=1,3", "--config.model.decode_kernels=pallas",  # opt-in (README)
           "--figures=train_cached,train_tower,decode,memory"]
   env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_backend_optimization_level=0"}
@@ -73,6 +73,14 @@ def test_benchmark_command_prints_every_figure(tmp_path):
     if r["what"] == "decode":
       assert r["images"] == 4 and r["tokens_generated"] == 3 and r["images_per_s"] > 0
       assert r["variant"] == "optimized" or r["steps_per_check"] == 1
+      # On a CPU: the share of a matmul peak measured in the same run, at the model's shapes.
+      flops = r["GFLOP_per_image"]
+      assert flops["total"] == round(flops["tower"] + flops["decoder"], 2) > 0
+      peak = r["matmul_peak_GFLOP_per_s"]
+      assert peak["shape"][0] % r["images"] == 0  # images x (patches + 1) rows
+      assert peak["peak"] == max(peak["bfloat16"], peak["float32"]) > 0
+      assert r["achieved_GFLOP_per_s"] > 0 and r["share_of_matmul_peak"] > 0
+      assert r["tower_ms"] > 0 and r["lm_head_ms"] > 0
 
 
 def test_unknown_figure_is_a_usage_error():

@@ -15,8 +15,12 @@ SWITCHES = {
     "model.contrastive.mean_over_padding": (False, True),
     "loss.contrastive_eps": (0.0, 1e-8),
     "train.negatives": ("random", "public"),
+    "train.drop_last": (True, False),
+    "train.validate_final_step": (True, False),
+    "model.vad.init": ("flax", "public"),
     "data.resize_filter": ("bicubic", "bilinear"),
-    "data.vad_lookup": ("word_then_lemma", "lemma_only"),
+    "data.prescale_max_side": (0, 600),
+    "data.vad_lookup": ("word_then_lemma", "wordnet_pos"),
     "pretrained.new_token_init": ("mean", "normal"),
     "optim.adam_eps": (1e-8, 1e-6),
     "optim.adam_form": ("optax", "transformers"),
@@ -24,7 +28,12 @@ SWITCHES = {
     "train.patience": (10, 11),
     "eval.stop_on": ("eos", "any_special"),
     "eval.explanation_after": ("first_because", "last_because"),
+    "eval.max_new_tokens": (25, 24),
+    "eval.ea_dominant": ("acc", "half"),
+    "eval.ea_histogram": ("acc", "kept"),
 }
+# demo,official differs from `official` here only: the demo needs no NLTK data (configs/sevlm.py).
+DEMO_OFFICIAL = {"data.vad_lookup": "lemma_only"}
 
 
 def _flat(tree, prefix=""):
@@ -52,6 +61,12 @@ def test_official_differs_from_its_base_exactly_in_the_switches(base):
   assert {k for k in ours if ours[k] != official[k]} == set(SWITCHES)
 
 
+def test_demo_official_has_the_public_values_but_a_lookup_needing_no_download():
+  demo_official = _flat(load_config("demo,official").to_dict())
+  assert {k: demo_official[k] for k in SWITCHES} == {
+      **{k: public for k, (_, public) in SWITCHES.items()}, **DEMO_OFFICIAL}
+
+
 def test_demo_is_applied_first_whatever_its_place():
   assert load_config("official,demo").to_dict() == load_config("demo,official").to_dict()
   assert load_config("no_vad_embedding,demo").model.use_vad_embedding is False
@@ -60,21 +75,24 @@ def test_demo_is_applied_first_whatever_its_place():
 def test_demo_official_trains_and_evaluates(tmp_path_factory):
   """The whole command with every switch at its public value, on the tiny demo config."""
   workdir = tmp_path_factory.mktemp("official") / "run"
-  overrides = {**TINY, "train.num_steps": 4, "train.eval_every": 4, "train.checkpoint_every": 4}
+  tiny = {k: v for k, v in TINY.items() if k not in SWITCHES}  # the switches keep their values
+  overrides = {**tiny, "train.num_steps": 4, "train.eval_every": 4, "train.checkpoint_every": 4}
   args = ["--config=configs/sevlm.py:demo,official", f"--workdir={workdir}"]
   args += [f"--config.{k}={v}" for k, v in overrides.items()]
   result = run_main(args, compile_cache(tmp_path_factory), workdir.parent / "log", timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   config = _flat(json.loads((workdir / "config.json").read_text()))
-  assert {k: config[k] for k in SWITCHES} == {k: public for k, (_, public) in SWITCHES.items()}
+  assert {k: config[k] for k in SWITCHES} == {**{k: public for k, (_, public) in SWITCHES.items()},
+                                              **DEMO_OFFICIAL}
   assert json.loads((workdir / "data" / "ready" / "meta.json").read_text())["resize_filter"] == "bilinear"
   assert json.loads((workdir / "vad_table.json").read_text())["vad_lookup"] == "lemma_only"
   metrics = json.loads((workdir / "metrics_test.json").read_text())
   assert 0.0 <= metrics["ACC"] <= 1.0
+  assert metrics["EA_dominant_rule"] == "half over the kept annotations"
 
 
 @pytest.mark.parametrize("field", [f for f in sorted(SWITCHES) if isinstance(SWITCHES[f][0], str)
-                                   and f != "model.image_norm"])
+                                   and not f.startswith("model.")])  # the model checks its own
 def test_a_switch_set_to_an_unknown_value_is_a_config_error(field):
   from sevlm_jax import errors  # pylint: disable=import-outside-toplevel
   from sevlm_jax import main as main_lib  # pylint: disable=import-outside-toplevel

@@ -397,7 +397,7 @@ def test_the_format_registry_is_the_one_list_of_sources_and_formats(tmp_path):
   with pytest.raises(errors.ConfigError, match="is not one of") as e:
     sources.check_data_source(config, str(tmp_path / "ready"))
   listed = str(e.value).split("is not one of ", 1)[1].split(", ")
-  assert listed == [f.config_source for f in formats.FORMATS.values()] + ["ready", "demo"]
+  assert listed == [f.config_source for f in formats.FORMATS.values()] + ["ready", "demo", "tfds"]
   # prepare's --format takes every format (the command then wants --csv), and only those.
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
   for choice in (*formats.FORMATS, "auto", "v3"):

@@ -97,7 +97,8 @@ def _score(ready, monkeypatch, emotions: dict, rule: str):
   index = {r["image_id"]: r["index"] for r in records.load_annotations(ready, "train")}
   preds = [{"image_index": index[f"S/{name}"], "emotion": emotion, "explanation": f"{name} words"}
            for name, emotion in emotions.items()]
-  config = ml_collections.ConfigDict({"eval": {"dominant": rule, "spice": False}})
+  config = ml_collections.ConfigDict({"eval": {"dominant": rule, "spice": False,
+                                               "ea_dominant": "acc", "ea_histogram": "acc"}})
   results = evaluate.score_predictions(preds, ready, "train", config, _Judge())
   all_images, filtered = scored
   names = {i: n.split("/")[1] for n, i in index.items()}

@@ -44,7 +44,8 @@ def _error_cases(demo, run, tmp):
       "predict_missing_image": (["--mode=predict", f"--workdir={run}", f"--images={tmp / 'gone.png'}"],
                                 [str(tmp / "gone.png"), "does not exist"]),
       "config_file_missing": (["--config=configs/no_such_config.py", f"--workdir={tmp / 'w'}"],
-                              ["configs/no_such_config.py", "No such file"]),
+                              ["no file configs/no_such_config.py here", "the packaged configs: "
+                               "configs/emotion_classifier.py, configs/sevlm.py"]),
       "unknown_field_suggestion": (tiny("--config.train.batchsize=3"),
                                    ["no field 'batchsize'", "did you mean 'batch_size'?"]),
       "predict_unknown_emotion": (["--mode=predict", f"--workdir={run}", "--images=a.png",

@@ -152,7 +152,8 @@ def test_the_default_config_is_the_authors_inference_behaviour():
   assert set(switches) == {
       "model.vad.causal", "model.image_norm", "model.vad.mask_padding", "model.fixed_emotion_len",
       "model.contrastive.mean_over_padding", "data.resize_filter", "data.vad_lookup",
-      "eval.stop_on", "eval.explanation_after"}  # not the training-only ones (loss, optim, ...)
+      "data.prescale_max_side", "eval.stop_on", "eval.explanation_after", "eval.max_new_tokens",
+      "eval.ea_dominant", "eval.ea_histogram"}  # not the training-only ones (loss, optim, ...)
   config = presets.get_config(released.DEFAULT_VARIANTS)
   applied, differing = released.compare_switches(config)
   assert not differing and len(applied) == len(switches)

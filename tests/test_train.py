@@ -140,7 +140,7 @@ def test_patience_is_the_number_of_evaluations_without_improvement_that_stops(pa
   scores = iter([0.5] + [0.1] * 20)  # one improvement, then none
   ckpts = type("Ckpts", (), {"save_best": lambda self, step, params, val: (
       {"best_acc"} if step == 1 else set())})()
-  writer = type("Writer", (), {"write": lambda self, *a: None})()
+  writer = type("Writer", (), {"write_scalars": lambda self, *a: None})()
   state = type("State", (), {"params": None})()
   history = {"evals": 0, "evals_without_improvement": 0}
   validate = lambda params: {"acc": next(scores), "bleu4": 0.0}

@@ -26,9 +26,13 @@ _STEPS_PER_CHECK = flags.DEFINE_list("steps_per_check", [], "decode, optimized v
                                      "eval.steps_per_check to compare (default: the config's).")
 
 flags.DEFINE_enum("aot", None, list(aot.GPUS), "Compile for this GPU without one and print "
-                  "launches and program memory instead of timing (benchmark/aot.py).")
+                  "launches, program memory and roofline estimates instead of timing "
+                  "(benchmark/aot.py).")
 flags.DEFINE_string("aot_dump_dir", None, "Keep XLA's dumps here (one folder per program); "
                     "default: a temporary folder, removed.")
+flags.DEFINE_bool("aot_capture_while", False, "--aot: let command buffers (CUDA graphs) capture "
+                  "while loops too (XLA's --xla_gpu_enable_command_buffer with WHILE); off "
+                  "until a GPU run confirms it (benchmarks/run_gpu.sh, stage cbwhile).")
 
 
 if __name__ == "__main__":

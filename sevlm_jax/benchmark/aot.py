@@ -1,7 +1,15 @@
-"""Compile-only GPU figures on any machine: launches, command buffers and memory per program.
+"""Compile-only GPU figures on any machine: launches, command buffers, memory and a roofline
+estimate per program.
 
   pip install -e '.[aot]'                       # XLA's GPU compiler (jax[cuda13]); no GPU needed
-  python -m sevlm_jax.benchmark --aot=h200      # or h100; --variants, --figures, --pairs as usual
+  python -m sevlm_jax.benchmark --aot=h200      # or any of GPUS; --variants, --figures, --pairs
+  python -m sevlm_jax.benchmark --aot=h200 --config.model.decode_kernels=pallas --aot_capture_while
+
+Decoding gets the Pallas kernels where they are requested and Triton builds them (sm_80 and
+later; `decode_kernels` in the record says which ran, `decode_kernels_requested` what was
+asked). A GPU XLA cannot compile for with this plugin gets a record with `error` (the V100:
+CUDA 13 has no sm_70; jax[cuda12] compiles it). `estimates` holds the roofline figures
+(benchmark/roofline.py): ESTIMATES from the optimized HLO and the GPU's peaks, not timings.
 
 XLA compiles each program (train_cached, train_tower, decode) for a GPU it is told about in
 text (XLA's own device descriptions, vendored in third_party/xla_gpu_specs) and dumps the
@@ -33,14 +41,20 @@ import tempfile
 
 from absl import flags
 
-GPUS = ("h200", "h100")
+from sevlm_jax.benchmark import roofline
+
+# XLA's NVIDIA descriptions (openxla/xla xla/backends/gpu/target_config/specs/), by --aot name.
+SPECS = {"h200": "h200.txtpb", "h100": "h100_sxm.txtpb", "b200": "b200.txtpb",
+         "rtx6000pro": "rtx6000pro.txtpb", "a100_sxm_80": "a100_sxm_80.txtpb",
+         "a100_sxm_40": "a100_sxm_40.txtpb", "a100_pcie_80": "a100_pcie_80.txtpb",
+         "a6000": "a6000.txtpb", "v100": "v100.txtpb"}
+GPUS = tuple(SPECS)
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # XLA's device descriptions: inside an installed wheel (setup.cfg maps them there), else the
 # checkout's third_party/.
 _INSTALLED_SPECS = os.path.join(_PACKAGE, "_xla_gpu_specs")
 SPEC_DIR = (_INSTALLED_SPECS if os.path.isdir(_INSTALLED_SPECS)
             else os.path.join(os.path.dirname(_PACKAGE), "third_party", "xla_gpu_specs"))
-SPECS = {"h200": "h200.txtpb", "h100": "h100_sxm.txtpb"}
 PROGRAMS = ("train_cached", "train_tower", "decode")
 KINDS = ("fusion", "gemm", "copy", "cudnn", "other")
 # No autotuning without a device: Triton GEMMs would need it ("Couldn't find output tile sizes").
@@ -60,10 +74,28 @@ def plugin_installed() -> bool:
     return False
 
 
+# Fields of newer descriptions that the jax-cuda13 plugin 0.10.2 does not know (it rejects the
+# whole text); none of them changes what is compiled.
+_UNKNOWN_FIELDS = ("collective_memory_granularity", "mem_clock_ghz",
+                   "max_blocks_per_multiprocessor")
+
+
+def plugin_name() -> str:
+  """The installed CUDA plugin of JAX and its version ('jax-cuda13-plugin 0.10.2')."""
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+  for cuda in ("cuda13", "cuda12"):
+    try:
+      return f"jax-{cuda}-plugin {metadata.version(f'jax-{cuda}-plugin')}"
+    except metadata.PackageNotFoundError:
+      continue
+  return "none"
+
+
 def target_config(gpu: str) -> str:
-  """XLA's GpuTargetConfig text for the GPU, minus the line the current plugin rejects."""
+  """XLA's GpuTargetConfig text for the GPU, minus the lines the current plugin rejects."""
   with open(os.path.join(SPEC_DIR, SPECS[gpu]), encoding="utf-8") as f:
-    return "".join(line for line in f if "collective_memory_granularity" not in line)
+    return "".join(line for line in f
+                   if not any(line.strip().startswith(k + ":") for k in _UNKNOWN_FIELDS))
 
 
 def gpu_sharding(gpu: str):
@@ -283,8 +315,107 @@ def programs(benchmark, setup, variant: str, figures: list[str], sharding):
           "steps_per_check": steps}
 
 
-def compile_program(fn, args, dump_dir: str):
-  return fn.lower(*args).compile(compiler_options={**BASE_OPTIONS, "xla_dump_to": dump_dir})
+# XLA's default capture plus while loops (and conditionals): decoding's token loop becomes one
+# CUDA graph with conditional nodes (--aot_capture_while).
+CAPTURE_WHILE = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE"
+
+
+def compile_options(dump_dir: str, capture_while: bool = False) -> dict:
+  options = {**BASE_OPTIONS, "xla_dump_to": dump_dir}
+  if capture_while:
+    options["xla_gpu_enable_command_buffer"] = CAPTURE_WHILE
+  return options
+
+
+def compile_program(fn, args, dump_dir: str, capture_while: bool = False):
+  return fn.lower(*args).compile(compiler_options=compile_options(dump_dir, capture_while))
+
+
+def compute_capability(gpu: str) -> tuple[int, int]:
+  return roofline.compute_capability(target_config(gpu))
+
+
+def decode_kernels_for(gpu: str, requested: str) -> str:
+  """The decoding kernels compiled for the GPU: the requested ones where Triton builds them."""
+  from sevlm_jax.models import decode_kernels  # pylint: disable=import-outside-toplevel
+  return decode_kernels.for_compute_capability(requested, compute_capability(gpu))
+
+
+# --- the roofline estimate of a dumped program ----------------------------------------------
+
+
+def _annotations(metadata: str) -> dict[int, str]:
+  """thunk id -> the HLO instruction it runs (XLA's thunk metadata)."""
+  return {int(i): name for name, i in
+          re.findall(r'profile_annotation: "([^"]+)"\s*thunk_id: (\d+)', metadata)}
+
+
+def _essential_train_bytes(args) -> int:
+  """Parameters read, the trainable ones written, their gradients written and read, both Adam
+  moments read and written, once each; and the batch read once."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.training import optim as optim_lib  # pylint: disable=import-outside-toplevel
+  size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  state, batch = args[0], args[1]
+  trainable, _ = optim_lib.split_params(state.params, False)
+  return size(state.params) + 3 * size(trainable) + 2 * size(state.opt_state) + size(batch)
+
+
+def roofline_fields(folder: str, gpu: str, fn, args, extra: dict) -> dict:
+  """ESTIMATES of the program's time on the GPU (benchmark/roofline.py) from its dump."""
+  import jax  # pylint: disable=import-outside-toplevel
+  hlo = _one(folder, "gpu_after_optimizations.txt") or ""
+  metadata = _one(folder, ".thunk_metadata.txt") or ""
+  sequence = parse_thunk_sequence(_one(folder, ".thunk_sequence.txt") or "")
+  after = _one(folder, ".thunk_sequence_after_thunk_passes.txt")
+  final = parse_thunk_sequence(after) if after is not None else sequence
+  captured = {t.id for t, inside in _walk(final) if inside}
+  trips = loop_trip_counts(metadata, hlo)
+  program, notes = roofline.Program(hlo), _annotations(metadata)
+  peaks = roofline.peaks(target_config(gpu))
+  fields = {"peak_bf16_TFLOPs": round(peaks.matmul_flops("bf16") / 1e12, 1),
+            "peak_f32_TFLOPs": round(peaks.matmul_flops("f32") / 1e12, 1),
+            "bandwidth_TBps": round(peaks.bandwidth / 1e12, 3), "peaks_from": peaks.source}
+  whole = roofline.estimate(program, roofline.weighted_launches(sequence, trips), notes, peaks,
+                            captured, roofline.command_buffer_runs(final, trips))
+  jaxpr = fn.trace(*args).jaxpr
+  if "batch_seqs" in extra:  # a train step
+    floor = roofline.floor_ms(roofline.matmul_flops(jaxpr), _essential_train_bytes(args), peaks)
+    fields.update(whole, **floor)
+    fields["estimate_seqs_per_s"] = round(extra["batch_seqs"] / whole["estimate_ms"] * 1e3, 1)
+    return fields
+  fields.update(whole)
+  loop_thunk = next((t for t, _ in _walk(sequence) if t.kind == "kWhile"), None)
+  loop = roofline.decode_loop(jaxpr)
+  if loop_thunk is None or loop is None:
+    return fields
+  tokens_per_pass = max(extra["steps_per_check"], 1)
+  passes = trips.get(loop_thunk.id) or -(-extra["new_tokens"] // tokens_per_pass)
+  final_loop = next((t for t, _ in _walk(final) if t.id == loop_thunk.id), None)
+  once = {loop_thunk.id: 1} if loop_thunk.id in trips else {}  # a known count runs no condition
+  per_pass = roofline.estimate(program, roofline.weighted_launches([loop_thunk], once), notes,
+                               peaks, captured, roofline.command_buffer_runs(
+                                   final_loop.blocks.get("body", []) if final_loop else [], {}))
+  token_floor = roofline.floor_ms(loop["flops_per_pass"], loop["bytes_per_pass"], peaks)
+  program_floor = roofline.floor_ms(
+      loop["flops_outside"] + passes * loop["flops_per_pass"],
+      sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(args))
+      + passes * loop["bytes_per_pass"], peaks)
+  fields.update(program_floor)
+  fields.update({
+      "estimate_us_per_token": round(per_pass["estimate_ms"] * 1e3 / tokens_per_pass, 1),
+      "roofline_us_per_token": round(per_pass["roofline_ms"] * 1e3 / tokens_per_pass, 2),
+      "floor_us_per_token": round(token_floor["floor_ms"] * 1e3 / tokens_per_pass, 2),
+      "estimate_images_per_s": round(extra["images"] / whole["estimate_ms"] * 1e3, 1)})
+  return fields
+
+
+def _error_record(gpu: str, err: Exception) -> str:
+  first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+  cc = "%d.%d" % compute_capability(gpu)
+  hint = (" (CUDA 13's ptxas has no sm_70: compile for it with jax[cuda12])"
+          if compute_capability(gpu) < (7, 5) else "")
+  return f"XLA could not compile for sm_{cc}{hint}: {first}"
 
 
 def main(benchmark, config, variants: list[str], figures: list[str]) -> list[dict]:
@@ -300,18 +431,35 @@ def main(benchmark, config, variants: list[str], figures: list[str]) -> list[dic
   # Compiling needs no device; without this the plugin would look for a driver.
   jax.config.update("jax_platforms", "cpu")
   gpu = flags.FLAGS.aot
+  capture_while = getattr(flags.FLAGS, "aot_capture_while", False)
   sharding = gpu_sharding(gpu)
   device = re.search(r'device_description_str: "([^"]+)"', target_config(gpu))[1]
+  cc = compute_capability(gpu)
   keep = flags.FLAGS.aot_dump_dir
   root = keep or tempfile.mkdtemp(prefix="sevlm_aot_")
   records = []
   try:
     for variant in variants:
-      setup = benchmark.Setup(benchmark.variant_config(config, variant))
+      variant_config = benchmark.variant_config(config, variant)
+      requested = variant_config.model.decode_kernels
+      variant_config.model.decode_kernels = decode_kernels_for(gpu, requested)
+      setup = benchmark.Setup(variant_config)
       for name, fn, args, extra in programs(benchmark, setup, variant, figures, sharding):
         folder = os.path.join(root, f"{gpu}_{variant}_{name}")
         shutil.rmtree(folder, ignore_errors=True)
-        compiled = compile_program(fn, args, folder)
+        head = {"what": name, "variant": variant, "aot": gpu, "device": device,
+                "compute_capability": "%d.%d" % cc, "jax": jax.__version__,
+                "plugin": plugin_name(),
+                "command_buffer": "while loops captured" if capture_while else "XLA's default"}
+        if name == "decode":
+          head["decode_kernels"] = variant_config.model.decode_kernels
+          if requested != head["decode_kernels"]:
+            head["decode_kernels_requested"] = requested
+        try:
+          compiled = compile_program(fn, args, folder, capture_while)
+        except Exception as err:  # pylint: disable=broad-except  # one GPU's failure, reported
+          records.append(benchmark.emit({**head, "error": _error_record(gpu, err)}))
+          continue
         figures_ = summarize_dump(folder)
         if name == "decode" and figures_["loops"]:
           loop = figures_["loops"][0]
@@ -320,9 +468,11 @@ def main(benchmark, config, variants: list[str], figures: list[str]) -> list[dic
           figures_["launches_per_token"] = round(per_iteration / tokens_per_pass, 2)
           figures_["host_syncs_per_token"] = round(
               loop["host_syncs_per_iteration"] / tokens_per_pass, 2)
+        figures_["pallas_kernels"] = _one(folder, "gpu_after_optimizations.txt").count(
+            'custom_call_target="__gpu$xla.gpu.triton"')
         records.append(benchmark.emit({
-            "what": name, "variant": variant, "aot": gpu, "device": device,
-            "jax": jax.__version__, **extra, **figures_, **memory_fields(compiled, benchmark)}))
+            **head, **extra, **figures_, **memory_fields(compiled, benchmark),
+            "estimates": roofline_fields(folder, gpu, fn, args, extra)}))
   finally:
     if not keep:
       shutil.rmtree(root, ignore_errors=True)

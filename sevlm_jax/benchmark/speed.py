@@ -10,7 +10,9 @@ default, 32 pairs = 64 sequences of 30 tokens, vision tower frozen, 50,261-token
   train_cached   train step reading cached bf16 patch features (sevlm_jax.data.features)
   train_tower    train step running the frozen vision tower on the images
   decode         greedy decoding of 25 tokens for 2*pairs images, vision tower included,
-                 never stopping early (as the PyTorch peer does)
+                 never stopping early (as the PyTorch peer does); on a CPU also the model's
+                 GFLOP per image, a matmul peak of its shapes measured in the same run and
+                 the decode's share of it, the tower's and LM head's own times (cpu_peak.py)
   pipeline       batches/s of the grain training pipeline on the host (demo data at the
                  model's image size), with and without the feature-cache lookup
   memory         peak device memory of the process (after the variant's figures) and of
@@ -19,10 +21,10 @@ Variants:
   optimized      bf16 matmuls with float32 master weights, bf16 logits into the loss over a
                  vocabulary padded to a multiple of 128, cross-attention K/V once per
                  image, decoding weights cast once and config.eval.steps_per_check tokens
-                 between "all ended?" tests (0: none, a loop of known trip count), a
-                 decoding step's attentions and VAD encoder in Pallas kernels on a GPU
-                 (model.decode_kernels; the decode figure is repeated with 'xla', with the
-                 share of its tokens that equal the kernels')
+                 between "all ended?" tests (0: none, a loop of known trip count); with
+                 --config.model.decode_kernels=pallas (opt-in), a decoding step's attentions
+                 and VAD encoder in Pallas kernels on a GPU, and the decode figure repeated
+                 with 'xla', with the share of its tokens that equal the kernels'
   baseline       the same design with those switched off: float32 compute, float32
                  logits over the 50,261-token vocabulary, each image's patches repeated for
                  both sequences of its pair, one token per loop test, XLA's decoding kernels
@@ -49,6 +51,7 @@ import ml_collections
 import numpy as np
 
 from sevlm_jax.benchmark import aot
+from sevlm_jax.benchmark import cpu_peak
 from sevlm_jax import vocab
 from sevlm_jax.data import tokenizer as tokenizer_lib
 from sevlm_jax.inference import decode as decode_lib
@@ -222,9 +225,26 @@ def bench_decode(setup: Setup, variant: str, steps: int) -> tuple[dict, Callable
             "decode_kernels": setup.model.config.decode_kernels,
             "new_tokens": flags.FLAGS.new_tokens,
             "tokens_generated": int(tokens.shape[1]), "ms": round(seconds * 1e3, 3),
-            "images_per_s": round(n / seconds, 1),
+            "images_per_s": round(n / seconds, 2),
             "program_GiB": _gib(program_bytes(compiled))}
+  if jax.default_backend() == "cpu":  # how near the machine's limit (benchmark/cpu_peak.py)
+    record.update(cpu_decode_fields(setup, params, images, n / seconds))
   return record, lambda: compiled(params, images), tokens
+
+
+def cpu_decode_fields(setup: Setup, params, images, images_per_s: float) -> dict:
+  """The model's GFLOP per image, the measured matmul peak of its shapes, the decode's share of
+  it, the tower's and the LM head's time on their own, and the load the run shared with."""
+  c = setup.model.config
+  prompt_len = len(tokenizer_lib.load_tokenizer().prompt_ids)
+  flops = cpu_peak.decode_flops_per_image(c, prompt_len, flags.FLAGS.new_tokens)
+  peak = cpu_peak.matmul_peak(c, images.shape[0])
+  return {"GFLOP_per_image": {k: round(v / 1e9, 2) for k, v in flops.items()},
+          "matmul_peak_GFLOP_per_s": peak,
+          **cpu_peak.share_fields(images_per_s, flops["total"], peak),
+          **cpu_peak.phase_ms(setup.model, jax.jit(lambda p: decode_lib.cast_for_decoding(
+              p, setup.model.config))(params), images, flags.FLAGS.new_tokens),
+          "host_cpus": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
 def bench_pipeline(config: ml_collections.ConfigDict) -> list[dict]:

@@ -16,9 +16,10 @@ from typing import Any, Callable
 
 import ml_collections
 
+from sevlm_jax import io_utils
 from sevlm_jax.errors import ConfigError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 # `config_version` absent: a config from before versions existed.
 _UNVERSIONED = 0
 
@@ -51,9 +52,28 @@ def _fields_from_before_versions(config: ml_collections.ConfigDict) -> dict[str,
   }
 
 
+def _fields_of_version_2(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Fields version 2 added, with the values version-1 runs behaved by."""
+  del config
+  return {
+      "train.writers": "jsonl,tensorboard",
+      "data.prescale_max_side": 0,  # the pictures were resized straight to image_size
+      "data.prescale_filter": "lanczos",
+      "train.drop_last": True,  # each epoch's partial last batch was dropped
+      "train.validate_final_step": True,
+      "train.eval_bleu_tokenizer": "regex",  # validation BLEU-4 was tokenized by a regex
+      "eval.ea_dominant": "acc",  # EA counted the images ACC counts
+      "eval.ea_histogram": "acc",
+      "judge.source": "trained",  # EA was read by the judge trained in the run's directory
+      "judge.artemis_classifier": "",
+      "judge.artemis_vocabulary": "",
+  }
+
+
 # version v -> the fields version v + 1 added, with their values for a config of version v.
 _STEPS: dict[int, Callable[[ml_collections.ConfigDict], dict[str, Any]]] = {
     _UNVERSIONED: _fields_from_before_versions,
+    1: _fields_of_version_2,
 }
 
 
@@ -94,7 +114,7 @@ def _fill(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
 def load_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
   """A config.json written by any release, migrated to the current version."""
   try:
-    with open(path, encoding="utf-8") as f:
+    with io_utils.as_path(path).open(encoding="utf-8") as f:  # a local path or gs://...
       raw = json.load(f)
   except json.JSONDecodeError as e:
     raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); it is not a "

@@ -12,9 +12,13 @@
   dominant.py   an image's emotion histogram and its dominant emotion (three rules)
   images.py     the one image preprocessing, for ingestion, prediction and the demo page
   records.py    the ready data set's files and their readers
+  record_sequence.py  random access to a split's decoded records (own records and TFDS builds)
+  tfds_artemis.py  ArtEmis as a TFDS data set: the builder (prepare's records, no TensorFlow)
+  tfds_source.py   a TFDS build read as a ready data set (data.source=tfds)
   demo.py       the procedurally generated art-and-emotion data set's raw files
   tokenizer.py  GPT-2 BPE + SEVLM's added tokens; target sequences
   vad.py        VAD lexicons (NRC-VAD v1 / v2.1, Warriner) and the per-token VAD table
+  vad_wordnet.py  the public code's VAD rule: NLTK's tag, then WordNet's lemma (wordnet_pos)
   vad_table.py  a run's VAD table, kept in its workdir with the lexicon it came from
   output_vocab.py  the token ids the LM softmax ranges over (output_vocab)
   pipeline.py   grain training pairs and evaluation batches

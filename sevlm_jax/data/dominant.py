@@ -7,6 +7,12 @@
   dominant_artemis_no_tie  histogram >= 0.5 and no tie (ArtEmis's dominant_maximizer, which its
                            evaluation of emotion alignment uses): a tie has no dominant emotion.
 All give -1 when no emotion dominates. RULES maps eval.dominant's values to them.
+
+EA may take another rule over other annotations (eval.ea_dominant, eval.ea_histogram): the public
+code's EA (its single_caption_per_image.py, a copy of ArtEmis's evaluation with `>` for `>=`)
+takes `half` over the annotations the length filters kept, while its ACC reads the histogram of
+all of them (ArtEmis's image-emotion-histogram.csv). A record keeps both: `histogram` (what ACC
+reads; meta.json says what it counts) and `counts` (the kept annotations, one per utterance).
 """
 
 import numpy as np
@@ -46,3 +52,21 @@ def dominant_artemis(histogram) -> int:
 
 # eval.dominant -> its rule.
 RULES = {"half": dominant_half, "artemis": dominant_artemis, "artemis_no_tie": dominant_artemis_no_tie}
+
+# eval.ea_dominant: 'acc' (eval.dominant's rule) or a rule of RULES.
+EA_RULES = ("acc", *RULES)
+# eval.ea_histogram -> which histogram of a record EA's rule reads: 'acc' (the record's
+# `histogram`, ACC's) | 'kept' (its kept annotations: the normalised `counts`).
+EA_HISTOGRAMS = {"acc": "the histogram ACC reads", "kept": "the kept annotations"}
+
+
+def ea_rule(ea_dominant: str, acc_rule: str) -> str:
+  """The name of EA's rule: eval.ea_dominant, or eval.dominant's where it says 'acc'."""
+  return acc_rule if ea_dominant == "acc" else ea_dominant
+
+
+def ea_histogram(record: dict, which: str) -> np.ndarray:
+  """The histogram EA's rule reads of a record (with `histogram` and `counts`): eval.ea_histogram."""
+  if which == "acc":
+    return np.asarray(record["histogram"], np.float32)
+  return histogram_from_counts(record["counts"])

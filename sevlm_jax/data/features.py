@@ -4,7 +4,9 @@ With the tower frozen and no image augmentation, every epoch would encode the sa
 images to the same patches again; the ViT-B/16 forward is then the largest part of a
 train step. The cache holds one row of patches per record of a split, in split order
 (row i is record i, the `image_index` of a batch), stored as bfloat16 in a .npy file
-that is memory-mapped, so a batch reads only its own rows.
+that is memory-mapped, so a batch reads only its own rows. bfloat16 keeps each value within
+2^-8 of the float32 tower's (evaluation's) at half the size of float32, which reads no faster;
+benchmarks/feature_cache_precision.py measures both and what the rounding moves in a train step.
 
 The file name carries a fingerprint of everything the features depend on: the
 vision tower's parameters and config, the image normalisation, the data set's
@@ -63,7 +65,7 @@ def build(path: str, ready_dir, split: str, encode: Callable[[np.ndarray], Any],
   n = len(source)
   if n == 0:
     raise ValueError(f"{ready_dir} split {split!r} has no records to encode")
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  io_utils.as_path(os.path.dirname(path) or ".").mkdir(parents=True, exist_ok=True)
   with io_utils.atomic_path(path) as tmp, io_utils.Progress(
       f"patch feature cache ({split})", total=n, unit="img", enabled=progress) as bar:
     out = None
@@ -82,11 +84,12 @@ def build(path: str, ready_dir, split: str, encode: Callable[[np.ndarray], Any],
 
 
 class PatchCache:
-  """Read-only, memory-mapped cached patches: cache[image_index_B] -> bf16 BxPxD."""
+  """Read-only, memory-mapped cached patches: cache[image_index_B] -> bf16 BxPxD. A cache on an
+  object store (gs://...) is memory-mapped from a local copy (io_utils.local_copy)."""
 
   def __init__(self, path: str):
     try:
-      self._bits = np.load(path, mmap_mode="r")
+      self._bits = np.load(io_utils.local_copy(path), mmap_mode="r")
     except (OSError, ValueError) as e:
       raise ValueError(f"cannot read the patch feature cache {path}: {e}; delete it to rebuild"
                        ) from e
@@ -120,6 +123,6 @@ def load_or_build(cache_dir: str, ready_dir, split: str, vision_params: Any, vis
   digest = fingerprint(vision_params, vision_config, image_norm, ready_dir, split, blank_images)
   path = cache_path(cache_dir, split, digest)
   io_utils.remove_stale_temps(cache_dir, f"patches_{split}_")  # a killed build's partial file
-  if not os.path.exists(path):
+  if not io_utils.as_path(path).exists():
     build(path, ready_dir, split, encode, batch_size=batch_size, progress=progress)
   return PatchCache(path)

@@ -24,6 +24,7 @@ from sevlm_jax.data import sevlm_json
 AUTO = "auto"  # --format: detect the format from the files
 READY = "ready"
 DEMO = "demo"
+TFDS = "tfds"  # a TFDS build of the data set (tfds_artemis.py), read by tfds_source.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +51,11 @@ FORMATS = {f.name: f for f in (
     Format("v1", "artemis_v1", lambda paths: True, artemis.read_artemis_csv, preprocesses_text=True),
 )}
 CHOICES = (AUTO, *FORMATS)  # prepare's --format
-CONFIG_SOURCES = (*(f.config_source for f in FORMATS.values()), READY, DEMO)  # data.source
+CONFIG_SOURCES = (*(f.config_source for f in FORMATS.values()), READY, DEMO, TFDS)  # data.source
 
 
 def for_config_source(source: str) -> Format | None:
-  """The format data.source names (None for 'ready', 'demo' or an unknown name)."""
+  """The format data.source names (None for 'ready', 'demo', 'tfds' or an unknown name)."""
   return next((f for f in FORMATS.values() if f.config_source == source), None)
 
 

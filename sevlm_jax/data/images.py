@@ -7,7 +7,10 @@ own preprocessing uses, so the pretrained ViT sees what it was trained on) or
 bilinear (data.resize_filter="bilinear": torchvision's Resize default, which
 the public code uses; for PIL images torchvision calls PIL's resize, so this is
 the same computation). Normalisation (CLIP or ImageNet constants) happens
-later, in the model's input code.
+later, in the model's input code. Before the square resize,
+data.prescale_max_side > 0 makes the copy with that longer side (`prescale`:
+ArtEmis's 600-pixel copies of WikiArt, which the public code reads), at
+ingestion and prediction alike.
 
 Doors: ingestion (`load_all`: image files of a data set, decoded in worker processes),
 prediction (`to_pixels`: paths, PIL images or arrays) and the demo page (`open_image` on
@@ -95,40 +98,77 @@ def sixteen_to_eight_bits(values: np.ndarray) -> np.ndarray:
 
 
 RESIZE_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+# Filters of the optional first step, the copy with its longer side prescale_max_side (the
+# 600-pixel copies of WikiArt that ArtEmis and the public code read; see `prescale`).
+PRESCALE_FILTERS = {"lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 
 
-def resize_square(image: Image.Image, size: int, resize_filter: str = "bicubic") -> np.ndarray:
-  """uint8[size, size, 3] RGB of a PIL image, resized with resize_filter (RESIZE_FILTERS)."""
+def prescale(image: Image.Image, max_side: int, prescale_filter: str = "lanczos") -> Image.Image:
+  """The picture with its longer side max_side and the same aspect ratio (the shorter side
+  rounded, at least 1 pixel), resized with prescale_filter (PRESCALE_FILTERS); max_side 0, or a
+  picture no larger than that, is returned as it is: a copy is never enlarged, as the name of
+  ArtEmis's folder, rescaled_max_size_to_600px_same_aspect_ratio, and PIL's thumbnail() say.
+
+  This makes in memory the 600-pixel copies of WikiArt that the public code reads instead of the
+  originals. Neither it nor ArtEmis publishes the script that made them: lanczos is the default
+  because ArtEmis's own code resizes with Image.LANCZOS wherever it resizes (its image
+  transforms, feature extraction and figures). The copies were JPEG files; their re-encoding is
+  not imitated (its quality is unknown), see the README."""
+  if prescale_filter not in PRESCALE_FILTERS:
+    raise ValueError(f"prescale_filter must be one of {tuple(PRESCALE_FILTERS)}, "
+                     f"got {prescale_filter!r}")
+  width, height = image.size
+  longest = max(width, height)
+  if max_side <= 0 or longest <= max_side:
+    return image
+  scale = max_side / longest
+  size = (max_side, max(1, round(height * scale))) if width >= height else (
+      max(1, round(width * scale)), max_side)
+  return image.resize(size, PRESCALE_FILTERS[prescale_filter])
+
+
+def resize_square(image: Image.Image, size: int, resize_filter: str = "bicubic",
+                  prescale_max_side: int = 0, prescale_filter: str = "lanczos") -> np.ndarray:
+  """uint8[size, size, 3] RGB of a PIL image, resized with resize_filter (RESIZE_FILTERS), after
+  `prescale` to prescale_max_side when that is > 0."""
   if resize_filter not in RESIZE_FILTERS:
     raise ValueError(f"resize_filter must be one of {tuple(RESIZE_FILTERS)}, got {resize_filter!r}")
   if image.mode != "RGB" or "transparency" in image.info:
     image = to_rgb(image)
+  image = prescale(image, prescale_max_side, prescale_filter)
   if image.size != (size, size):
     image = image.resize((size, size), RESIZE_FILTERS[resize_filter])
   return np.asarray(image, np.uint8)
 
 
-def load_image(path, size: int, resize_filter: str = "bicubic") -> np.ndarray:
+def load_image(path, size: int, resize_filter: str = "bicubic", prescale_max_side: int = 0,
+               prescale_filter: str = "lanczos") -> np.ndarray:
   """uint8[size, size, 3] RGB of an image file (at most MAX_PIXELS decoded: a JPEG over them at
-  the smallest scale that covers size); raises ImageTooLarge or the decoder's error."""
-  return resize_square(open_image(path, MAX_PIXELS, draft_size=size), size, resize_filter)
+  the smallest scale that covers size, or prescale_max_side when it is larger); raises
+  ImageTooLarge or the decoder's error."""
+  draft_size = max(size, prescale_max_side)
+  return resize_square(open_image(path, MAX_PIXELS, draft_size=draft_size), size, resize_filter,
+                       prescale_max_side, prescale_filter)
 
 
-def to_pixels(image: Any, size: int, where: str, resize_filter: str = "bicubic") -> np.ndarray:
+def to_pixels(image: Any, size: int, where: str, resize_filter: str = "bicubic",
+              prescale_max_side: int = 0, prescale_filter: str = "lanczos") -> np.ndarray:
   """uint8[size, size, 3] of a file path, a PIL image or an RGB array (uint8, uint16 scaled from
-  0..65535, or floats in [0, 1] or [0, 255]); InputError naming `where` otherwise."""
+  0..65535, or floats in [0, 1] or [0, 255]); InputError naming `where` otherwise. The picture is
+  first `prescale`d when prescale_max_side > 0 (as the run's training images were)."""
+  prescaled = {"prescale_max_side": prescale_max_side, "prescale_filter": prescale_filter}
   if isinstance(image, (str, os.PathLike)):
     path = os.fspath(image)
     if not os.path.exists(path):
       raise InputError(f"{where}: image file {path} does not exist")
     try:
-      return load_image(path, size, resize_filter)
+      return load_image(path, size, resize_filter, **prescaled)
     except ImageTooLarge as e:
       raise InputError(f"{where}: {path}: {e}") from e
     except Exception as e:  # any decoder failure
       raise InputError(f"{where}: {path} is not a readable image ({e.__class__.__name__}: {e})") from e
   if isinstance(image, Image.Image):
-    return resize_square(image, size, resize_filter)
+    return resize_square(image, size, resize_filter, **prescaled)
   array = np.asarray(image)
   if array.ndim != 3 or array.shape[-1] != 3:
     raise InputError(f"{where}: expected an RGB array of shape [H, W, 3], got {array.shape}")
@@ -138,7 +178,7 @@ def to_pixels(image: Any, size: int, where: str, resize_filter: str = "bicubic")
     if np.issubdtype(array.dtype, np.floating) and array.min() >= 0 and array.max() <= 1:
       array = np.round(array * 255)
     array = np.clip(array, 0, 255).astype(np.uint8)
-  return resize_square(Image.fromarray(array), size, resize_filter)
+  return resize_square(Image.fromarray(array), size, resize_filter, **prescaled)
 
 
 # ----------------------------------------------------------------------------- a data set's files
@@ -161,15 +201,15 @@ def name_variants(rel: str) -> list[tuple[str, str | None]]:
 
 
 def load_image_job(job):
-  """Worker: (image_id, images_dir, image_rel, size, resize_filter) -> (image_id, image|None, form,
-  tried|error)."""
-  image_id, images_dir, rel, image_size, resize_filter = job
+  """Worker: (image_id, images_dir, image_rel, size, resize_filter[, prescale_max_side,
+  prescale_filter]) -> (image_id, image|None, form, tried|error)."""
+  image_id, images_dir, rel, image_size, resize_filter, *prescaled = job
   variants = name_variants(rel)
   for cand, form in variants:
     path = os.path.join(images_dir, cand)
     if os.path.isfile(path):
       try:
-        return image_id, load_image(path, image_size, resize_filter), form, None
+        return image_id, load_image(path, image_size, resize_filter, *prescaled), form, None
       except Exception as e:  # any decoder failure means "unreadable", reported per painting
         return image_id, None, form, f"{type(e).__name__}: {e}"
   return image_id, None, None, None

@@ -33,8 +33,8 @@ def output_vocabulary(config: ml_collections.ConfigDict, tokenizer, ready_dir: s
   if config.output_vocab == "full":
     return None
   path = os.path.join(workdir, FILE)
-  if os.path.exists(path):
-    return np.load(path)
+  if io_utils.as_path(path).exists():
+    return io_utils.load_npy(path)
   texts, labels = records.split_utterances(ready_dir, "train")
   ids = set(tokenizer.prompt_ids) | {tokenizer.because_id, vocab.EOS_ID}
   for name in vocab.EMOTIONS:

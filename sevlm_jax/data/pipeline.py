@@ -20,12 +20,20 @@ lockstep, and shards are disjoint within an epoch. An epoch is a whole number
 of batches: no batch spans two epochs or holds an image twice. The few images
 left over in an epoch change with each epoch's shuffle.
 
+Without drop_remainder (the public code's DataLoader, drop_last=False), the
+epoch's images left over form one more, partial global batch: it is padded to
+the full size with copies of real pairs marked valid=False, which come after
+all the real rows of the global batch (so a step's real rows are a prefix of
+it) and which the train step gives no weight. Every batch then has one shape,
+so the step compiles once, and the shards stay in lockstep.
+
 Batches are dicts of numpy arrays (B images = B pairs = 2B sequences):
   image            uint8[B, H, W, 3]
   image_index      int32[B]       index of the record in the split
   input_ids, segment_ids, token_mask, labels   int32[B, 2, L]  (see tokenizer.build_sequence)
   emotion          int32[B, 2]    emotion index of anchor and partner
   annotation_index int32[B, 2]    which of the image's annotations
+  valid            bool[B]        False on the padding rows (only without drop_remainder)
 """
 
 
@@ -75,28 +83,39 @@ class PairExample:
   """Global element index -> one training pair (a grain MapWithIndex callable; picklable)."""
 
   def __init__(self, source, images: np.ndarray, tokenizer, *, max_len: int, seed: int,
-               shard_index: int, shard_count: int, multiple_of: int = 1, anchor_rule: str = "cycle"):
+               shard_index: int, shard_count: int, multiple_of: int = 1, anchor_rule: str = "cycle",
+               pad_last: bool = False):
     self.source, self.images, self.tokenizer = source, np.asarray(images, np.int64), tokenizer
     self.max_len, self.seed, self.anchor_rule = max_len, seed, anchor_rule
     self.shard_index, self.shard_count = shard_index, shard_count
     self.block = multiple_of  # consecutive elements of a shard that are consecutive in the order
-    per_shard = len(self.images) // shard_count
-    self.per_epoch = per_shard - per_shard % multiple_of  # elements of this shard per epoch
+    self.pad_last = pad_last  # positions past the images are padding (marked valid=False)
+    if pad_last:  # every image once, in global batches of shard_count blocks, the last padded
+      self.per_epoch = -(-len(self.images) // (shard_count * multiple_of)) * multiple_of
+    else:
+      per_shard = len(self.images) // shard_count
+      self.per_epoch = per_shard - per_shard % multiple_of  # elements of this shard per epoch
     self._order = (None, None)  # (epoch, permutation), one attribute so threads see a consistent pair
 
   def __getstate__(self):
     return dict(self.__dict__, _order=(None, None))
 
   def image_for(self, index: int) -> tuple[int, int]:
-    """(epoch, record index) of global element `index` of this shard."""
+    """(epoch, record index) of global element `index` of this shard (a padding element: the
+    record of a real one)."""
     epoch, j = divmod(int(index), self.per_epoch)
     cached_epoch, order = self._order
     if cached_epoch != epoch:
       order = np.random.default_rng([self.seed, _TAG_ORDER, epoch]).permutation(len(self.images))
       self._order = (epoch, order)
+    position = self.position_of(j)
+    return epoch, int(self.images[order[position % len(order)]])
+
+  def position_of(self, j: int) -> int:
+    """Place in the epoch's order of this shard's element j of the epoch (>= the number of
+    images: padding)."""
     block, offset = divmod(j, self.block)
-    position = (block * self.shard_count + self.shard_index) * self.block + offset
-    return epoch, int(self.images[order[position]])
+    return (block * self.shard_count + self.shard_index) * self.block + offset
 
   def __call__(self, index: int, _=None) -> dict:
     epoch, r = self.image_for(index)
@@ -110,6 +129,8 @@ class PairExample:
     out["image_index"] = np.int32(r)
     out["emotion"] = np.asarray([rec["emotions"][a], rec["emotions"][b]], np.int32)
     out["annotation_index"] = np.asarray([a, b], np.int32)
+    if self.pad_last:
+      out["valid"] = np.bool_(self.position_of(int(index) % self.per_epoch) < len(self.images))
     return out
 
 
@@ -134,6 +155,7 @@ def train_loader(ready_dir, tokenizer, *, batch_size: int, max_len: int, seed: i
   processes (absl flags must be parsed: automatic under app.run). The
   iterator's get_state()/set_state() (or grain's Orbax handler) restore it.
   pair_anchor: which annotation anchors each pair ("cycle" or "last"; see the module docstring).
+  drop_remainder False: each epoch's last global batch is partial, padded (the 'valid' field).
   """
   if batch_size <= 0 or max_len <= 0:
     raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
@@ -143,18 +165,18 @@ def train_loader(ready_dir, tokenizer, *, batch_size: int, max_len: int, seed: i
   shard_index, shard_count = _default_shard(shard_index, shard_count)
   source = records.load_split(ready_dir, split)
   images = training_images(ready_dir, split)
-  # With drop_remainder, an epoch is a whole number of batches, so no batch spans two epochs and
-  # no image appears twice in a batch (the contrastive loss takes other images as negatives).
+  # An epoch is a whole number of batches, so no batch spans two epochs and no real image
+  # appears twice in a batch (the contrastive loss takes other images as negatives).
   example = PairExample(source, images, tokenizer, max_len=max_len, seed=seed, shard_index=shard_index,
-                        shard_count=shard_count, multiple_of=batch_size if drop_remainder else 1,
-                        anchor_rule=pair_anchor)
+                        shard_count=shard_count, multiple_of=batch_size, anchor_rule=pair_anchor,
+                        pad_last=not drop_remainder)
   if example.per_epoch == 0:
     raise ValueError(f"{ready_dir} split {split!r} has {len(images)} images with two distinct emotions "
                      f"({len(images) // shard_count} per shard of {shard_count}), too few for batch_size "
                      f"{batch_size}")
   ds = grain_lib.MapDataset.range(example.per_epoch).repeat(num_epochs)
   ds = ds.map_with_index(example)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  ds = ds.batch(batch_size, drop_remainder=True)  # per_epoch is a multiple of batch_size
   ids = ds.to_iter_dataset(grain_lib.ReadOptions(num_threads=read_threads,
                                                  prefetch_buffer_size=2 * batch_size))
   if worker_count > 0:
@@ -162,9 +184,14 @@ def train_loader(ready_dir, tokenizer, *, batch_size: int, max_len: int, seed: i
   return ids
 
 
-def steps_per_epoch(ready_dir, *, batch_size: int, shard_count: int = 1, split: str = "train") -> int:
-  """Full batches per epoch per shard (an epoch = each training image once)."""
-  return (len(training_images(ready_dir, split)) // shard_count) // batch_size
+def steps_per_epoch(ready_dir, *, batch_size: int, shard_count: int = 1, split: str = "train",
+                    drop_remainder: bool = True) -> int:
+  """Batches per epoch per shard (an epoch = each training image once): the full ones, or with
+  drop_remainder False also the partial last one (ceil), as train_loader gives them."""
+  images = len(training_images(ready_dir, split))
+  if not drop_remainder:
+    return -(-images // (shard_count * batch_size))
+  return (images // shard_count) // batch_size
 
 
 def _read_images(source, image_index: np.ndarray, size: int) -> np.ndarray:

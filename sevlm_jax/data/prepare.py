@@ -16,7 +16,8 @@ preprocessing for deep nets, artemis_text.py), split the paintings as ArtEmis do
 drop the utterances ArtEmis's length filters drop (too short, too long for the train split's 95th
 percentile), decode every image once (images.py: RGB, the whole picture resized to image_size x
 image_size, no crop, like the public code's Resize((224, 224)), with the bicubic or bilinear
-filter, which meta.json records; inference uses the same function) in worker processes, streamed
+filter, which meta.json records; inference uses the same function; with --prescale_max_side=600,
+through the 600-pixel copy the public code reads) in worker processes, streamed
 to the split files in a bounded window so memory does not grow with the number of paintings, with
 the dominant emotions by both rules (dominant.py).
 
@@ -67,7 +68,8 @@ def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed:
             split_loads=splits.ARTEMIS_SPLIT_LOADS, resize_filter: str = "bicubic",
             too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION,
             text_preprocessing: str = "artemis",
-            workers: int | None = None, overwrite: bool = False, progress: bool = True):
+            workers: int | None = None, overwrite: bool = False, progress: bool = True,
+            prescale_max_side: int = 0, prescale_filter: str = "lanczos"):
   """The command as a function. `csv`: a path, a list of paths, {split: path}, or the --csv spec string.
 
   `seed` is the split seed: keep 2021 to get ArtEmis's own split. Returns the ready folder.
@@ -77,7 +79,8 @@ def prepare(csv, images, out, *, fmt: str = "auto", image_size: int = 224, seed:
                          resize_filter=resize_filter, split_loads=split_loads,
                          too_high_repetition=too_high_repetition,
                          text_preprocessing=text_preprocessing, workers=workers,
-                         overwrite=overwrite, progress=progress)
+                         overwrite=overwrite, progress=progress,
+                         prescale_max_side=prescale_max_side, prescale_filter=prescale_filter)
   return out
 
 
@@ -86,7 +89,8 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
                   too_high_repetition: int = splits.ARTEMIS_TOO_HIGH_REPETITION,
                   text_preprocessing: str = "artemis", workers: int | None = None,
                   window: int | None = None, overwrite: bool = False, progress: bool = True,
-                  extra_meta: dict | None = None, log=print, resize_filter: str = "bicubic"
+                  extra_meta: dict | None = None, log=print, resize_filter: str = "bicubic",
+                  prescale_max_side: int = 0, prescale_filter: str = "lanczos"
                   ) -> tuple[pathlib.Path, dict]:
   """Ingest annotations + images into the ready data set `out`; returns (out, report dict).
 
@@ -98,17 +102,22 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
   utterances as written), for the formats whose entry in formats.py preprocesses_text; the other
   formats' text is used as given.
   resize_filter: bicubic | bilinear (images.RESIZE_FILTERS), recorded in meta.json.
+  prescale_max_side: > 0 first makes each picture's copy with that longer side, as ArtEmis's
+  600-pixel copies of WikiArt (images.prescale, with prescale_filter; pictures no larger are kept
+  as they are, so a folder of such copies passes unchanged); recorded in meta.json.
   """
   t0 = time.time()
-  out, images_dir = pathlib.Path(out), pathlib.Path(images_dir)
+  out, images_dir = io_utils.as_path(out), pathlib.Path(images_dir)  # out: local or gs://...
   _check_arguments(out, images_dir, image_size, resize_filter, overwrite)
+  _check_prescale(prescale_max_side, prescale_filter)
   report = annotations.Report()
   paintings, input_format, paths, text = _read(inputs, fmt, text_preprocessing, report, progress)
   splits.assign_splits(paintings, seed=seed, split_loads=split_loads,
                        too_high_repetition=too_high_repetition)
   _count_set_aside(paintings, report)
   length_filter = artemis_text.drop_by_length(paintings, report) if text == "artemis" else None
-  jobs, by_id = _image_jobs(paintings, report, images_dir, image_size, resize_filter)
+  jobs, by_id = _image_jobs(paintings, report, images_dir, image_size, resize_filter,
+                            (prescale_max_side, prescale_filter))
 
   workers = (os.cpu_count() or 1) if workers is None else workers
   window = window or max(256, 64 * max(workers, 1))
@@ -118,6 +127,7 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
     meta = _meta(input_format, paths, images_dir, text, length_filter, stats, report,
                  image_size=image_size, seed=seed, split_loads=split_loads,
                  too_high_repetition=too_high_repetition, resize_filter=resize_filter)
+    meta["prescale"] = prescale_meta(prescale_max_side, prescale_filter)
     if extra_meta:
       meta["extra"] = extra_meta
     records.write_json(tmp / "meta.json", meta)
@@ -125,7 +135,7 @@ def prepare_ready(inputs, images_dir, out, *, fmt: str = "auto", image_size: int
     records.mark_complete(tmp)
     annotations.check_disjoint({s: records.load_annotations(tmp, s) for s in records.SPLITS})
     _refuse_existing(out, overwrite)  # again: another run may have written it meanwhile
-    io_utils.replace_dir(tmp, out)
+    io_utils.replace_dir(tmp, out, marker=records.COMPLETE_MARKER)  # object store: marker last
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -145,6 +155,24 @@ def _check_arguments(out: pathlib.Path, images_dir: pathlib.Path, image_size: in
     raise ValueError(f"image_size must be positive, got {image_size}")
   if resize_filter not in images_lib.RESIZE_FILTERS:
     raise ValueError(f"resize_filter must be one of {tuple(images_lib.RESIZE_FILTERS)}, got {resize_filter!r}")
+
+
+def _check_prescale(max_side: int, prescale_filter: str) -> None:
+  if max_side < 0:
+    raise ValueError(f"prescale_max_side must be 0 (off) or positive, got {max_side}")
+  if prescale_filter not in images_lib.PRESCALE_FILTERS:
+    raise ValueError(f"prescale_filter must be one of {tuple(images_lib.PRESCALE_FILTERS)}, "
+                     f"got {prescale_filter!r}")
+
+
+def prescale_meta(max_side: int, prescale_filter: str) -> dict:
+  """meta.json's record of the 600-pixel step (max_side 0: none; data sets without the record
+  had none)."""
+  if max_side <= 0:
+    return {"max_side": 0, "how": "none: the pictures as found in the images folder"}
+  return {"max_side": max_side, "filter": prescale_filter,
+          "how": (f"pictures with a side over {max_side} pixels first resized ({prescale_filter}) "
+                  f"to longer side {max_side}, same aspect ratio; smaller ones as found")}
 
 
 def _read(inputs, fmt: str, text_preprocessing: str, report: annotations.Report, progress: bool):
@@ -172,7 +200,8 @@ def _count_set_aside(paintings: dict, report: annotations.Report) -> None:
 
 
 def _image_jobs(paintings: dict, report: annotations.Report, images_dir: pathlib.Path,
-                image_size: int, resize_filter: str) -> tuple[list, dict]:
+                image_size: int, resize_filter: str, prescaled: tuple = (0, "lanczos")
+                ) -> tuple[list, dict]:
   """(images_lib.load_all's jobs, image_id -> Painting) of the paintings with an annotation left,
   split by split in image_id order; the others are reported."""
   jobs, by_id = [], {}
@@ -181,7 +210,7 @@ def _image_jobs(paintings: dict, report: annotations.Report, images_dir: pathlib
       if not p.emotions:
         report.skip("no_valid_annotations", lost_annotations=0, image_id=p.image_id, rows=p.rows)
         continue
-      jobs.append((p.image_id, str(images_dir), p.image_rel, image_size, resize_filter))
+      jobs.append((p.image_id, str(images_dir), p.image_rel, image_size, resize_filter, *prescaled))
       by_id[p.image_id] = p
   return jobs, by_id
 
@@ -290,6 +319,12 @@ def _define_flags() -> None:
   _F['image_size'] = flags.DEFINE_integer("image_size", 224, "Stored images are image_size x image_size RGB.")
   _F['resize_filter'] = flags.DEFINE_enum("resize_filter", "bicubic", ["bicubic", "bilinear"],
                                           "Resize filter (bilinear: the public code's).")
+  _F['prescale'] = flags.DEFINE_integer("prescale_max_side", 0,
+                                        "> 0: first resize each picture to this longer side, same "
+                                        "aspect ratio (600: ArtEmis's copies of WikiArt, which the "
+                                        "public code reads); smaller pictures kept as found.")
+  _F['prescale_filter'] = flags.DEFINE_enum("prescale_filter", "lanczos", ["lanczos", "bicubic", "bilinear"],
+                                            "Filter of the --prescale_max_side step.")
   _F['seed'] = flags.DEFINE_integer("seed", splits.ARTEMIS_SEED, "Split seed (2021 reproduces ArtEmis's split).")
   _F['split_loads'] = flags.DEFINE_list("split_loads", [str(x) for x in splits.ARTEMIS_SPLIT_LOADS],
                                    "train,val,test fractions of paintings.")
@@ -320,7 +355,8 @@ def main(argv):
           seed=_F['seed'].value, split_loads=loads, too_high_repetition=_F['too_high'].value,
           text_preprocessing=_F['text'].value, workers=_F['workers'].value,
           overwrite=_F['overwrite'].value,
-          resize_filter=_F['resize_filter'].value)
+          resize_filter=_F['resize_filter'].value,
+          prescale_max_side=_F['prescale'].value, prescale_filter=_F['prescale_filter'].value)
 
 
 if __name__ == "__main__":

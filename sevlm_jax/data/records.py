@@ -16,8 +16,11 @@ for split in SPLITS. A record (msgpack map) holds:
   image             bytes    uint8 H x W x 3 RGB, with image_shape [H, W, 3]
   emotions          [int]    one per annotation, indices into EMOTIONS
   utterances        [str]    one per annotation (stripped, otherwise as written)
-  counts            [int]*9  annotations per emotion
-  histogram         [float]*9 normalised emotion histogram
+  counts            [int]*9  annotations per emotion: those kept, one per utterance (EA's
+                             eval.ea_histogram=kept reads them)
+  histogram         [float]*9 normalised emotion histogram (ACC's): meta.json's "histogram" says
+                             what it counts (after length filters: every annotation, the
+                             dropped ones included; a SEVLM JSON's origin_emotion_distribution)
   dominant_half     int      emotion holding > 0.5 of the histogram, else -1 (public SEVLM code)
   dominant_artemis  int      emotion holding >= half (ArtEmis), ties to the lower index, else -1
 
@@ -32,6 +35,9 @@ import msgpack
 import numpy as np
 
 from sevlm_jax import errors
+from sevlm_jax import io_utils
+from sevlm_jax.data import record_sequence
+from sevlm_jax.data import tfds_source  # a TFDS build (data.source=tfds) is read through it
 from sevlm_jax.data.splits import SPLITS  # also read as records.SPLITS
 
 COMPLETE_MARKER = "COMPLETE"
@@ -110,11 +116,12 @@ def mark_complete(tmp: pathlib.Path) -> None:
 
 
 def is_complete(ready_dir) -> bool:
-  return (pathlib.Path(ready_dir) / COMPLETE_MARKER).is_file()
+  return ((io_utils.as_path(ready_dir) / COMPLETE_MARKER).is_file()
+          or tfds_source.is_tfds_dir(ready_dir))
 
 
 def _check_ready(ready_dir, split=None) -> pathlib.Path:
-  ready_dir = pathlib.Path(ready_dir)
+  ready_dir = io_utils.as_path(ready_dir)  # a local folder, or gs://... (epath)
   if not ready_dir.is_dir():
     raise FileNotFoundError(f"ready data set {ready_dir} does not exist; create it with "
                             "`python -m sevlm_jax.data.prepare` (or sevlm_jax.data.sources.ensure_demo_dataset)")
@@ -128,57 +135,49 @@ def _check_ready(ready_dir, split=None) -> pathlib.Path:
 
 def load_meta(ready_dir) -> dict:
   """meta.json of a ready data set."""
+  if tfds_source.is_tfds_dir(ready_dir):
+    return tfds_source.load_meta(ready_dir)
   ready_dir = _check_ready(ready_dir)
   return json.loads((ready_dir / "meta.json").read_text(encoding="utf-8"))
 
 
 def load_report(ready_dir) -> dict:
   """report.json of a ready data set (what was skipped or repaired)."""
+  if tfds_source.is_tfds_dir(ready_dir):
+    return tfds_source.load_report(ready_dir)
   ready_dir = _check_ready(ready_dir)
   return json.loads((ready_dir / "report.json").read_text(encoding="utf-8"))
 
 
 def load_annotations(ready_dir, split: str) -> list[dict]:
   """All records of a split without pixels (image_id, emotions, utterances, histogram, ...)."""
+  if tfds_source.is_tfds_dir(ready_dir):
+    return tfds_source.load_annotations(ready_dir, split)
   ready_dir = _check_ready(ready_dir, split)
-  with open(ready_dir / f"{split}.annotations.jsonl", encoding="utf-8") as f:
+  with (ready_dir / f"{split}.annotations.jsonl").open(encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
-class ReadySplit:
+class ReadySplit(record_sequence.RecordSequence):
   """Random-access sequence of decoded records of one split (also a grain data source)."""
 
   def __init__(self, ready_dir, split: str):
     ready_dir = _check_ready(ready_dir, split)
     self.ready_dir, self.split = ready_dir, split
-    path = ready_dir / f"{split}.array_record"
+    # array_record reads local files only: a data set on an object store is read from a local
+    # copy of the split's file (downloaded once, io_utils.local_copy).
+    path = io_utils.local_copy(ready_dir / f"{split}.array_record")
     self._source = _array_record("array_record_data_source").ArrayRecordDataSource([str(path)])
     self._len = len(self._source)
 
-  def __len__(self) -> int:
-    return self._len
-
-  def __getitem__(self, index: int) -> dict:
-    index = int(index)
-    if index < 0:
-      index += self._len
-    if not 0 <= index < self._len:
-      raise IndexError(f"record {index} out of range for split {self.split!r} of {self._len} records")
-    return decode_record(self._source[index])
-
-  def __getitems__(self, indices) -> list[dict]:
-    return [self[i] for i in indices]
-
-  def __iter__(self):
-    for i in range(self._len):
-      yield self[i]
-
-  def __repr__(self) -> str:
-    return f"ReadySplit({str(self.ready_dir)!r}, {self.split!r}, {self._len} records)"
+  def _decode(self, raw) -> dict:
+    return decode_record(raw)
 
 
 def load_split(ready_dir, split: str) -> ReadySplit:
   """Records of `split` ('train', 'val', 'test' or 'rest') of a ready data set, random access."""
+  if tfds_source.is_tfds_dir(ready_dir):
+    return tfds_source.TfdsSplit(ready_dir, split)
   return ReadySplit(ready_dir, split)
 
 

@@ -24,12 +24,15 @@ project ships only its own small lexicon (assets/demo_vad_lexicon.tsv).
 Token lookup (`token_vad_table`): the token's text with the BPE space marker
 removed, stripped and lowercased; the word if listed, else its lemma
 (simplemma, English, offline), else [0, 0, 0]. Control tokens get [0, 0, 0].
-lookup="lemma_only" is the public code's rule instead (utils/get_VADfeature.py):
-only the lemma is looked up, so an inflected form the lexicon lists ("loved")
-gets its lemma's values or zeros. The public code lemmatises with NLTK's
-WordNet lemmatiser, each word with the part of speech NLTK's tagger gives it in
-its sentence; that data cannot be downloaded here, and this table holds one
-value per token, not per context, so simplemma's context-free lemma stands in.
+lookup="lemma_only" looks up only the lemma, as the public code does
+(utils/get_VADfeature.py), so an inflected form the lexicon lists ("loved")
+gets its lemma's values or zeros; simplemma's context-free lemma stands in for
+the public code's WordNet lemma of the word's tagged part of speech, and it errs
+towards the verb or noun stem ("painting" -> "paint", "interesting" ->
+"interest", where WordNet keeps a noun or adjective as it is).
+lookup="wordnet_pos" is the public rule itself, with NLTK's tagger and WordNet
+(optional; vad_wordnet.py, which also says how a per-context rule becomes this
+one-value-per-token table).
 The (vocab x 3) table is cached on disk, keyed by the lexicon file's sha256 and
 the lookup rule.
 """
@@ -46,6 +49,7 @@ import simplemma
 
 from sevlm_jax import io_utils
 from sevlm_jax import vocab
+from sevlm_jax.data import vad_wordnet
 from sevlm_jax.errors import InputError
 
 FORMATS = ("auto", "nrc_v1", "nrc_v1_bipolar", "nrc_v2", "warriner")
@@ -59,7 +63,8 @@ _VALUE_COLUMNS = {
 }
 # Bump when the lookup rule changes, so cached tables are recomputed.
 _TABLE_VERSION = f"v1-simplemma{getattr(simplemma, '__version__', '')}"
-LOOKUPS = ("word_then_lemma", "lemma_only")
+LOOKUPS = ("word_then_lemma", "lemma_only", "wordnet_pos")
+_WORD_LOOKUPS = ("word_then_lemma", "lemma_only")  # rules of a word alone (VadLexicon.lookup)
 
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent / "assets"
 DEMO_LEXICON_PATH = ASSETS_DIR / "demo_vad_lexicon.tsv"
@@ -81,8 +86,9 @@ class VadLexicon:
   def lookup(self, word: str, rule: str = "word_then_lemma") -> np.ndarray:
     """VAD of `word` (lowercased), else of its lemma, else zeros; rule="lemma_only": of its
     lemma, else zeros (the public code's rule)."""
-    if rule not in LOOKUPS:
-      raise ValueError(f"VAD lookup rule must be one of {LOOKUPS}, got {rule!r}")
+    if rule not in _WORD_LOOKUPS:
+      raise ValueError(f"VAD lookup rule of a word alone must be one of {_WORD_LOOKUPS}, got "
+                       f"{rule!r} (wordnet_pos needs the word's sentence: vad_wordnet.py)")
     w = word.strip().lower()
     if not w:
       return np.zeros(3, np.float32)
@@ -197,8 +203,9 @@ def parse_lexicon(text: str, *, fmt: str = "auto", source: str = "<memory>",
 
 
 def load_lexicon(path, fmt: str = "auto") -> VadLexicon:
-  """Read a VAD lexicon file (NRC-VAD v1 / v1 bipolar / v2.1, Warriner CSV); values on -1..1."""
-  path = pathlib.Path(path)
+  """Read a VAD lexicon file (NRC-VAD v1 / v1 bipolar / v2.1, Warriner CSV); values on -1..1.
+  `path`: a local path or any etils.epath URI (gs://...)."""
+  path = io_utils.as_path(path)
   io_utils.check_path(path, "file", "VAD lexicon", ". NRC-VAD cannot be redistributed: download "
                       f"it yourself, or use the project's demo lexicon {DEMO_LEXICON_PATH}")
   raw = path.read_bytes()
@@ -217,7 +224,10 @@ def token_words(tokenizer) -> list[str]:
 
 def compute_token_vad_table(tokenizer, lexicon: VadLexicon, lookup: str = "word_then_lemma"
                             ) -> np.ndarray:
-  """float32[VOCAB_SIZE, 3]: lexicon VAD of every token (rows of control tokens are zero)."""
+  """float32[VOCAB_SIZE, 3]: lexicon VAD of every token (rows of control tokens are zero);
+  wordnet_pos without training text: each token tagged alone (vad_wordnet.py)."""
+  if lookup == "wordnet_pos":
+    return vad_wordnet.token_vad_table(tokenizer, lexicon)[0]
   table = np.zeros((vocab.VOCAB_SIZE, 3), np.float32)
   for i, word in enumerate(token_words(tokenizer)):
     if word:

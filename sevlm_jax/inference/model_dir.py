@@ -110,8 +110,9 @@ def load_exported(directory, lexicon: str | None = None) -> Exported:
   Every file is checked against the manifest's sha256, and the parameters against the shapes
   the config's network needs: a missing, truncated or altered file is a CheckpointError naming it.
   lexicon: the VAD lexicon file, needed only when the export left the VAD table out.
+  directory: a local folder, or gs://... (read from a local copy, downloaded once).
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = pathlib.Path(io_utils.local_copy_tree(directory)).absolute()
   if not (directory / MANIFEST).is_file():
     raise CheckpointNotFoundError(
         f"{directory / MANIFEST} is missing: {directory} is not a SEVLM model directory (write one "
@@ -180,6 +181,10 @@ def _read_vad_table(directory: pathlib.Path, manifest: dict, tokenizer, lexicon,
                       f"{recorded.get('lexicon')}, which may not be redistributed): pass your copy of that "
                       "lexicon, Predictor.from_pretrained(dir, lexicon=PATH)")
   fmt = recorded.get("lexicon_format") or "auto"
+  if lookup == "wordnet_pos":  # its parts of speech came from the training text's sentences
+    raise ConfigError(f"{directory} was exported without its VAD table, made with "
+                      "data.vad_lookup=wordnet_pos from the training text as well as the lexicon, "
+                      "so a lexicon cannot rebuild it: export the run with its table")
   table = vad_lib.token_vad_table(tokenizer, vad_lib.load_lexicon(lexicon, fmt=fmt),
                                 lookup=lookup).astype(np.float32)  # the run's lookup rule
   if table_sha256(table) != recorded.get("sha256"):

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from sevlm_jax import checkpoints as ckpt_lib
+from sevlm_jax import io_utils
 from sevlm_jax import vocab
 from sevlm_jax.config import migrate
 from sevlm_jax.data import batching
@@ -137,6 +138,9 @@ class Predictor:
     self.batch_size = batch_size or config.eval.batch_size
     self.image_size = config.data.image_size
     self.resize_filter = config.data.resize_filter  # as the training data was
+    # The 600-pixel step before it, when the training data had it (the official variant).
+    self.prescaled = {"prescale_max_side": config.data.prescale_max_side,
+                      "prescale_filter": config.data.prescale_filter}
     self.options = decode_lib.DecodeOptions.from_config(config.eval)  # checked here, once
     self._decode = decode_lib.make_decode_fn(self.model, self.options, self.tokenizer, output_ids)
     self._emotion_probs = make_emotion_fn(self.model, self.tokenizer, output_ids)
@@ -151,7 +155,7 @@ class Predictor:
     config_path = os.path.join(workdir, "config.json")
     table_path = os.path.join(workdir, "vad_table.npy")
     for path in (config_path, table_path):
-      if not os.path.exists(path):
+      if not io_utils.as_path(path).exists():  # the workdir: a local folder or gs://...
         raise CheckpointNotFoundError(
             f"{path} is missing: {workdir} is not a trained SEVLM run (train one with "
             "python -m sevlm_jax.main --config=configs/sevlm.py:demo --workdir=DIR)")
@@ -161,8 +165,9 @@ class Predictor:
     else:
       params, _ = ckpt_lib.restore_params(workdir, checkpoint)
     vocab_path = os.path.join(workdir, "output_vocab.npy")
-    output_ids = np.load(vocab_path) if os.path.exists(vocab_path) else None
-    return cls(config, params, np.load(table_path), batch_size=batch_size, output_ids=output_ids)
+    output_ids = io_utils.load_npy(vocab_path) if io_utils.as_path(vocab_path).exists() else None
+    return cls(config, params, io_utils.load_npy(table_path), batch_size=batch_size,
+               output_ids=output_ids)
 
   @classmethod
   def from_released(cls, source: str, lexicon: str | None = None,
@@ -193,7 +198,8 @@ class Predictor:
                output_ids=exported.output_ids, tokenizer=exported.tokenizer)
 
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
-    return np.stack([images_lib.to_pixels(im, self.image_size, f"image {i}", self.resize_filter)
+    return np.stack([images_lib.to_pixels(im, self.image_size, f"image {i}", self.resize_filter,
+                                          **self.prescaled)
                      for i, im in enumerate(images)])
 
   def _batches(self, images):
@@ -280,7 +286,8 @@ class Predictor:
     readable = {}  # position in `images` -> its pixels
     for i, image in enumerate(images):
       try:
-        readable[i] = images_lib.to_pixels(image, self.image_size, f"image {i}", self.resize_filter)
+        readable[i] = images_lib.to_pixels(image, self.image_size, f"image {i}", self.resize_filter,
+                                           **self.prescaled)
         out.append({})
       except InputError as e:
         out.append({"error": str(e)})

@@ -9,11 +9,11 @@ uploaded; then inference/hub.py creates the repository if needed and uploads it.
 """
 
 import json
-import os
 import pathlib
 
 from absl import logging
 
+from sevlm_jax import io_utils
 from sevlm_jax.errors import ConfigError
 from sevlm_jax.inference import hub
 from sevlm_jax.inference import model_dir
@@ -38,6 +38,7 @@ def push_from_command_line(folder, repo_id: str | None, private: bool, workdir: 
       raise ConfigError(f"--private applies to --push_to_hub=OWNER/NAME, which was not given (the "
                         f"export {folder} was written; nothing was uploaded)")
     return
+  folder = io_utils.local_copy_tree(folder)  # an export in a bucket is uploaded from a local copy
   url = push_export(folder, repo_id, private=private, lexicon=_run_lexicon(folder, workdir, lexicon))
   print(f"pushed {folder} to the Hugging Face hub: {url}")
   print(f"load it with Predictor.from_pretrained({repo_id!r})")
@@ -67,9 +68,9 @@ def _run_lexicon(folder, workdir: str | None, given: str | None) -> str | None:
   manifest = json.loads((pathlib.Path(folder) / model_dir.MANIFEST).read_text("utf-8"))
   if manifest["vad_table"].get("included", True):
     return None
-  provenance = pathlib.Path(workdir or ".") / "vad_table.json"
+  provenance = io_utils.as_path(workdir or ".") / "vad_table.json"  # the workdir: local or gs://
   lexicon = json.loads(provenance.read_text("utf-8")).get("lexicon") if provenance.is_file() else given
-  if not lexicon or not os.path.isfile(lexicon):
+  if not lexicon or not io_utils.as_path(lexicon).is_file():
     raise ConfigError(f"{folder} left its VAD table out, and the lexicon it was made from "
                       f"({lexicon or 'not recorded in ' + str(provenance)}) is not here to check the "
                       "export against before uploading; run the command where that lexicon is")

@@ -41,9 +41,10 @@ from sevlm_jax.weights import sevlm as sevlm_weights
 DEFAULT_VARIANTS = "artemis_v1,official"
 HUB_NAME = "jing5566/SEVLM"
 CHECKPOINT_KIND = "pretrained.sevlm"  # what evaluation records for the imported weights
-# The official switches that change an answer; the others (loss, optim, train, pretrained) only
-# change training.
+# The official switches that change an answer; the others (loss, optim, train, pretrained, and
+# TRAINING_ONLY: initial weights, which the authors' weights replace) only change training.
 INFERENCE_SECTIONS = ("model.", "data.", "eval.")
+TRAINING_ONLY = ("model.vad.init",)
 TRAINING_DATA = [
     "The authors trained it on ArtEmis v1.0 (annotations of WikiArt paintings: each annotator chose "
     "one of nine emotions and wrote why) in ArtEmis's preprocessing for deep nets (split 85/5/10 by "
@@ -71,7 +72,8 @@ class Prepared:
 
 def inference_switches() -> dict[str, Any]:
   """The authors' inference behaviour: the official switches of INFERENCE_SECTIONS."""
-  return {k: v for k, v in presets.official_switches().items() if k.startswith(INFERENCE_SECTIONS)}
+  return {k: v for k, v in presets.official_switches().items()
+          if k.startswith(INFERENCE_SECTIONS) and k not in TRAINING_ONLY}
 
 
 def _field(config: ml_collections.ConfigDict, dotted: str):

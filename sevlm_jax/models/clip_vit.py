@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sevlm_jax.models import layers
 from sevlm_jax.models.config import VisionConfig
 from sevlm_jax.models.layers import DenseParams, layer_norm
 
@@ -52,16 +53,17 @@ class Attention(nn.Module):
     kernels, biases = zip(*(DenseParams(c.width, name=n)(d)
                             for n in ("q_proj", "k_proj", "v_proj")))
     qkv_kernel = jnp.concatenate(kernels, axis=1).astype(self.dtype)
-    qkv = x_BxNxD.astype(self.dtype) @ qkv_kernel + jnp.concatenate(biases).astype(self.dtype)
+    qkv = (layers.einsum("bnd,de->bne", x_BxNxD.astype(self.dtype), qkv_kernel)
+           + jnp.concatenate(biases).astype(self.dtype))
     q, k, v = (t.reshape(*x_BxNxD.shape[:2], c.heads, -1) for t in jnp.split(qkv, 3, axis=-1))
     if self.attention_impl == "cudnn":
       out_BxNxHxK = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
     else:
       scale = q.shape[-1] ** -0.5
-      logits_BxHxNxN = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) * scale
+      logits_BxHxNxN = layers.einsum("bqhk,bshk->bhqs", q, k, jnp.float32) * scale
       probs = jax.nn.softmax(logits_BxHxNxN, axis=-1).astype(v.dtype)
-      out_BxNxHxK = jnp.einsum("bhqs,bshk->bqhk", probs, v)
-    return nn.Dense(c.width, dtype=self.dtype, name="out_proj")(
+      out_BxNxHxK = layers.einsum("bhqs,bshk->bqhk", probs, v)
+    return nn.Dense(c.width, dtype=self.dtype, dot_general=layers.dot_general, name="out_proj")(
         out_BxNxHxK.reshape(x_BxNxD.shape))
 
 
@@ -76,8 +78,9 @@ class ResidualBlock(nn.Module):
     h = layer_norm("ln_1", self.dtype)(x_BxNxD)
     x_BxNxD = x_BxNxD + Attention(c, self.dtype, self.attention_impl, name="attn")(h)
     h = layer_norm("ln_2", self.dtype)(x_BxNxD)
-    h = nn.Dense(c.mlp_dim, dtype=self.dtype, name="fc1")(h)
-    h = nn.Dense(c.width, dtype=self.dtype, name="fc2")(quick_gelu(h))
+    h = nn.Dense(c.mlp_dim, dtype=self.dtype, dot_general=layers.dot_general, name="fc1")(h)
+    h = nn.Dense(c.width, dtype=self.dtype, dot_general=layers.dot_general,
+                 name="fc2")(quick_gelu(h))
     return x_BxNxD + h
 
 
@@ -96,7 +99,8 @@ class VisionTower(nn.Module):
                        f" (model.vision.image_size), got shape {tuple(images_BxHxWx3.shape)}")
     x = normalize_images(images_BxHxWx3, self.image_norm).astype(self.dtype)
     x = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
-                padding="VALID", use_bias=False, dtype=self.dtype, name="patch_embedding")(x)
+                padding="VALID", use_bias=False, dtype=self.dtype,
+                conv_general_dilated=layers.conv_general_dilated, name="patch_embedding")(x)
     b = x.shape[0]
     x_BxPxD = x.reshape(b, -1, c.width)
     scale = c.width ** -0.5

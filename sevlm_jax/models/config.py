@@ -15,6 +15,7 @@ import ml_collections
 from sevlm_jax import vocab
 
 IMAGE_NORMS = ("clip", "imagenet")
+VAD_INITS = ("flax", "public")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("xla", "cudnn")
 DECODE_KERNEL_IMPLS = ("xla", "pallas", "pallas_interpret")  # models/decode_kernels.py
@@ -60,6 +61,10 @@ class VADConfig:
   # (with causal=False, real tokens then see the padding after them).
   mask_padding: bool = True
   dropout: float = 0.1
+  # Initial weights of its Dense layers: 'flax' (lecun_normal kernels, zero biases) | 'public'
+  # (as the public code's module starts: PyTorch nn.Linear's U(+-1/sqrt(fan_in)) kernels and
+  # biases, and every layer a copy of the first; see models/vad.py).
+  init: str = "flax"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +89,11 @@ class ModelConfig:
   # The vision tower's attention: 'xla' (einsums, any device) or 'cudnn' (fused kernel;
   # NVIDIA GPU with dtype bfloat16).
   vision_attention: str = "xla"
-  # A decoding step's attentions and VAD encoder: 'pallas' one Pallas kernel each where the
-  # program is compiled for an NVIDIA GPU (XLA's path elsewhere), 'xla' XLA's path everywhere,
+  # A decoding step's attentions and VAD encoder: 'xla' XLA's path everywhere (the default
+  # until the kernels have run on a GPU: README, "Speed"), 'pallas' one Pallas kernel each where
+  # the program is compiled for an NVIDIA GPU of sm_80 or later (XLA's path elsewhere),
   # 'pallas_interpret' the kernels interpreted on any device (slow; for checking them).
-  decode_kernels: str = "pallas"
+  decode_kernels: str = "xla"
   # The image-blind control: every image is replaced by a constant mid grey before the tower.
   blank_images: bool = False
   emotion_segment_id: int = vocab.EMOTION_SEGMENT_ID
@@ -149,6 +155,8 @@ def _validate(c: ModelConfig) -> None:
 
   if c.image_norm not in IMAGE_NORMS:
     fail(f"model.image_norm={c.image_norm!r}; expected one of {IMAGE_NORMS}")
+  if c.vad.init not in VAD_INITS:
+    fail(f"model.vad.init={c.vad.init!r}; expected one of {VAD_INITS}")
   if c.dtype not in DTYPES:
     fail(f"model.dtype={c.dtype!r}; expected one of {DTYPES}")
   if c.vision_attention not in ATTENTION_IMPLS:

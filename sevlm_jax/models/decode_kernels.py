@@ -17,11 +17,12 @@ and weights to the compute dtype); in float32 both paths agree to rounding (test
 Pallas's interpreter: there is no GPU in the tests).
 
 `impl` (model.decode_kernels) chooses: 'xla' the einsum path (layers.attention_probs /
-attend, the VAD encoder's own step); 'pallas' the kernels where the program is lowered for an
-NVIDIA GPU and the XLA path elsewhere (chosen at lowering, so a program compiled for a GPU
-from a CPU-only machine gets the kernels); 'pallas_interpret' the kernels through Pallas's
-interpreter on any device (slow: for checking them where there is no GPU). With the batch
-split over several GPUs, each runs the kernels on its own rows (_split_by_rows).
+attend, the VAD encoder's own step; the default); 'pallas' the kernels where the program is
+lowered for an NVIDIA GPU of sm_80 or later and the XLA path elsewhere (chosen at lowering,
+so a program compiled for a GPU from a CPU-only machine gets the kernels); 'pallas_interpret'
+the kernels through Pallas's interpreter on any device (slow: for checking them where there is
+no GPU). With the batch split over several GPUs, each runs the kernels on its own rows
+(_split_by_rows).
 """
 
 import functools
@@ -285,8 +286,32 @@ def _split_by_rows(kernel_fn, batched, *args):
   return call(*leaves)
 
 
+# Triton in XLA, which builds the kernels, supports Ampere (sm_80) and later: on an older GPU
+# 'pallas' lowers XLA's path (benchmark/aot.py records the choice per GPU).
+MIN_COMPUTE_CAPABILITY = (8, 0)
+
+
+def for_compute_capability(impl: str, compute_capability: tuple[int, int]) -> str:
+  """impl, or 'xla' where the kernels cannot be built for a GPU of that compute capability."""
+  if impl == "pallas" and tuple(compute_capability) < MIN_COMPUTE_CAPABILITY:
+    return "xla"
+  return impl
+
+
+def _local_gpu_compute_capability() -> tuple[int, int] | None:
+  try:
+    device = jax.local_devices(backend="gpu")[0]
+  except Exception:  # pylint: disable=broad-except  # no GPU backend: nothing to check
+    return None
+  cc = str(getattr(device, "compute_capability", "") or "")
+  return tuple(int(x) for x in cc.split(".")[:2]) if cc[:1].isdigit() else None
+
+
 def _dispatch(impl, xla_fn, kernel_fn, batched, *args):
   """impl: model.decode_kernels (config.DECODE_KERNEL_IMPLS, checked there)."""
+  cc = _local_gpu_compute_capability() if impl == "pallas" else None
+  if cc is not None:
+    impl = for_compute_capability(impl, cc)
   if impl == "xla":
     return xla_fn(*args)
   if impl == "pallas_interpret":  # the GPU's path on any device, the kernels interpreted

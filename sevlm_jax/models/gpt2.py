@@ -27,12 +27,14 @@ import jax
 import jax.numpy as jnp
 
 from sevlm_jax.models import decode_kernels
+from sevlm_jax.models import layers
 from sevlm_jax.models.config import DecoderConfig
 from sevlm_jax.models.layers import (attend, attention_probs, layer_norm, merge_heads,
                                      split_heads, update_cache)
 
 def _dense(features: int, dtype, std: float = 0.02) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(std))
+  return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(std),
+                  dot_general=layers.dot_general)
 
 
 def pad_patches(patches_BxPxD, multiple: int = 8):
@@ -240,14 +242,14 @@ class GPT2Decoder(nn.Module):
     v = self.config.vocab_size
     if table_VxD is not None:
       rows = v if output_ids_V is None else output_ids_V.shape[0]
-      return jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype),
-                        table_VxD.astype(self.dtype))[..., :rows].astype(dtype)
+      return layers.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype),
+                           table_VxD.astype(self.dtype), dtype)[..., :rows]
     if output_ids_V is not None:
       table_VxD = self.wte.embedding[output_ids_V]
     else:
       table_VxD = jnp.pad(self.wte.embedding, ((0, -v % max(pad_vocab_to, 1)), (0, 0)))
-    logits_BxTxV = jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype),
-                              table_VxD.astype(self.dtype)).astype(dtype)
+    logits_BxTxV = layers.einsum("btd,vd->btv", hidden_BxTxD.astype(self.dtype),
+                                 table_VxD.astype(self.dtype), dtype)
     if output_ids_V is None and table_VxD.shape[0] > v:  # the padding columns
       logits_BxTxV = jnp.where(jnp.arange(table_VxD.shape[0]) < v, logits_BxTxV,
                                jnp.finfo(dtype).min)

@@ -35,7 +35,7 @@ from sevlm_jax.models.clip_vit import VisionTower
 from sevlm_jax.models.config import ModelConfig
 from sevlm_jax.models.heads import ContrastiveHead
 from sevlm_jax.models.segments import config_part_masks
-from sevlm_jax.models.vad import VADEncoder, fuse_explanation_vad
+from sevlm_jax.models.vad import VADEncoder, copy_first_layer, fuse_explanation_vad
 # The pure masked mean of the losses module: the contrastive head reads the same reduction.
 
 
@@ -258,7 +258,10 @@ def init_params(config, rng: jax.Array):
   segs = jnp.asarray([[config.emotion_segment_id, config.explanation_segment_id]], jnp.int32)
   variables = SEVLM(config).init({"params": rng}, images, ids, segs, jnp.zeros((1, 2, 3)),
                                  jnp.ones((1, 2), jnp.int32), method=SEVLM.init_all)
-  return variables["params"]
+  params = variables["params"]
+  if config.use_vad_embedding and config.vad.init == "public":  # the public layers start as copies
+    params = dict(params, vad_encoder=copy_first_layer(params["vad_encoder"]))
+  return params
 
 
 def abstract_params(config) -> Any:

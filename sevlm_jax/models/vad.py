@@ -16,6 +16,12 @@ the decoder width; all other tokens keep their embedding.
 
 `mask_padding=False` lets every query attend to padding keys too, as the
 public encoder is given no mask.
+
+`init='public'` starts the Dense layers as the public module does: PyTorch's nn.Linear
+(weight kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), bias from the same
+range; nothing re-initialises them, as the encoder is not part of GPT-2's module), and every
+layer a copy of the first (its `_get_clones` deep-copies one layer; copy_first_layer, applied
+by models/sevlm.init_params). Positions (N(0, 1)) and LayerNorms (1, 0) start alike in both.
 """
 
 import flax.linen as nn
@@ -55,18 +61,40 @@ def small_attend(probs_BxHxTxS, v_BxSxHxK):
   return jnp.swapaxes(out_BxHxTxK, 1, 2)
 
 
+def torch_linear_init(fan_in: int) -> dict:
+  """kernel_init and bias_init of PyTorch's nn.Linear with fan_in inputs: both U(-b, b), b =
+  1/sqrt(fan_in) (kaiming_uniform(a=sqrt(5)) gives the weight that bound)."""
+  bound = fan_in ** -0.5
+
+  def uniform(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return {"kernel_init": uniform, "bias_init": uniform}
+
+
+def copy_first_layer(vad_params: dict) -> dict:
+  """The encoder's parameters with every layer's replaced by a copy of layer 0's (init='public').
+  Copies, not the same arrays: the train step donates its state, and one buffer cannot be
+  donated twice."""
+  copy = lambda: jax.tree.map(jnp.copy, vad_params["layers_0"])
+  return {k: (copy() if k.startswith("layers_") and k != "layers_0" else v)
+          for k, v in vad_params.items()}
+
+
 class VADLayer(nn.Module):
   config: VADConfig
 
   def setup(self):
     c = self.config
-    # Dense layers' parameters (names and init of nn.Dense), applied by small_dense.
-    self.query = DenseParams(c.width)
-    self.key = DenseParams(c.width)
-    self.value = DenseParams(c.width)
+    # Dense layers' parameters (names and init of nn.Dense, or of nn.Linear with init='public'),
+    # applied by small_dense.
+    init = torch_linear_init if c.init == "public" else (lambda _: {})
+    self.query = DenseParams(c.width, **init(c.width))
+    self.key = DenseParams(c.width, **init(c.width))
+    self.value = DenseParams(c.width, **init(c.width))
     self.norm1 = layers.layer_norm()
-    self.fc1 = DenseParams(c.mlp_dim)
-    self.fc2 = DenseParams(c.width)
+    self.fc1 = DenseParams(c.mlp_dim, **init(c.width))
+    self.fc2 = DenseParams(c.width, **init(c.mlp_dim))
     self.norm2 = layers.layer_norm()
     self.attn_dropout = nn.Dropout(c.dropout)
     self.dropout1 = nn.Dropout(c.dropout)

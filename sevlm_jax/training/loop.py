@@ -69,8 +69,10 @@ class _StopRequest:
 def total_train_steps(config: ml_collections.ConfigDict, ready_dir: str) -> int:
   if config.train.num_steps > 0:
     return int(config.train.num_steps)
-  # An epoch visits each pair image once in whole global batches (pipeline.train_loader).
-  steps_per_epoch = pipeline.steps_per_epoch(ready_dir, batch_size=config.train.batch_size)
+  # An epoch visits each pair image once in global batches (pipeline.train_loader), the partial
+  # last one counted with train.drop_last False, as the public code's schedule counts it.
+  steps_per_epoch = pipeline.steps_per_epoch(ready_dir, batch_size=config.train.batch_size,
+                                             drop_remainder=config.train.drop_last)
   if steps_per_epoch == 0:
     num_pair_images = len(pipeline.training_images(ready_dir))
     raise ConfigError(
@@ -79,10 +81,19 @@ def total_train_steps(config: ml_collections.ConfigDict, ready_dir: str) -> int:
   return int(config.train.num_epochs * steps_per_epoch)
 
 
+def validates_at(train: ml_collections.ConfigDict, step: int, total_steps: int) -> bool:
+  """Every train.eval_every steps (counted over all epochs, partial batches included, as the
+  public code's line `(epoch*num_batch+(step+1)) % eval_steps == 0`), and at the last step
+  with train.validate_final_step (the public code does not)."""
+  return step % train.eval_every == 0 or (train.validate_final_step and step == total_steps)
+
+
 def check_batch_fits(config: ml_collections.ConfigDict, ready_dir: str, mesh) -> None:
   """ConfigError, before any compilation, unless a training batch fits the train split: an epoch
   is a whole number of batches of its images with two distinct emotions (pipeline.train_loader),
-  each process reading an equal part of them."""
+  each process reading an equal part of them. Without train.drop_last any batch fits (padded)."""
+  if not config.train.drop_last and len(pipeline.training_images(ready_dir)):
+    return
   _, parts = parallel.process_part(mesh)
   devices = parallel.data_size(mesh)
   images = len(pipeline.training_images(ready_dir))
@@ -100,8 +111,9 @@ def check_batch_fits(config: ml_collections.ConfigDict, ready_dir: str, mesh) ->
 def _host_batch(batch: dict[str, np.ndarray],
                 patch_cache: features.PatchCache | None = None) -> dict[str, np.ndarray]:
   """The fields the step reads; with a feature cache, cached patches replace the images."""
-  keys = ("input_ids", "segment_ids", "token_mask", "labels")
-  out = {k: batch[k] for k in keys}
+  # valid: the padding rows of a partial batch (train.drop_last False)
+  keys = ("input_ids", "segment_ids", "token_mask", "labels", "valid")
+  out = {k: batch[k] for k in keys if k in batch}
   if patch_cache is not None:
     out["patches"] = patch_cache[batch["image_index"]]
   else:
@@ -183,7 +195,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: prepared.Run, me
                                  batch_size=config.train.batch_size // parts,
                                  max_len=config.data.max_len, seed=config.seed,
                                  worker_count=config.data.worker_count, shard_index=part,
-                                 shard_count=parts,
+                                 shard_count=parts, drop_remainder=config.train.drop_last,
                                  pair_anchor=config.train.pair_anchor)
   total_steps = total_train_steps(config, run.ready_dir)
   trainable, _ = optim_lib.split_params(run.abstract_params, config.optim.train_vision)
@@ -219,7 +231,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: prepared.Run, me
         if step % config.train.log_every == 0 or step == total_steps:
           rate = (step - step_start) / max(time.time() - t_start, 1e-9)
           _log_train_metrics(writer, metrics, step, total_steps, rate)
-        if step % config.train.eval_every == 0 or step == total_steps:
+        if validates_at(config.train, step, total_steps):
           stop_early = _validate(config, validate, state, step, history, ckpts, writer)
           if stop_early:
             logging.info("no improvement in %d evaluations: stopping early at step %d",
@@ -260,7 +272,7 @@ def _log_train_metrics(writer: MetricsWriter, metrics, step: int, total_steps: i
                        rate: float) -> None:
   metrics = {k: float(v) for k, v in jax.tree.map(parallel.to_host, metrics).items()}
   metrics["steps_per_s"] = rate
-  writer.write(step, "train", metrics)
+  writer.write_scalars(step, "train", metrics)
   eta = (total_steps - step) / max(rate, 1e-9)
   logging.info("step %d/%d loss %.4f (%.2f steps/s, ETA %s)", step, total_steps,
                metrics["loss"], rate, io_utils.format_duration(eta))
@@ -269,7 +281,7 @@ def _log_train_metrics(writer: MetricsWriter, metrics, step: int, total_steps: i
 def _validate(config, validate: Validator, state, step, history, ckpts, writer) -> bool:
   """Validation ACC and BLEU-4; keeps the best checkpoints; returns True to stop early."""
   val = validate(state.params)
-  writer.write(step, "val", val)
+  writer.write_scalars(step, "val", val)
   logging.info("step %d validation: acc %.4f bleu4 %.4f", step, val["acc"], val["bleu4"])
   history["evals"] += 1
   improved = ckpts.save_best(step, state.params, val)  # Orbax keeps the better of each kind

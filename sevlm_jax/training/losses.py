@@ -64,7 +64,11 @@ def token_nll(logits_BxLxV: Array, labels_BxL: Array) -> Array:
   logits_BxLxV = logits_BxLxV.astype(jnp.float32)
   valid_BxL = labels_BxL >= 0
   safe_labels_BxL = jnp.where(valid_BxL, labels_BxL, 0).astype(jnp.int32)
-  picked_BxL = jnp.take_along_axis(logits_BxLxV, safe_labels_BxL[..., None], axis=-1)[..., 0]
+  # The label's logit as a masked sum, not a gather: the sum of one value and zeros is exact,
+  # and its gradient is an elementwise select that XLA fuses into the softmax's gradient (a
+  # gather's gradient is a scatter into a dense f32 BxLxV tensor, read and written again).
+  is_label_BxLxV = jnp.arange(logits_BxLxV.shape[-1]) == safe_labels_BxL[..., None]
+  picked_BxL = jnp.sum(jnp.where(is_label_BxLxV, logits_BxLxV, 0.0), axis=-1)
   nll_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1) - picked_BxL
   return _masked(valid_BxL, nll_BxL)
 

@@ -61,12 +61,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       " number (1e-8 in the public code)")
 
 
-def other_image_rows(rng: jax.Array, num_images: int, negatives: str = "random") -> jax.Array:
+def other_image_rows(rng: jax.Array, num_images: int, negatives: str = "random",
+                     num_valid: jax.Array | None = None) -> jax.Array:
   """For each of the 2B sequences, a row of the same pair slot from a different image.
 
   'random': every image takes image (i + s) mod B, one random shift s in 1..B-1 per batch.
   'public': the public code's draw (`neg_ids`), one per pair slot, see public_negative_images.
+  num_valid (a traced count): only the first num_valid images are real (a padded last batch);
+  they draw among themselves as a batch of num_valid images would, and padding rows keep their own.
   """
+  if num_valid is not None:
+    return _other_real_image_rows(rng, num_images, negatives, num_valid)
   if negatives == "public":
     slot_keys = jax.random.split(rng)
     images_2xB = jnp.stack([public_negative_images(k, num_images) for k in slot_keys])
@@ -76,6 +81,42 @@ def other_image_rows(rng: jax.Array, num_images: int, negatives: str = "random")
   shift = jax.random.randint(rng, (), 1, max(num_images, 2))
   rows = jnp.arange(2 * num_images)
   return (rows + 2 * shift) % (2 * num_images)
+
+
+def _other_real_image_rows(rng, num_images: int, negatives: str, num_valid) -> jax.Array:
+  """other_image_rows when only the first num_valid of num_images images are real."""
+  rows = jnp.arange(2 * num_images)
+  if negatives == "public":
+    slot_keys = jax.random.split(rng)
+    images_2xB = jnp.stack([public_negative_images_of_prefix(k, num_images, num_valid)
+                            for k in slot_keys])
+    return (2 * images_2xB + jnp.arange(2)[:, None]).T.reshape(-1)
+  if negatives != "random":
+    raise ValueError(f"train.negatives={negatives!r}; choose one of {', '.join(NEGATIVES)}")
+  # randint with a traced bound draws what the static bound of a num_valid batch draws.
+  shift = jax.random.randint(rng, (), 1, jnp.maximum(num_valid, 2))
+  real = rows < 2 * num_valid
+  return jnp.where(real, (rows + 2 * shift) % jnp.maximum(2 * num_valid, 1), rows)
+
+
+def public_negative_images_of_prefix(rng: jax.Array, num_images: int, num_valid) -> jax.Array:
+  """public_negative_images of a batch whose first num_valid (traced) of num_images images are
+  real: the same rule with B = num_valid (each permutation drawn by sorting uniform keys, as
+  its size is not static); padding images take themselves."""
+  n, index = num_valid, jnp.arange(num_images)
+  mid = n // 2
+  upper_key, lower_key = jax.random.split(rng)
+
+  def shuffled(key, member):  # the members of the set in random order, first
+    keys = jnp.where(member, jax.random.uniform(key, (num_images,)), 2.0)
+    return jnp.argsort(keys)
+
+  upper = shuffled(upper_key, (index > mid) & (index < n))
+  lower = shuffled(lower_key, index < mid)
+  take = lambda order, k: order[jnp.clip(k, 0, num_images - 1)]
+  out = jnp.where(index < n - mid, take(upper, index - 1), take(lower, index - (n - mid)))
+  out = jnp.where(index == 0, mid, out)
+  return jnp.where(index < n, out, index).astype(jnp.int32)
 
 
 def public_negative_images(rng: jax.Array, num_images: int) -> jax.Array:
@@ -111,6 +152,9 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
   Both are exact rewrites (config.train fields; the benchmark's baseline switches them off).
   negatives: how the other-image negatives are drawn (other_image_rows). loss_cfg.contrastive_eps
   (absent = 0) selects the contrastive loss's form (losses.contrastive_loss's eps).
+  batch['valid'] (bool B, optional): False marks the padding images of a partial last batch
+  (pipeline.train_loader without drop_remainder; the real ones come first); every loss is then
+  the loss of the real images alone, and padding contributes nothing.
   """
   dropout_rng, negative_rng = jax.random.split(rng)
   if patches is None:
@@ -119,6 +163,8 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
   if not pair_kv_once:
     patches = jnp.repeat(patches, 2, axis=0)
   seq = flatten_pairs(batch)
+  valid_B = batch.get("valid")
+  real_N = None if valid_B is None else jnp.repeat(valid_B.astype(bool), 2)  # rows 2i, 2i+1
   token_vad_NxLx3 = vad_table[seq["input_ids"]]
   # Rows 2i and 2i+1 read image i: each image is encoded, and its cross-attention K/V
   # projected, once per pair. Logits stay in the compute dtype (bf16: half the bytes);
@@ -134,6 +180,8 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
     labels = seq["labels"]
     if output_ids is not None:
       labels = restricted_labels(labels, output_ids, vad_table.shape[0])
+    if real_N is not None:  # padding rows have no targets
+      labels = jnp.where(real_N[:, None], labels, -1)
     return losses.lm_loss(*losses.shift_for_next_token(out["logits"], labels))
 
   def vad():
@@ -141,13 +189,16 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
     # [0, 0, 0], so padding is never a target either way.
     _, explanation = config_part_masks(seq["segment_ids"], model.config)
     target_is_explanation = explanation[:, 1:] & (seq["token_mask"][:, 1:] > 0)
+    if real_N is not None:
+      target_is_explanation &= real_N[:, None]
     target_vad = token_vad_NxLx3[:, 1:]
     mask = losses.vad_loss_mask(target_vad, target_is_explanation)
     return losses.vad_loss(out["vad_pred"][:, :-1], target_vad, mask)
 
   def contrastive():
     partner = jnp.arange(2 * num_images) ^ 1  # 2i <-> 2i+1
-    other = other_image_rows(negative_rng, num_images, negatives)
+    num_valid = None if valid_B is None else jnp.sum(valid_B.astype(jnp.int32))
+    other = other_image_rows(negative_rng, num_images, negatives, num_valid)
     img, emo, expl = out["image_feat"], out["emotion_feat"], out["explanation_feat"]
     # The three triples of each row scored in one pass of the head (a third of its launches).
     n = expl.shape[0]
@@ -155,8 +206,11 @@ def sevlm_loss(model, params: Params, batch: dict[str, jax.Array], vad_table: ja
     scores = model.apply({"params": params}, tile(img), tile(emo),
                          jnp.concatenate([expl, expl[partner], expl[other]]), method=model.score)
     pos, neg = scores[:n], jnp.stack([scores[n:2 * n], scores[2 * n:]], axis=-1)
-    metrics["contrastive_acc"] = jnp.mean(pos > jnp.max(neg, axis=-1))
-    return losses.contrastive_loss(pos, neg, eps=float(loss_cfg.contrastive_eps))
+    hit_N = pos > jnp.max(neg, axis=-1)
+    metrics["contrastive_acc"] = (jnp.mean(hit_N) if real_N is None else
+                                  jnp.sum(hit_N & real_N) / jnp.maximum(jnp.sum(real_N), 1))
+    return losses.contrastive_loss(pos, neg, mask_B=real_N,
+                                   eps=float(loss_cfg.contrastive_eps))
 
   # A term whose weight is 0 is never computed.
   total, terms = losses.total_loss(

@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 
+from sevlm_jax import io_utils
 from sevlm_jax.errors import CheckpointError
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -84,6 +85,8 @@ def looks_like_hub_name(source: str) -> bool:
 def resolve(source: str | os.PathLike) -> list[pathlib.Path]:
   """The checkpoint file(s) a source names (several for a sharded checkpoint)."""
   text = os.fspath(source)
+  if not io_utils.is_local(text) and io_utils.as_path(text).exists():
+    text = io_utils.local_copy_tree(text)  # gs://...: read from a local copy, downloaded once
   path = pathlib.Path(text).expanduser()
   if not path.exists():
     if isinstance(source, str) and _looks_like_hub_name(text):

@@ -22,6 +22,7 @@ import re
 
 import numpy as np
 
+from sevlm_jax import io_utils
 from sevlm_jax.errors import CheckpointError
 from sevlm_jax.models.config import ModelConfig
 from sevlm_jax.weights import io as weights_io
@@ -43,6 +44,8 @@ def locate(source: str) -> tuple[pathlib.Path, pathlib.Path]:
   source: a hub name (downloaded), a directory holding one nle_model_<name>/ and its
   ckpt_stats_<name>.tar, or an nle_model_<name> directory itself (to pick one of several).
   """
+  if not io_utils.is_local(source) and io_utils.as_path(source).exists():
+    source = io_utils.local_copy_tree(source)  # gs://...: read from a local copy, downloaded once
   path = pathlib.Path(source).expanduser()
   if not path.exists():
     if weights_io.looks_like_hub_name(source):

@@ -96,7 +96,12 @@
     result.hidden = false;
   }
 
+  // Only the newest request's answer is shown: an older one still in flight (say, the previous
+  // image sent again when the emotion choice changed) would otherwise land after it.
+  var latestRequest = 0;
+
   function send(file) {
+    var request = ++latestRequest;
     errorEl.textContent = ''; result.hidden = true; showOverlay(false);
     if (!file) { return; }
     lastFile = file;
@@ -116,10 +121,11 @@
         return resp.json().then(function (data) { return { ok: resp.ok, data: data }; });
       })
       .then(function (r) {
+        if (request !== latestRequest) { return; }
         if (!r.ok) { showError(r.data.error || 'The server refused the image.'); return; }
         statusEl.textContent = ''; showResult(r.data);
       })
-      .catch(function (e) { showError('No answer from the server: ' + e); });
+      .catch(function (e) { if (request === latestRequest) { showError('No answer from the server: ' + e); } });
   }
 
   input.addEventListener('change', function () { send(input.files[0]); });

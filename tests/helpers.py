@@ -307,3 +307,24 @@ class Stepper:
       state, metrics = self.step(state, batch, vad_table, jax.random.PRNGKey(1))
       losses.append(float(metrics["loss"]))
     return state, losses
+
+
+def prepare_one_style(tmp: pathlib.Path, rows, text_preprocessing: str) -> pathlib.Path:
+  """A ready data set (everything in train) from (painting, emotion, utterance, repetition) rows
+  of one art style, each painting an 8x8 black JPEG: for scoring tests that choose every
+  annotation."""
+  import csv  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  (tmp / "img" / "S").mkdir(parents=True)
+  with open(tmp / "a.csv", "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["art_style", "painting", "emotion", "utterance", "repetition"])
+    for painting, emotion, utterance, repetition in rows:
+      if not (tmp / "img" / "S" / f"{painting}.jpg").exists():
+        Image.new("RGB", (8, 8)).save(tmp / "img" / "S" / f"{painting}.jpg")
+      writer.writerow(["S", painting, emotion, utterance, repetition])
+  out, _ = prepare.prepare_ready(tmp / "a.csv", tmp / "img", tmp / "ready", image_size=8, workers=0,
+                                 split_loads=(1.0, 0.0, 0.0), text_preprocessing=text_preprocessing,
+                                 progress=False, log=lambda *a: None)
+  return out

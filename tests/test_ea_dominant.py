@@ -6,23 +6,20 @@ them (ArtEmis's image-emotion-histogram.csv). A prepared record keeps both.
 """
 
 import collections
-import csv
 import random
 
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
 
 from sevlm_jax import errors
 from sevlm_jax.data import dominant
-from sevlm_jax.data import prepare
 from sevlm_jax.data import records
 from sevlm_jax.data import sources
 from sevlm_jax.evaluation import evaluate
 from sevlm_jax.evaluation import metrics as metrics_lib
 from sevlm_jax.vocab import EMOTIONS
-from helpers import load_config
+from helpers import load_config, prepare_one_style
 
 LONG = "the colours of this painting remind me of a warm summer day"  # kept
 SHORT = "so very dark"  # under ArtEmis's 5 tokens: the length filter drops it
@@ -57,18 +54,8 @@ def test_half_is_the_public_copy_of_dominant_maximizer():
 @pytest.fixture(scope="module")
 def ready(tmp_path_factory):
   """The paintings prepared with ArtEmis's text preprocessing, so its length filters run."""
-  tmp = tmp_path_factory.mktemp("ea_dominant")
-  (tmp / "img" / "S").mkdir(parents=True)
-  with open(tmp / "a.csv", "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(["art_style", "painting", "emotion", "utterance", "repetition"])
-    for name, annotations in PAINTINGS.items():
-      Image.new("RGB", (8, 8)).save(tmp / "img" / "S" / f"{name}.jpg")
-      writer.writerows(["S", name, e, text, 5] for e, text in annotations)
-  out, _ = prepare.prepare_ready(tmp / "a.csv", tmp / "img", tmp / "ready", image_size=8, workers=0,
-                                 split_loads=(1.0, 0.0, 0.0), text_preprocessing="artemis",
-                                 progress=False, log=lambda *a: None)
-  return out
+  rows = [(name, e, text, 5) for name, annotations in PAINTINGS.items() for e, text in annotations]
+  return prepare_one_style(tmp_path_factory.mktemp("ea_dominant"), rows, "artemis")
 
 
 def test_records_hold_all_annotations_histogram_and_the_kept_counts(ready):

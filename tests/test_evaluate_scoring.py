@@ -2,7 +2,6 @@
 evaluation scores predictions against them."""
 
 import collections
-import csv
 import importlib.util
 import pathlib
 import random
@@ -10,17 +9,16 @@ import random
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
 
 from sevlm_jax import errors
 from sevlm_jax import run as run_lib
 from sevlm_jax.data import dominant
-from sevlm_jax.data import prepare
 from sevlm_jax.data import records
 from sevlm_jax.evaluation import evaluate
 from sevlm_jax.evaluation import metrics as metrics_lib
 from sevlm_jax.evaluation import report
 from sevlm_jax.vocab import EMOTIONS
+from helpers import prepare_one_style
 
 
 def _hist(*emotions):
@@ -67,18 +65,9 @@ PAINTINGS = {  # painting: emotions of its annotations
 
 @pytest.fixture(scope="module")
 def ready(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("scoring")
-  (tmp / "img" / "S").mkdir(parents=True)
-  with open(tmp / "a.csv", "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(["art_style", "painting", "emotion", "utterance", "repetition"])
-    for name, emotions in PAINTINGS.items():
-      Image.new("RGB", (8, 8)).save(tmp / "img" / "S" / f"{name}.jpg")
-      writer.writerows(["S", name, e, f"{name} makes me feel {e}", 4] for e in emotions)
-  out, _ = prepare.prepare_ready(tmp / "a.csv", tmp / "img", tmp / "ready", image_size=8, workers=0,
-                                 split_loads=(1.0, 0.0, 0.0), text_preprocessing="raw",
-                                 progress=False, log=lambda *a: None)
-  return out
+  rows = [(name, e, f"{name} makes me feel {e}", 4) for name, emotions in PAINTINGS.items()
+          for e in emotions]
+  return prepare_one_style(tmp_path_factory.mktemp("scoring"), rows, "raw")
 
 
 class _Judge:

@@ -112,3 +112,12 @@ def test_ea_rule_and_histogram_are_checked():
     bad.eval[field] = "majority"
     with pytest.raises(errors.ConfigError, match=f"eval.{field}='majority'; choose one of"):
       sources.check_config(bad)
+
+
+def test_the_report_names_eas_rule_only_where_it_differs_from_accs():
+  from sevlm_jax.evaluation import report  # pylint: disable=import-outside-toplevel
+  same = {"dominant_rule": "half", "EA_dominant_rule": "half over the histogram ACC reads",
+          "num_with_EA_dominant": 241}
+  assert report._ea_rule(same) == ""
+  public = dict(same, EA_dominant_rule="half over the kept annotations", num_with_EA_dominant=239)
+  assert report._ea_rule(public) == ", EA over 239 (rule: half over the kept annotations)"

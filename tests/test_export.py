@@ -181,3 +181,13 @@ def test_command_line_export(tiny_run, tmp_path, tmp_path_factory, exported):
     assert (out / name).read_bytes() == (exported / name).read_bytes(), name
   missing = run_main(["--mode=export", f"--workdir={tiny_run}"], cache, tmp_path / "no_out")
   assert missing.returncode != 0 and "--mode=export needs --out=DIR" in missing.stderr
+
+
+def test_the_card_names_the_judge_that_read_ea(tmp_path):
+  for source in ("trained", "artemis"):
+    metrics = {"split": "test", "ACC": 0.5, "EA": 0.4, "checkpoint": {"kind": "best_acc", "step": 3},
+               "EA_judge": {"source": source}}
+    (tmp_path / "metrics_test.json").write_text(json.dumps(metrics))
+    text = "\n".join(export_lib._metrics(tmp_path, "best_acc"))
+    assert ("ArtEmis's released text-to-emotion classifier" in text) == (source == "artemis")
+    assert ("the project's EA judge" in text) == (source == "trained")

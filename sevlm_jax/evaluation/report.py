@@ -385,14 +385,22 @@ _STYLE = io_utils.package_text(__package__, "report.css")
 _SCRIPT = io_utils.package_text(__package__, "report.js")
 
 
+def _ea_rule(results: dict) -> str:
+  """', EA over N images (rule: ...)' where EA's dominant rule differs from ACC's, else ''."""
+  rule = results.get("EA_dominant_rule")
+  if not rule or rule.startswith(f"{results.get('dominant_rule')} over the histogram ACC reads"):
+    return ""
+  return f", EA over {fmt(results.get('num_with_EA_dominant'))} (rule: {esc(rule)})"
+
+
 def render_report(results: dict, gallery: Sequence[dict], worst: Sequence[dict], curves: dict, *,
                   thumbs: str, total: int, images_blanked: bool = False) -> str:
   """The whole page as a string (no file access)."""
   split = results.get("split", "")
   ckpt = results.get("checkpoint") or {}
   summary = (f"{fmt(results.get('num_images'))} images, {fmt(results.get('num_with_dominant'))} with "
-             f"a dominant emotion (rule: {esc(results.get('dominant_rule', ''))}); checkpoint "
-             f"{esc(ckpt.get('kind'))} at step {esc(ckpt.get('step'))}.")
+             f"a dominant emotion (rule: {esc(results.get('dominant_rule', ''))}){_ea_rule(results)}; "
+             f"checkpoint {esc(ckpt.get('kind'))} at step {esc(ckpt.get('step'))}.")
   banner = ('<p class="banner">This model was trained and evaluated with every image blanked (the '
             'image-blind control); the thumbnails show what it did not see.</p>'
             if images_blanked else "")

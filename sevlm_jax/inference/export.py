@@ -199,9 +199,10 @@ def _metrics(workdir: pathlib.Path, exported_kind: str | None) -> list[str]:
   caption_keys = ["BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE"]
   lines = ["| split | checkpoint | images | " + " | ".join(keys + caption_keys) + " |",
            "| --- " * (3 + len(keys) + len(caption_keys)) + "|"]
-  kinds = set()
+  kinds, judges = set(), set()
   for path in files:
     m = json.loads(path.read_text("utf-8"))
+    judges.add((m.get("EA_judge") or {}).get("source", "trained"))  # older files: ours
     captions = m.get("captions", {})
     ckpt = m.get("checkpoint") or {}
     kinds.add(ckpt.get("kind"))
@@ -210,9 +211,12 @@ def _metrics(workdir: pathlib.Path, exported_kind: str | None) -> list[str]:
     cells += [_fmt(m[k]) if m.get(k) is not None else "-" for k in keys]
     cells += [_fmt(captions[k]) if isinstance(captions.get(k), (int, float)) else "-" for k in caption_keys]
     lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", "ACC counts images with a dominant emotion; EA asks the project's EA judge (a text "
-            "classifier) which emotion the generated explanation expresses; "
-            "EA_judge_heldout_accuracy is that judge's own accuracy on held-out human explanations."]
+  judge_text = {"trained": "the project's EA judge (a text classifier trained on the run's data)",
+                "artemis": "ArtEmis's released text-to-emotion classifier (the paper's judge)"}
+  lines += ["", "ACC counts images with a dominant emotion; EA asks "
+            + " or ".join(judge_text.get(j, j) for j in sorted(judges))
+            + " which emotion the generated explanation expresses; EA_judge_heldout_accuracy is the "
+            "trained judge's own accuracy on held-out human explanations (none for ArtEmis's)."]
   if kinds - {exported_kind}:
     lines += ["", f"Note: these metrics are of checkpoint {', '.join(sorted(map(str, kinds)))}; this "
               f"directory holds {exported_kind}."]

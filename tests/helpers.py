@@ -328,3 +328,16 @@ def prepare_one_style(tmp: pathlib.Path, rows, text_preprocessing: str) -> pathl
                                  split_loads=(1.0, 0.0, 0.0), text_preprocessing=text_preprocessing,
                                  progress=False, log=lambda *a: None)
   return out
+
+
+def random_emotion_lists(max_len: int, count: int = 3000, seed: int = 0):
+  """(emotion indices of an image's annotations, its histogram): `count` random images of 1 to
+  max_len annotations over four emotions (ties, halves and majorities all occur), for checking a
+  dominant rule against its reference copy."""
+  import random  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from sevlm_jax.data import dominant  # pylint: disable=import-outside-toplevel
+  rng = random.Random(seed)
+  for _ in range(count):
+    emotions = [rng.choice((0, 1, 6, 7)) for _ in range(rng.randint(1, max_len))]
+    yield emotions, dominant.histogram_from_counts(np.bincount(emotions, minlength=9))

@@ -6,7 +6,6 @@ them (ArtEmis's image-emotion-histogram.csv). A prepared record keeps both.
 """
 
 import collections
-import random
 
 import ml_collections
 import numpy as np
@@ -19,7 +18,7 @@ from sevlm_jax.data import sources
 from sevlm_jax.evaluation import evaluate
 from sevlm_jax.evaluation import metrics as metrics_lib
 from sevlm_jax.vocab import EMOTIONS
-from helpers import load_config, prepare_one_style
+from helpers import load_config, prepare_one_style, random_emotion_lists
 
 LONG = "the colours of this painting remind me of a warm summer day"  # kept
 SHORT = "so very dark"  # under ArtEmis's 5 tokens: the length filter drops it
@@ -44,10 +43,7 @@ def public_dominant_maximizer(emotion_list):
 
 
 def test_half_is_the_public_copy_of_dominant_maximizer():
-  rng = random.Random(0)
-  for _ in range(3000):
-    emotions = [rng.choice((0, 1, 6, 7)) for _ in range(rng.randint(1, 9))]
-    h = dominant.histogram_from_counts(np.bincount(emotions, minlength=9))
+  for emotions, h in random_emotion_lists(max_len=9):
     assert dominant.dominant_half(h) == public_dominant_maximizer(emotions), emotions
 
 

@@ -4,7 +4,6 @@ evaluation scores predictions against them."""
 import collections
 import importlib.util
 import pathlib
-import random
 
 import ml_collections
 import numpy as np
@@ -18,7 +17,7 @@ from sevlm_jax.evaluation import evaluate
 from sevlm_jax.evaluation import metrics as metrics_lib
 from sevlm_jax.evaluation import report
 from sevlm_jax.vocab import EMOTIONS
-from helpers import prepare_one_style
+from helpers import prepare_one_style, random_emotion_lists
 
 
 def _hist(*emotions):
@@ -47,10 +46,7 @@ def _dominant_maximizer(emotion_list):
 
 
 def test_artemis_no_tie_is_artemis_dominant_maximizer():
-  rng = random.Random(0)
-  for _ in range(3000):
-    emotions = [rng.choice((0, 1, 6, 7)) for _ in range(rng.randint(1, 8))]
-    h = dominant.histogram_from_counts(np.bincount(emotions, minlength=9))
+  for emotions, h in random_emotion_lists(max_len=8):
     assert dominant.dominant_artemis_no_tie(h) == _dominant_maximizer(emotions), emotions
 
 

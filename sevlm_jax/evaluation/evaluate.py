@@ -126,8 +126,9 @@ def predict_split(run: prepared.Run, params, split: str, config: ml_collections.
   return decode_split(run, params, split, config, max_images, generate=generate)[0]
 
 
-def _references(ready_dir: str, split: str, preds, dominant_rule: str):
-  annotations = records.load_annotations(ready_dir, split)  # text only: no image is decoded
+def _references(annotations: list[dict], preds, dominant_rule: str):
+  """Each prediction's references, dominant emotion (-1: none) and image id, from the split's
+  records.load_annotations (text only: no image is decoded)."""
   refs, dominant, ids = {}, [], []
   rule = dominant_lib.RULES[dominant_rule]
   for p in preds:
@@ -138,10 +139,9 @@ def _references(ready_dir: str, split: str, preds, dominant_rule: str):
   return refs, dominant, ids
 
 
-def ea_dominant_indices(ready_dir: str, split: str, preds, eval_cfg) -> list[int]:
+def ea_dominant_indices(annotations: list[dict], preds, eval_cfg) -> list[int]:
   """Each prediction's dominant emotion for EA (-1: none): eval.ea_dominant's rule over the
-  histogram eval.ea_histogram names (dominant.py)."""
-  annotations = records.load_annotations(ready_dir, split)
+  histogram eval.ea_histogram names (dominant.py), from the split's annotations."""
   rule = dominant_lib.RULES[dominant_lib.ea_rule(eval_cfg.ea_dominant, eval_cfg.dominant)]
   return [rule(dominant_lib.ea_histogram(annotations[p["image_index"]], eval_cfg.ea_histogram))
           for p in preds]
@@ -157,7 +157,7 @@ def validation_scores(preds, ready_dir: str, split: str, dominant_rule: str,
                       bleu_tokenizer: str = "ptb") -> dict[str, float]:
   """The two numbers model selection uses (ACC and BLEU-4; BLEU-4's tokenizer: one of
   metrics.BLEU_TOKENIZERS)."""
-  refs, dominant, _ = _references(ready_dir, split, preds, dominant_rule)
+  refs, dominant, _ = _references(records.load_annotations(ready_dir, split), preds, dominant_rule)
   acc = metrics_lib.emotion_accuracy([p["emotion"] for p in preds], dominant)
   bleu4 = metrics_lib.quick_bleu4({p["image_index"]: p["explanation"] for p in preds}, refs,
                                   tokenizer=bleu_tokenizer)
@@ -204,8 +204,9 @@ def get_judge(run: prepared.Run, workdir: str) -> judge_lib.Judge | artemis_judg
 
 
 def score_predictions(preds, ready_dir: str, split: str, config, judge) -> dict[str, Any]:
-  refs, dominant, image_ids = _references(ready_dir, split, preds, config.eval.dominant)
-  ea_dominant = ea_dominant_indices(ready_dir, split, preds, config.eval)
+  annotations = records.load_annotations(ready_dir, split)  # read once: ACC's and EA's rules
+  refs, dominant, image_ids = _references(annotations, preds, config.eval.dominant)
+  ea_dominant = ea_dominant_indices(annotations, preds, config.eval)
   pred_emotions = [p["emotion"] for p in preds]
   explanations = [p["explanation"] for p in preds]
   hyp = {p["image_index"]: p["explanation"] for p in preds}

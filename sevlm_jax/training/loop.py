@@ -92,11 +92,11 @@ def check_batch_fits(config: ml_collections.ConfigDict, ready_dir: str, mesh) ->
   """ConfigError, before any compilation, unless a training batch fits the train split: an epoch
   is a whole number of batches of its images with two distinct emotions (pipeline.train_loader),
   each process reading an equal part of them. Without train.drop_last any batch fits (padded)."""
-  if not config.train.drop_last and len(pipeline.training_images(ready_dir)):
+  images = len(pipeline.training_images(ready_dir))
+  if not config.train.drop_last and images:
     return
   _, parts = parallel.process_part(mesh)
   devices = parallel.data_size(mesh)
-  images = len(pipeline.training_images(ready_dir))
   largest = (images // parts) * parts // devices * devices  # also a multiple of the devices
   if config.train.batch_size <= largest:
     return
